@@ -1,0 +1,138 @@
+"""The small contract every draft type follows, and the registry that maps names to types.
+
+A draft folder holds `config.json` (the draft's own hyper-parameters plus `draft_type`,
+target facts and the specdec version) and `model.safetensors` (only the draft's weights:
+frozen target tensors it shares, such as the lm_head, are never copied in).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+DRAFT_REGISTRY: dict[str, type["DraftModel"]] = {}
+"""Draft type name (as written in config.json's `draft_type`) -> class."""
+
+
+class DraftMismatchError(ValueError):
+    """A draft was built for a target with another hidden size or vocabulary."""
+
+
+def register_draft(cls: type["DraftModel"]) -> type["DraftModel"]:
+    """Class decorator: make `cls` loadable by `load_draft` under `cls.draft_type`."""
+    DRAFT_REGISTRY[cls.draft_type] = cls
+    return cls
+
+
+def specdec_version() -> str:
+    try:
+        return metadata.version("specdec")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class DraftModel(nn.Module):
+    """What every draft provides: a dataclass config, a target check, and save/load.
+
+    Subclasses set `draft_type` and `config_class`, and build themselves from one config.
+    """
+
+    draft_type: ClassVar[str]
+    config_class: ClassVar[type]
+
+    def __init__(self, config: Any):
+        super().__init__()
+        self.config = config
+
+    def check_target(self, hidden_size: int, vocab_size: int) -> None:
+        """Raise `DraftMismatchError` unless the target has this draft's hidden size and vocabulary."""
+        problems = []
+        if hidden_size != self.config.hidden_size:
+            problems.append(f"hidden size {hidden_size} (draft expects {self.config.hidden_size})")
+        if vocab_size != self.config.vocab_size:
+            problems.append(f"vocabulary size {vocab_size} (draft expects {self.config.vocab_size})")
+        if problems:
+            raise DraftMismatchError(
+                f"this {self.draft_type} draft was trained for another target: the target has "
+                + " and ".join(problems)
+                + ". Load the target the draft was trained on (see target.name_or_path in its config.json)."
+            )
+
+    def save_pretrained(self, directory: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
+        """Write `config.json` and `model.safetensors` into `directory`, each atomically."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        config = {
+            "draft_type": self.draft_type,
+            **dataclasses.asdict(self.config),
+            "specdec_version": specdec_version(),
+            **(extra or {}),
+        }
+        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        _atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
+        _atomic_write(directory / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(config, indent=2) + "\n"))
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike) -> "DraftModel":
+        """Rebuild the exact module saved by `save_pretrained` (use `load_draft` for any type)."""
+        config = read_draft_config(directory)
+        fields = {f.name for f in dataclasses.fields(cls.config_class)}
+        model = cls(cls.config_class(**{k: v for k, v in config.items() if k in fields}))
+        model.load_state_dict(load_file(Path(directory) / WEIGHTS_NAME))
+        return model
+
+
+def read_draft_config(directory: str | os.PathLike) -> dict[str, Any]:
+    """The parsed `config.json` of a draft folder, with a clear error when it is missing."""
+    path = Path(directory) / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no draft at {directory}: {CONFIG_NAME} is missing. Pass the `draft/` folder that "
+            "specdec-train wrote (<output_dir>/draft)."
+        )
+    return json.loads(path.read_text())
+
+
+def load_draft(directory: str | os.PathLike) -> DraftModel:
+    """Load any registered draft type from its folder."""
+    draft_type = read_draft_config(directory).get("draft_type")
+    if draft_type not in DRAFT_REGISTRY:
+        raise ValueError(f"unknown draft_type {draft_type!r} in {directory}; known: {sorted(DRAFT_REGISTRY)}")
+    return DRAFT_REGISTRY[draft_type].from_pretrained(directory)
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Call `write(tmp_path)` then move the file into place, so readers never see half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """Turn off gradients for every parameter of `module` and put it in eval mode."""
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module.eval()
+
+
+def lm_head_weight(target: nn.Module) -> torch.Tensor:
+    """The target's vocabulary projection weight [V, H]."""
+    return target.get_output_embeddings().weight
