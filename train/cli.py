@@ -1,0 +1,52 @@
+"""`specdec-train recipe=NAME_OR_PATH [key=value ...]`: run a training recipe."""
+
+from __future__ import annotations
+
+import sys
+
+from omegaconf import OmegaConf
+
+from specdec.train.config import RecipeError, available_recipes, field_docs, load_recipe, parse_overrides
+
+USAGE = """usage: specdec-train recipe=NAME_OR_PATH [key=value ...]
+
+Trains a draft against a frozen target and exports it to <output_dir>/draft.
+  recipe        a bundled recipe ({recipes}) or a path to a YAML file (default: medusa1)
+  key=value     override any recipe key, e.g. trainer.max_steps=200 data.max_samples=500
+  resume=last   continue a killed run from <output_dir>/checkpoints/last.ckpt
+  --help        this text and every key with its default and meaning
+"""
+
+
+def help_text() -> str:
+    width = max(len(key) for key, _, _ in field_docs())
+    rows = [f"  {key.ljust(width)}  {str(default):>14}  {doc}" for key, default, doc in field_docs()]
+    return USAGE.format(recipes=", ".join(available_recipes())) + "\nkeys:\n" + "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help", "help") for a in argv):
+        print(help_text())
+        return 0
+    # Step 1: recipe + overrides, validated before any work starts.
+    try:
+        overrides = parse_overrides(argv)
+        cfg = load_recipe(overrides.pop("recipe", "medusa1"), overrides)
+    except RecipeError as exc:
+        print(f"specdec-train: error: {exc}", file=sys.stderr)
+        return 2
+    print(OmegaConf.to_yaml(cfg), flush=True)
+    # Step 2: the job; expected failures print one actionable line instead of a traceback.
+    from specdec.train.pipeline import run, user_errors
+
+    try:
+        run(cfg)
+    except user_errors() as exc:
+        print(f"specdec-train: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

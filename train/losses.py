@@ -1,0 +1,144 @@
+"""Pure loss functions: tensors in, losses and metrics out. LightningModules only call these.
+
+Alignment (Medusa): with 1-based head numbers k = 1..K as in the paper, head k at position t is
+scored against token t+k+1. In code heads are 0-based (`k = 0..K-1`), so head k at t is scored
+against token t+k+2; the target's own lm_head at t predicts t+1. A position counts only when
+its label token is an assistant token (loss_mask = 1 there).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from specdec.models.medusa import MedusaHeads
+
+
+@dataclass
+class HeadLosses:
+    """Per-head results of one batch (all tensors of shape [K])."""
+
+    loss: torch.Tensor
+    """Weighted total: sum_k decay**k * per_head[k]."""
+    per_head: torch.Tensor
+    """Loss of each head."""
+    top1: torch.Tensor
+    """Top-1 accuracy of each head (nan where a head had no labelled position)."""
+    topk: torch.Tensor
+    """Top-k accuracy of each head."""
+    count: torch.Tensor
+    """Labelled positions per head."""
+
+
+def head_targets(input_ids: torch.Tensor, loss_mask: torch.Tensor, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Source positions and labels for a predictor that reads h_t and predicts token t+offset.
+
+    Returns a bool mask [B, T] over source positions t (True where t+offset exists and is an
+    assistant token) and the labels [N] = input_ids[t+offset] at those positions, in order.
+    """
+    batch, length = input_ids.shape
+    select = torch.zeros(batch, length, dtype=torch.bool, device=input_ids.device)
+    if offset >= length:
+        return select, input_ids.new_empty(0)
+    select[:, : length - offset] = loss_mask[:, offset:].bool()
+    return select, input_ids[:, offset:][select[:, : length - offset]]
+
+
+def medusa_head_losses(
+    heads: MedusaHeads,
+    hidden: torch.Tensor,
+    input_ids: torch.Tensor,
+    loss_mask: torch.Tensor,
+    lm_head_weight: torch.Tensor | None,
+    *,
+    decay: float = 0.8,
+    soft_label_weight: float = 0.0,
+    top_k: int = 5,
+) -> HeadLosses:
+    """Medusa loss: sum_k decay**k * CE(head_k(h_t), x_{t+k+2}) over assistant positions.
+
+    `hidden` is the target's last hidden state [B, T, H]. With `soft_label_weight` = a, each
+    head's loss is (1-a) * CE(hard label) + a * CE(softmax(W_lm h_{t+k+1})) where the soft
+    label is the target's own distribution for that same token.
+    """
+    per_head, top1, topk, count = [], [], [], []
+    for k in range(heads.config.num_heads):
+        # Step 1: pick the positions whose label (token t+k+2) is an assistant token.
+        select, labels = head_targets(input_ids, loss_mask, k + 2)
+        # Step 2: run the head only there (ResBlocks act per position), then project to V.
+        logits = heads.project(k, heads.head_features(k, hidden[select]), lm_head_weight)
+        if labels.numel() == 0:
+            per_head.append(logits.sum() * 0.0)
+        else:
+            loss = F.cross_entropy(logits.float(), labels)
+            if soft_label_weight > 0:
+                loss = (1 - soft_label_weight) * loss + soft_label_weight * _soft_label_ce(logits, hidden, select, lm_head_weight)
+            per_head.append(loss)
+        # Step 3: accuracies, for logging.
+        with torch.no_grad():
+            top1.append(_topk_accuracy(logits, labels, 1))
+            topk.append(_topk_accuracy(logits, labels, top_k))
+            count.append(torch.tensor(labels.numel(), dtype=torch.float32))
+    per_head_t = torch.stack(per_head)
+    weights = torch.tensor([decay**k for k in range(len(per_head))], dtype=per_head_t.dtype, device=per_head_t.device)
+    return HeadLosses((weights * per_head_t).sum(), per_head_t, torch.stack(top1), torch.stack(topk), torch.stack(count))
+
+
+def _soft_label_ce(logits: torch.Tensor, hidden: torch.Tensor, select: torch.Tensor, lm_head_weight: torch.Tensor | None) -> torch.Tensor:
+    """CE against the target's distribution at t+k+1 (which predicts the same token t+k+2)."""
+    if lm_head_weight is None:
+        raise ValueError("soft labels need the target lm_head weight")
+    shifted = torch.zeros_like(select)
+    shifted[:, 1:] = select[:, :-1]  # source position t -> t+1
+    with torch.no_grad():
+        teacher = F.softmax((hidden[shifted].detach() @ lm_head_weight.T).float(), dim=-1)
+    return -(teacher * F.log_softmax(logits.float(), dim=-1)).sum(-1).mean()
+
+
+def _topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    if labels.numel() == 0:
+        return torch.tensor(float("nan"))
+    top = logits.topk(min(k, logits.shape[-1]), dim=-1).indices
+    return (top == labels[:, None]).any(-1).float().mean().cpu()
+
+
+def kl_to_original(
+    original_hidden: torch.Tensor,
+    hidden: torch.Tensor,
+    loss_mask: torch.Tensor,
+    lm_head_weight: torch.Tensor,
+) -> torch.Tensor:
+    """Medusa-2's base term with self-distillation: KL(original || fine-tuned) of next-token
+    distributions at the positions that predict an assistant token."""
+    select, _ = head_targets(torch.zeros_like(loss_mask), loss_mask, 1)
+    with torch.no_grad():
+        log_p = F.log_softmax((original_hidden[select] @ lm_head_weight.T).float(), dim=-1)
+    log_q = F.log_softmax((hidden[select] @ lm_head_weight.T).float(), dim=-1)
+    if log_q.shape[0] == 0:
+        return hidden.sum() * 0.0
+    return F.kl_div(log_q, log_p, log_target=True, reduction="batchmean")
+
+
+def heads_ramp(step: int, total: int, kind: str) -> float:
+    """Weight in [0, 1] that ramps the heads' term in over `total` joint steps."""
+    if kind == "none" or total <= 0:
+        return 1.0
+    frac = min(max(step / total, 0.0), 1.0)
+    return math.sin(math.pi / 2 * frac) if kind == "sine" else frac
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the run stops before the bad update is applied."""
+
+
+def check_finite(loss: torch.Tensor, step: int) -> None:
+    """Raise NonFiniteLossError (with what to try) when the loss is NaN or infinite."""
+    if not torch.isfinite(loss).all():
+        raise NonFiniteLossError(
+            f"loss is {loss.item()} at optimizer step {step}; the update was not applied and the last "
+            "checkpoint is intact. Lower optim.lr, keep trainer.gradient_clip_val set, or check the data, "
+            "then resume with resume=last."
+        )

@@ -1,0 +1,135 @@
+"""LightningModule for Medusa-1 (frozen target) and Medusa-2 (joint LoRA) training.
+
+Thin by design: it fetches hidden states from the target and calls the pure functions in
+`specdec.train.losses`. Checkpoints keep only trainable state (heads, LoRA), never the target.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import lightning as L
+import torch
+from omegaconf import DictConfig
+from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
+
+from specdec.models.base import lm_head_weight
+from specdec.models.medusa import MedusaHeads
+from specdec.train.losses import check_finite, heads_ramp, kl_to_original, medusa_head_losses
+from specdec.train.target import final_hidden_states
+
+SCHEDULES = {
+    "cosine": get_cosine_schedule_with_warmup,
+    "linear": get_linear_schedule_with_warmup,
+    "constant": lambda opt, warmup, total: get_constant_schedule_with_warmup(opt, warmup),
+}
+
+
+class MedusaModule(L.LightningModule):
+    """Trains `heads` on a frozen `target`; with method=medusa2, `target` carries peft LoRA adapters."""
+
+    def __init__(self, target: torch.nn.Module, heads: MedusaHeads, cfg: DictConfig):
+        super().__init__()
+        self.target = target
+        self.heads = heads
+        self.cfg = cfg
+        self.joint = cfg.method == "medusa2"
+        self.strict_loading = False  # checkpoints hold trainable state only
+        self._val = []
+
+    # -- hidden states (the seam where a cached-feature source would plug in) --
+    def hidden_states(self, batch: dict, grad: bool = False) -> torch.Tensor:
+        with contextlib.nullcontext() if grad else torch.no_grad():
+            return final_hidden_states(self.target, batch["input_ids"], batch["attention_mask"])
+
+    def in_joint_stage(self) -> bool:
+        return self.joint and self.global_step >= self.cfg.medusa2.heads_only_steps
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        weight = lm_head_weight(self.target)
+        if self.in_joint_stage():
+            # Medusa-2 joint stage: KL to the original model (adapters off) + ramped heads term.
+            with torch.no_grad(), self.target.disable_adapter():
+                original = self.hidden_states(batch)
+            hidden = self.hidden_states(batch, grad=True)
+            heads = self._head_losses(hidden, batch, weight)
+            base = kl_to_original(original, hidden, batch["loss_mask"], weight)
+            joint_steps = self.trainer.max_steps - self.cfg.medusa2.heads_only_steps
+            ramp = heads_ramp(self.global_step - self.cfg.medusa2.heads_only_steps, joint_steps, self.cfg.medusa2.ramp)
+            loss = base + self.cfg.medusa2.heads_coefficient * ramp * heads.loss
+            self.log("train/base_kl", base.detach())
+        else:
+            heads = self._head_losses(self.hidden_states(batch), batch, weight)
+            loss = heads.loss
+        check_finite(loss, self.global_step)
+        self.log("train/loss", loss.detach(), prog_bar=True)
+        for k, value in enumerate(heads.per_head.detach()):
+            self.log(f"train/head{k + 1}_loss", value)
+        return loss
+
+    def _head_losses(self, hidden, batch, weight):
+        return medusa_head_losses(
+            self.heads,
+            hidden,
+            batch["input_ids"],
+            batch["loss_mask"],
+            weight,
+            decay=self.cfg.medusa.loss_decay,
+            soft_label_weight=self.cfg.medusa.soft_label_weight,
+            top_k=self.cfg.medusa.top_k,
+        )
+
+    # -- validation: per-head top-1 / top-k accuracy, weighted by labelled positions --
+    def on_validation_epoch_start(self) -> None:
+        self._val = []
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        out = self._head_losses(self.hidden_states(batch), batch, lm_head_weight(self.target))
+        self._val.append((out.loss.detach().cpu(), out.top1.nan_to_num(0.0), out.topk.nan_to_num(0.0), out.count))
+
+    def on_validation_epoch_end(self) -> None:
+        for name, value in self.validation_metrics().items():
+            self.log(name, value, prog_bar=name.endswith("head1_top1"), sync_dist=True)
+
+    def validation_metrics(self) -> dict[str, float]:
+        """Metrics of the last validation pass: loss and per-head top-1/top-k accuracy."""
+        if not self._val:
+            return {}
+        counts = torch.stack([v[3] for v in self._val])  # [batches, K]
+        total = counts.sum(0).clamp(min=1)
+        top1 = (torch.stack([v[1] for v in self._val]) * counts).sum(0) / total
+        topk = (torch.stack([v[2] for v in self._val]) * counts).sum(0) / total
+        metrics = {"val/loss": float(torch.stack([v[0] for v in self._val]).mean())}
+        for k in range(len(total)):
+            metrics[f"val/head{k + 1}_top1"] = float(top1[k])
+            metrics[f"val/head{k + 1}_top{self.cfg.medusa.top_k}"] = float(topk[k])
+        return metrics
+
+    # -- optimisation --
+    def configure_optimizers(self):
+        groups = [{"params": [p for p in self.heads.parameters() if p.requires_grad], "lr": self.cfg.optim.lr * self._heads_lr_scale()}]
+        lora = [p for n, p in self.target.named_parameters() if p.requires_grad]
+        if lora:
+            groups.append({"params": lora, "lr": self.cfg.optim.lr})
+        optimizer = torch.optim.AdamW(groups, weight_decay=self.cfg.optim.weight_decay)
+        scheduler = SCHEDULES[self.cfg.optim.schedule](optimizer, self.cfg.optim.warmup_steps, self.trainer.max_steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _heads_lr_scale(self) -> float:
+        return self.cfg.medusa2.heads_lr_multiplier if self.joint else 1.0
+
+    # -- checkpoints: trainable state only --
+    def trainable_keys(self) -> set[str]:
+        return {n for n, p in self.named_parameters() if p.requires_grad}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        keep = self.trainable_keys()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        missing = self.trainable_keys() - set(checkpoint["state_dict"])
+        if missing:
+            raise RuntimeError(
+                f"checkpoint does not match this recipe: {len(missing)} trainable tensors missing "
+                f"(e.g. {sorted(missing)[0]}). Resume with the recipe and overrides the run was started with."
+            )

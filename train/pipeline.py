@@ -1,0 +1,244 @@
+"""One training job end to end: target -> self-distilled data -> Lightning fit -> draft export."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+
+from specdec.data.batching import pad_collate, split_train_val
+from specdec.data.chat import tokenize_conversations
+from specdec.data.distill import DistillConfig, self_distill
+from specdec.data.sources import load_conversations, user_turns
+from specdec.models.medusa import MedusaConfig, MedusaHeads
+from specdec.models.base import lm_head_weight
+from specdec.train.callbacks import AtomicCheckpointIO, StepBatchSampler
+from specdec.train.config import RecipeError
+from specdec.train.export import export_draft
+from specdec.train.medusa_module import MedusaModule
+from specdec.train.target import Target, cache_root, load_target
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    draft_dir: Path | None
+    """Exported draft folder (None on ranks other than 0)."""
+    metrics: dict[str, float]
+    """Final validation metrics."""
+    seconds: float
+    """Wall time of the fit."""
+
+
+def run(cfg: DictConfig) -> TrainResult:
+    """Run the recipe `cfg` (already validated by `load_recipe`)."""
+    # Step 1: seed, threads, output folder with the resolved config.
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    if cfg.trainer.num_threads:
+        torch.set_num_threads(cfg.trainer.num_threads)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    ckpt_path = resume_path(cfg)
+    # Step 2: the frozen target, the data it writes, and the draft.
+    target = load_target(cfg.target.name_or_path, cfg.target.revision, cfg.target.gguf_file, cfg.target.dtype)
+    train_ds, val_ds = prepare_data(cfg, target)
+    heads = build_heads(cfg, target)
+    if cfg.method == "medusa2":
+        target.model = add_lora(target.model, cfg)
+    module = MedusaModule(target.model, heads, cfg)
+    # Step 3: fit with Lightning.
+    trainer = build_trainer(cfg)
+    loaders = DataLoaders(cfg, train_ds, val_ds, target.tokenizer.pad_token_id)
+    start = time.perf_counter()
+    trainer.fit(module, train_dataloaders=loaders.train(trainer), val_dataloaders=loaders.val(), ckpt_path=ckpt_path)
+    seconds = time.perf_counter() - start
+    # Step 4: a final validation pass on the trained weights, then the export (rank 0 only).
+    trainer.validate(module, dataloaders=loaders.val(), verbose=False)
+    metrics = module.validation_metrics()
+    if not trainer.is_global_zero:
+        return TrainResult(None, metrics, seconds)
+    tokens_per_example = sum(len(x) for x in train_ds["input_ids"]) / max(len(train_ds), 1)
+    info = {
+        "steps": trainer.global_step,
+        "train_examples": len(train_ds),
+        "val_examples": len(val_ds),
+        "train_tokens": int(trainer.global_step * cfg.trainer.accumulate_grad_batches * cfg.data.batch_size * tokens_per_example),
+        "seconds": seconds,
+    }
+    draft_dir = export_draft(heads, cfg, target, metrics, info)
+    print(f"draft written to {draft_dir}")
+    for name, value in metrics.items():
+        print(f"  {name}: {value:.4f}")
+    return TrainResult(draft_dir, metrics, seconds)
+
+
+def resume_path(cfg: DictConfig) -> str | None:
+    """The checkpoint to resume from, or None; a clear error if it does not exist."""
+    if not cfg.resume:
+        return None
+    path = Path(cfg.output_dir) / "checkpoints" / "last.ckpt" if cfg.resume == "last" else Path(cfg.resume)
+    if not path.is_file():
+        raise RecipeError(f"resume checkpoint {path} does not exist (checkpoints are in <output_dir>/checkpoints/)")
+    return str(path)
+
+
+def prepare_data(cfg: DictConfig, target: Target):
+    """Load prompts, let the target answer them (cached), tokenize with loss masks, split."""
+    conversations = load_conversations(cfg.data.source, on_error=cfg.data.on_error)
+    if cfg.data.self_distill:
+        conversations = prompts_that_fit(conversations, target.tokenizer, cfg.data.max_length - cfg.data.max_new_tokens)
+    conversations = conversations[: cfg.data.max_samples] if cfg.data.max_samples else conversations
+    if cfg.data.self_distill:
+        distill = DistillConfig(
+            max_new_tokens=cfg.data.max_new_tokens,
+            temperature=cfg.data.temperature,
+            top_p=cfg.data.top_p,
+            batch_size=cfg.data.generation_batch_size,
+            multi_turn=cfg.data.multi_turn,
+            seed=cfg.seed,
+        )
+        cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else cache_root() / "distill"
+        prompts = [user_turns(c) for c in conversations]
+        conversations = list(self_distill(target.model, target.tokenizer, prompts, distill, cache_dir, target.target_id)["conversations"])
+    tokenized = tokenize_conversations(target.tokenizer, conversations, cfg.data.max_length)
+    if len(tokenized) <= cfg.data.val_size:
+        raise RecipeError(f"only {len(tokenized)} usable conversations for data.val_size={cfg.data.val_size}: raise data.max_samples or lower data.val_size")
+    return split_train_val(tokenized, cfg.data.val_size, cfg.seed)
+
+
+def prompts_that_fit(conversations: list, tokenizer, budget: int) -> list:
+    """Keep conversations whose first prompt leaves room for the answer within data.max_length."""
+    kept = [c for c in conversations if _prompt_tokens(tokenizer, _first_prompt(c)) <= budget]
+    if len(kept) < len(conversations):
+        print(f"skipped {len(conversations) - len(kept)} of {len(conversations)} prompts longer than {budget} tokens (data.max_length - data.max_new_tokens)")
+    return kept
+
+
+def _first_prompt(conversation: list) -> list:
+    """Messages up to and including the first user turn."""
+    roles = [m["role"] for m in conversation]
+    return conversation[: roles.index("user") + 1] if "user" in roles else conversation
+
+
+def _prompt_tokens(tokenizer, messages: list) -> int:
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def build_heads(cfg: DictConfig, target: Target) -> MedusaHeads:
+    heads = MedusaHeads(
+        MedusaConfig(
+            hidden_size=target.hidden_size,
+            vocab_size=target.vocab_size,
+            num_heads=cfg.medusa.num_heads,
+            num_layers=cfg.medusa.num_layers,
+            share_lm_head=cfg.medusa.share_lm_head,
+        )
+    )
+    heads.init_from_target(lm_head_weight(target.model))
+    return heads
+
+
+def add_lora(model, cfg: DictConfig):
+    """Wrap the target with peft LoRA adapters (Medusa-2); only the adapters are trainable."""
+    from peft import LoraConfig, get_peft_model
+
+    modules = cfg.medusa2.lora_target_modules
+    lora = LoraConfig(
+        r=cfg.medusa2.lora_r,
+        lora_alpha=cfg.medusa2.lora_alpha,
+        lora_dropout=cfg.medusa2.lora_dropout,
+        target_modules=modules if modules == "all-linear" else [m.strip() for m in modules.split(",")],
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)
+
+
+class DataLoaders:
+    """Training batches in the resumable order of `StepBatchSampler`; validation in file order."""
+
+    def __init__(self, cfg: DictConfig, train_ds, val_ds, pad_id: int):
+        self.cfg, self.train_ds, self.val_ds = cfg, train_ds, val_ds
+        self.collate = lambda examples: pad_collate(examples, pad_id)
+
+    def train(self, trainer: L.Trainer) -> DataLoader:
+        cfg = self.cfg
+        accumulation = cfg.trainer.accumulate_grad_batches
+        # The sampler starts where a resumed run left off; Lightning restores global_step before asking for data.
+        sampler = _LazyStepSampler(trainer, len(self.train_ds), cfg.data.batch_size, cfg.trainer.max_steps * accumulation, cfg.seed, accumulation)
+        return DataLoader(self.train_ds, batch_sampler=sampler, collate_fn=self.collate)
+
+    def val(self) -> DataLoader:
+        return DataLoader(self.val_ds, batch_size=self.cfg.data.batch_size, shuffle=False, collate_fn=self.collate)
+
+
+class _LazyStepSampler(StepBatchSampler):
+    """StepBatchSampler whose start and rank are read from the trainer when iteration begins."""
+
+    def __init__(self, trainer: L.Trainer, n: int, batch_size: int, num_batches: int, seed: int, accumulation: int):
+        super().__init__(n, batch_size, num_batches, seed)
+        self.trainer, self.accumulation = trainer, accumulation
+
+    def __iter__(self):
+        self.start = self.trainer.global_step * self.accumulation
+        self.rank, self.world_size = self.trainer.global_rank, self.trainer.world_size
+        return super().__iter__()
+
+
+def build_trainer(cfg: DictConfig) -> L.Trainer:
+    t = cfg.trainer
+    out = Path(cfg.output_dir)
+    checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", every_n_train_steps=t.checkpoint_every_n_steps, save_last=True, save_top_k=0)
+    plugins = [AtomicCheckpointIO()] if not str(t.strategy).startswith(("deepspeed", "fsdp")) else []
+    return L.Trainer(
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        precision=t.precision,
+        max_steps=t.max_steps,
+        max_epochs=-1,
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        gradient_clip_val=t.gradient_clip_val,
+        val_check_interval=t.val_every_n_steps * t.accumulate_grad_batches,
+        check_val_every_n_epoch=None,
+        log_every_n_steps=t.log_every_n_steps,
+        logger=build_logger(cfg),
+        callbacks=[checkpoint, LearningRateMonitor(logging_interval="step")] if t.logger != "none" else [checkpoint],
+        plugins=plugins,
+        enable_progress_bar=t.enable_progress_bar,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,
+        default_root_dir=str(out),
+    )
+
+
+def build_logger(cfg: DictConfig):
+    if cfg.trainer.logger == "none":
+        return False
+    if cfg.trainer.logger == "wandb":
+        offline = not os.environ.get("WANDB_API_KEY")
+        return WandbLogger(project=cfg.trainer.wandb_project, save_dir=cfg.output_dir, offline=offline)
+    return CSVLogger(save_dir=cfg.output_dir, name="logs", version="")
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Failures caused by input (recipe, data, files, target, loss) that the CLI reports in one line."""
+    from specdec.data.sources import DataError
+    from specdec.models.base import DraftMismatchError
+    from specdec.train.losses import NonFiniteLossError
+    from specdec.train.target import TargetLoadError
+
+    return (RecipeError, DataError, FileNotFoundError, TargetLoadError, DraftMismatchError, NonFiniteLossError)
