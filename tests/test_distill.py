@@ -1,0 +1,151 @@
+"""Tests for specdec.data.distill: batched generation, the on-disk cache and resumption."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from specdec.data.distill import DistillConfig, cache_key, self_distill
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "hi"}],
+    [
+        {"role": "user", "content": "Please write a short poem about the sea."},
+        {"role": "assistant", "content": "old"},
+    ],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Numbers: 1 2 3"}],
+    [{"role": "user", "content": "Hello! How can I help you today?"}, {"role": "user", "content": "The quick brown fox"}],
+    [{"role": "user", "content": "Medusa heads predict tokens."}],
+]
+
+
+@pytest.fixture()
+def lively_llama(tiny_llama):
+    """The tiny Llama with larger random weights: its greedy outputs differ between prompts.
+
+    (With the default small init it answers every prompt with the same repeated newline,
+    which would hide batching mistakes.)
+    """
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in tiny_llama.named_parameters():
+            if "norm" not in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+    return tiny_llama
+
+
+def _config(**overrides) -> DistillConfig:
+    return DistillConfig(**{"max_new_tokens": 5, "batch_size": 2, "chunk_size": 2, **overrides})
+
+
+def _distill(model, tokenizer, conversations, cache_dir, config=None):
+    """Run self_distill quietly with the test config and target id "tiny"."""
+    return self_distill(model, tokenizer, conversations, config or _config(), cache_dir, "tiny", show_progress=False)
+
+
+def _manual_greedy(model, tokenizer, prompt, max_new_tokens=5) -> str:
+    """Answer one prompt alone (no padding) with plain greedy `generate`."""
+    text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    inputs = tokenizer(text, add_special_tokens=False, return_tensors="pt")
+    output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=2, eos_token_id=2)
+    return tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+class CountingGenerate:
+    """Wraps `model.generate`, counting calls and optionally failing on one call number."""
+
+    def __init__(self, model, fail_on_call: int | None = None):
+        self.original = model.generate
+        self.fail_on_call = fail_on_call
+        self.calls = 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls == self.fail_on_call:
+            raise RuntimeError("simulated interruption")
+        return self.original(*args, **kwargs)
+
+
+def test_each_conversation_gets_an_answer_equal_to_unbatched_greedy(lively_llama, tiny_tokenizer, tmp_path):
+    dataset = self_distill(lively_llama, tiny_tokenizer, CONVERSATIONS, _config(batch_size=3), tmp_path, "tiny")
+    rows = list(dataset["conversations"])
+    assert dataset.column_names == ["conversations"] and len(rows) == len(CONVERSATIONS)
+    answers = []
+    for source, row in zip(CONVERSATIONS, rows):
+        prompt = source[: 2 if source[0]["role"] == "system" else 1]
+        assert row[:-1] == prompt  # old assistant turns and later user turns are not kept
+        assert row[-1]["role"] == "assistant"
+        assert row[-1]["content"] == _manual_greedy(lively_llama, tiny_tokenizer, prompt)
+        answers.append(row[-1]["content"])
+    assert len(set(answers)) > 1  # the check above is not trivially satisfied
+
+
+def test_second_call_is_served_from_the_cache(lively_llama, tiny_tokenizer, tmp_path, monkeypatch, caplog):
+    first = _distill(lively_llama, tiny_tokenizer, CONVERSATIONS, tmp_path)
+
+    def must_not_generate(*args, **kwargs):
+        raise AssertionError("generate called on a cache hit")
+
+    monkeypatch.setattr(lively_llama, "generate", must_not_generate)
+    with caplog.at_level("INFO", logger="specdec.data.distill"):
+        second = _distill(lively_llama, tiny_tokenizer, CONVERSATIONS, tmp_path)
+    assert list(second["conversations"]) == list(first["conversations"])
+    assert "cache hit" in caplog.text
+    with pytest.raises(AssertionError, match="cache hit"):  # a different config is a different key
+        _distill(lively_llama, tiny_tokenizer, CONVERSATIONS, tmp_path, _config(max_new_tokens=4))
+
+
+def test_interrupted_run_resumes_from_finished_shards(lively_llama, tiny_tokenizer, tmp_path, monkeypatch):
+    conversations = CONVERSATIONS[:4]  # two chunks of two, one generate call per chunk
+    reference = _distill(lively_llama, tiny_tokenizer, conversations, tmp_path / "ref")
+
+    failing = CountingGenerate(lively_llama, fail_on_call=2)
+    monkeypatch.setattr(lively_llama, "generate", failing)
+    with pytest.raises(RuntimeError, match="simulated interruption"):
+        _distill(lively_llama, tiny_tokenizer, conversations, tmp_path / "run")
+    key_dir = tmp_path / "run" / cache_key("tiny", conversations, _config())
+    assert sorted(p.name for p in (key_dir / "shards").iterdir()) == ["shard-00000.jsonl"]
+    assert not (key_dir / "dataset").exists()
+
+    counting = CountingGenerate(lively_llama)
+    monkeypatch.setattr(lively_llama, "generate", counting)
+    resumed = _distill(lively_llama, tiny_tokenizer, conversations, tmp_path / "run")
+    assert counting.calls == 1
+    assert list(resumed["conversations"]) == list(reference["conversations"])
+    assert (key_dir / "dataset").is_dir()
+
+
+def test_multi_turn_answers_every_user_turn(lively_llama, tiny_tokenizer, tmp_path):
+    dataset = _distill(lively_llama, tiny_tokenizer, CONVERSATIONS, tmp_path, _config(multi_turn=True))
+    for source, row in zip(CONVERSATIONS, dataset["conversations"]):
+        users = [m for m in row if m["role"] == "user"]
+        assert users == [m for m in source if m["role"] == "user"]
+        roles = [m["role"] for m in row if m["role"] != "system"]
+        assert roles == ["user", "assistant"] * len(users)
+    # The second answer continues the conversation that holds the generated first answer.
+    two_turn = dataset["conversations"][3]
+    assert two_turn[3]["content"] == _manual_greedy(lively_llama, tiny_tokenizer, two_turn[:3])
+
+
+def test_sampling_is_reproducible_with_the_seed(lively_llama, tiny_tokenizer, tmp_path):
+    config = _config(temperature=1.0, top_k=50, top_p=0.9, max_new_tokens=8)
+    first = _distill(lively_llama, tiny_tokenizer, CONVERSATIONS, tmp_path / "a", config)
+    second = _distill(lively_llama, tiny_tokenizer, CONVERSATIONS, tmp_path / "b", config)
+    assert list(first["conversations"]) == list(second["conversations"])
+
+
+def test_cache_key_depends_on_prompts_target_and_config_only():
+    base = cache_key("tiny", CONVERSATIONS, _config())
+    assert len(base) == 16
+    assert cache_key("other", CONVERSATIONS, _config()) != base
+    assert cache_key("tiny", CONVERSATIONS[:3], _config()) != base
+    assert cache_key("tiny", CONVERSATIONS, _config(seed=1)) != base
+    assert cache_key("tiny", CONVERSATIONS, _config(batch_size=4)) != base
+    # Existing assistant answers are replaced, so they do not change the key.
+    without_answers = [[m for m in c if m["role"] != "assistant"] for c in CONVERSATIONS]
+    assert cache_key("tiny", without_answers, _config()) == base
+
+
+def test_conversation_without_user_turn_is_rejected(tiny_llama, tiny_tokenizer, tmp_path):
+    with pytest.raises(ValueError, match="conversation 1 has no user turn"):
+        _distill(tiny_llama, tiny_tokenizer, [CONVERSATIONS[0], [{"role": "system", "content": "s"}]], tmp_path)

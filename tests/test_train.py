@@ -1,0 +1,139 @@
+"""Training end to end on a tiny target: CLI, export, resume equality, NaN stop, Medusa-2."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from specdec.models.base import DraftMismatchError, load_draft
+from specdec.train.cli import main
+from specdec.train.config import load_recipe
+from specdec.train.losses import NonFiniteLossError
+from specdec.train.medusa_module import MedusaModule
+from specdec.train.pipeline import run
+
+PROMPTS = ["Say hello.", "Write a poem about the sea.", "How can I help you today?", "Tell me a number.", "What is speculative decoding?", "Name a fox."]
+
+
+@pytest.fixture()
+def prompts_file(tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"{PROMPTS[i % 6]} {i}"}) + "\n" for i in range(30)))
+    return path
+
+
+def tiny_overrides(tmp_path, target_dir, prompts_file, **extra):
+    overrides = {
+        "target.name_or_path": str(target_dir),
+        "output_dir": str(tmp_path / "run"),
+        "data.source": str(prompts_file),
+        "data.cache_dir": str(tmp_path / "cache"),
+        "data.max_samples": "24",
+        "data.val_size": "4",
+        "data.max_new_tokens": "12",
+        "data.max_length": "128",
+        "trainer.max_steps": "6",
+        "trainer.val_every_n_steps": "3",
+        "trainer.checkpoint_every_n_steps": "3",
+        "trainer.enable_progress_bar": "false",
+        "optim.warmup_steps": "2",
+    }
+    overrides.update({k: str(v) for k, v in extra.items()})
+    return overrides
+
+
+def _draft_tensors(path):
+    return load_file(path / "draft" / "model.safetensors")
+
+
+def test_cli_trains_and_exports_a_loadable_draft(tmp_path, tiny_target_dir, prompts_file, capsys):
+    args = [f"{k}={v}" for k, v in tiny_overrides(tmp_path, tiny_target_dir, prompts_file).items()]
+    assert main(["recipe=medusa1", *args]) == 0
+    run_dir = tmp_path / "run"
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
+    config = json.loads((run_dir / "draft" / "config.json").read_text())
+    assert config["method"] == "medusa1" and config["target"]["hidden_size"] == 32 and config["target"]["vocab_size"] == 320
+    assert 0.0 <= config["metrics"]["val/head1_top1"] <= 1.0
+    assert (run_dir / "draft" / "README.md").read_text().count("val/head1_top1") == 1
+    draft = load_draft(run_dir / "draft")
+    draft.check_target(32, 320)
+    with pytest.raises(DraftMismatchError):
+        draft.check_target(64, 320)
+    # The checkpoint holds the heads (and optimizer state), never the frozen target.
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["state_dict"] and all(k.startswith("heads.") for k in ckpt["state_dict"])
+    assert "val/head1_top1" in capsys.readouterr().out
+
+
+def test_training_lowers_the_head_loss(tmp_path, tiny_target_dir, prompts_file):
+    cfg = load_recipe("medusa1", tiny_overrides(tmp_path, tiny_target_dir, prompts_file, **{"trainer.max_steps": 40, "optim.lr": 0.01, "trainer.val_every_n_steps": 40, "medusa.share_lm_head": "false"}))
+    start_cfg = load_recipe("medusa1", tiny_overrides(tmp_path / "zero", tiny_target_dir, prompts_file, **{"optim.lr": 0.0, "medusa.share_lm_head": "false"}))
+    trained, untrained = run(cfg), run(start_cfg)
+    assert trained.metrics["val/loss"] < 0.8 * untrained.metrics["val/loss"]
+
+
+def test_resume_after_a_kill_ends_with_the_same_weights(tmp_path, tiny_target_dir, prompts_file, monkeypatch):
+    full = run(load_recipe("medusa1", tiny_overrides(tmp_path / "full", tiny_target_dir, prompts_file)))
+    # Kill the second run at step 4 (after the step-3 checkpoint), then resume it.
+    killed_cfg = load_recipe("medusa1", tiny_overrides(tmp_path / "killed", tiny_target_dir, prompts_file))
+    original_step = MedusaModule.training_step
+
+    def dying_step(self, batch, batch_idx):
+        if self.global_step == 4:
+            raise RuntimeError("simulated kill")
+        return original_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(MedusaModule, "training_step", dying_step)
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        run(killed_cfg)
+    assert not (tmp_path / "killed" / "run" / "draft").exists()
+    monkeypatch.setattr(MedusaModule, "training_step", original_step)
+    resumed = run(load_recipe("medusa1", tiny_overrides(tmp_path / "killed", tiny_target_dir, prompts_file, resume="last")))
+    a, b = _draft_tensors(tmp_path / "full" / "run"), _draft_tensors(tmp_path / "killed" / "run")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
+    assert resumed.metrics["val/loss"] == pytest.approx(full.metrics["val/loss"], rel=1e-5)
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path, tiny_target_dir, prompts_file, monkeypatch):
+    cfg = load_recipe("medusa1", tiny_overrides(tmp_path, tiny_target_dir, prompts_file))
+    original = MedusaModule._head_losses
+
+    def poisoned(self, hidden, batch, weight):
+        out = original(self, hidden, batch, weight)
+        if self.training and self.global_step == 4:
+            out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(MedusaModule, "_head_losses", poisoned)
+    with pytest.raises(NonFiniteLossError, match="step 4"):
+        run(cfg)
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 3
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
+
+
+def test_resume_from_a_missing_checkpoint_fails_before_work(tmp_path, tiny_target_dir, prompts_file, capsys):
+    args = [f"{k}={v}" for k, v in tiny_overrides(tmp_path, tiny_target_dir, prompts_file, resume="last").items()]
+    assert main(["recipe=medusa1", *args]) == 1
+    assert "last.ckpt does not exist" in capsys.readouterr().err
+
+
+def test_medusa2_trains_lora_jointly_and_exports_the_merged_target(tmp_path, tiny_target_dir, prompts_file):
+    extra = {"medusa2.heads_only_steps": 3, "medusa2.lora_r": 4, "medusa2.save_adapter": "true", "optim.lr": 0.01}
+    result = run(load_recipe("medusa2", tiny_overrides(tmp_path, tiny_target_dir, prompts_file, **extra)))
+    draft_dir = result.draft_dir
+    config = json.loads((draft_dir / "config.json").read_text())
+    assert config["method"] == "medusa2" and config["target"]["finetuned_weights"] == "target"
+    assert (draft_dir / "adapter" / "adapter_config.json").is_file()
+    from transformers import AutoModelForCausalLM
+
+    merged = AutoModelForCausalLM.from_pretrained(draft_dir / "target")
+    base = AutoModelForCausalLM.from_pretrained(tiny_target_dir)
+    changed = [n for n, p in merged.named_parameters() if not torch.equal(p, base.state_dict()[n])]
+    assert changed, "joint training should have changed the target through LoRA"
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert any("lora_" in k for k in ckpt["state_dict"]) and all(("lora_" in k) or k.startswith("heads.") for k in ckpt["state_dict"])
