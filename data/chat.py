@@ -41,7 +41,8 @@ def tokenize_conversation(tokenizer, messages: list[dict], max_length: int | Non
         ``{"input_ids": list[int], "loss_mask": list[int]}`` of equal length. ``loss_mask`` is 1
         on the content tokens of every assistant turn and on its end-of-turn token(s) (for
         ChatML: the content and ``<|im_end|>``), and 0 on system/user turns, role headers and
-        whitespace the template puts after a turn.
+        whitespace the template puts after a turn. An assistant message with ``"truncated":
+        True`` (cut off by a length cap) keeps only its content tokens.
 
     Raises:
         ValueError: if the tokenizer has no chat template, or the template is not prefix-stable.
@@ -58,6 +59,11 @@ def tokenize_conversation(tokenizer, messages: list[dict], max_length: int | Non
         start = _prefix_boundary(tokenizer, messages[:index], True, full_text, input_ids)
         end = _prefix_boundary(tokenizer, messages[: index + 1], False, full_text, input_ids)
         end = _strip_trailing_whitespace(tokenizer, input_ids, start, end)
+        if message.get("truncated"):
+            # Step 2b: an answer cut off at a length cap did not end there: leave its end-of-turn out.
+            content_text = _render(tokenizer, messages[:index], True) + message["content"]
+            if full_text.startswith(content_text):
+                end = min(end, _text_boundary(tokenizer, content_text, input_ids))
         loss_mask[start:end] = [1] * (end - start)
     # Step 3: cut off the end of the conversation beyond max_length.
     if max_length is not None:
@@ -138,7 +144,11 @@ def _prefix_boundary(
             "earlier turns (for example drop reasoning from past assistant turns) are not supported; use a "
             "template that renders each turn the same whatever follows it."
         )
-    # Step 2: count the tokens the prefix shares with the full tokenization.
+    return _text_boundary(tokenizer, prefix_text, full_ids)
+
+
+def _text_boundary(tokenizer, prefix_text: str, full_ids: list[int]) -> int:
+    """Number of leading tokens of ``full_ids`` shared with the tokenization of ``prefix_text``."""
     prefix_ids = _encode(tokenizer, prefix_text)
     shared = 0
     for prefix_id, full_id in zip(prefix_ids, full_ids):

@@ -151,8 +151,9 @@ def _distill_chunk(model, tokenizer, prompts: list[list[dict]], config: DistillC
             for i in active:
                 histories[i].extend(pending[i][turn])
             answers = _generate(model, tokenizer, [histories[i] for i in active], config)
-            for i, answer in zip(active, answers):
-                histories[i].append({"role": "assistant", "content": answer})
+            for i, (answer, stopped) in zip(active, answers):
+                # An answer cut off by max_new_tokens is marked, so its end-of-turn token is not trained on.
+                histories[i].append({"role": "assistant", "content": answer, "truncated": not stopped})
         finished.extend(histories)
         progress.update(len(batch))
     return finished
@@ -175,8 +176,11 @@ def _turn_groups(prompt: list[dict], multi_turn: bool) -> list[list[dict]]:
 
 
 @torch.inference_mode()
-def _generate(model, tokenizer, histories: list[list[dict]], config: DistillConfig) -> list[str]:
-    """Generate one assistant answer per conversation with a single left-padded batch."""
+def _generate(model, tokenizer, histories: list[list[dict]], config: DistillConfig) -> list[tuple[str, bool]]:
+    """Generate one assistant answer per conversation with a single left-padded batch.
+
+    Returns (answer text, whether generation stopped at EOS rather than at max_new_tokens).
+    """
     # Step 1: render the prompts with the generation prompt and left-pad them by hand.
     encoded = [
         tokenizer(
@@ -199,7 +203,9 @@ def _generate(model, tokenizer, histories: list[list[dict]], config: DistillConf
         **_sampling_kwargs(config),
     )
     # Step 3: drop the prompt and decode only the new tokens.
-    return tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
+    new_tokens = output[:, width:]
+    stopped = (new_tokens == tokenizer.eos_token_id).any(dim=1).tolist()
+    return list(zip(tokenizer.batch_decode(new_tokens, skip_special_tokens=True), stopped))
 
 
 def _sampling_kwargs(config: DistillConfig) -> dict:

@@ -20,6 +20,7 @@ ASSETS_DIR = Path(__file__).parent / "assets"
 BUILTIN_SOURCES: dict[str, str] = {
     "sharegpt-prompts": "sharegpt_prompts.jsonl",
     "mt-bench": "mt_bench.jsonl",
+    "smollm2-selfdistill": "smollm2_selfdistill_160.jsonl",
 }
 
 ON_ERROR_CHOICES = ("skip", "raise")

@@ -99,3 +99,12 @@ def test_tokenize_conversations_accepts_a_conversations_dataset(tiny_tokenizer):
     dataset = datasets.Dataset.from_dict({"conversations": [TWO_TURNS]})
     tokenized = tokenize_conversations(tiny_tokenizer, dataset, max_length=None)
     assert tokenized[0]["input_ids"] == tokenize_conversation(tiny_tokenizer, TWO_TURNS)["input_ids"]
+
+
+def test_truncated_answer_keeps_its_content_but_not_the_end_of_turn(tiny_tokenizer):
+    messages = [{"role": "user", "content": "Say hello."}, {"role": "assistant", "content": "Hello! How can", "truncated": True}]
+    example = tokenize_conversation(tiny_tokenizer, messages)
+    masked = [t for t, m in zip(example["input_ids"], example["loss_mask"]) if m]
+    assert tiny_tokenizer.decode(masked) == "Hello! How can"
+    finished = tokenize_conversation(tiny_tokenizer, [messages[0], {**messages[1], "truncated": False}])
+    assert sum(finished["loss_mask"]) == sum(example["loss_mask"]) + 1

@@ -73,7 +73,7 @@ def test_each_conversation_gets_an_answer_equal_to_unbatched_greedy(lively_llama
     answers = []
     for source, row in zip(CONVERSATIONS, rows):
         prompt = source[: 2 if source[0]["role"] == "system" else 1]
-        assert row[:-1] == prompt  # old assistant turns and later user turns are not kept
+        assert [{"role": m["role"], "content": m["content"]} for m in row[:-1]] == prompt  # old assistant turns and later user turns are not kept
         assert row[-1]["role"] == "assistant"
         assert row[-1]["content"] == _manual_greedy(lively_llama, tiny_tokenizer, prompt)
         answers.append(row[-1]["content"])
@@ -119,7 +119,7 @@ def test_multi_turn_answers_every_user_turn(lively_llama, tiny_tokenizer, tmp_pa
     dataset = _distill(lively_llama, tiny_tokenizer, CONVERSATIONS, tmp_path, _config(multi_turn=True))
     for source, row in zip(CONVERSATIONS, dataset["conversations"]):
         users = [m for m in row if m["role"] == "user"]
-        assert users == [m for m in source if m["role"] == "user"]
+        assert [{"role": m["role"], "content": m["content"]} for m in users] == [m for m in source if m["role"] == "user"]
         roles = [m["role"] for m in row if m["role"] != "system"]
         assert roles == ["user", "assistant"] * len(users)
     # The second answer continues the conversation that holds the generated first answer.
@@ -149,3 +149,16 @@ def test_cache_key_depends_on_prompts_target_and_config_only():
 def test_conversation_without_user_turn_is_rejected(tiny_llama, tiny_tokenizer, tmp_path):
     with pytest.raises(ValueError, match="conversation 1 has no user turn"):
         _distill(tiny_llama, tiny_tokenizer, [CONVERSATIONS[0], [{"role": "system", "content": "s"}]], tmp_path)
+
+
+def test_answers_cut_off_by_the_length_cap_are_marked_truncated(lively_llama, tiny_tokenizer, tmp_path):
+    short = _distill(lively_llama, tiny_tokenizer, CONVERSATIONS, tmp_path / "short", _config(max_new_tokens=1))
+    assert all(row[-1]["truncated"] for row in short["conversations"])  # one token never reaches EOS here
+    long = _distill(lively_llama, tiny_tokenizer, CONVERSATIONS, tmp_path / "long", _config(max_new_tokens=60))
+    for source, row in zip(CONVERSATIONS, long["conversations"]):
+        prompt = source[: 2 if source[0]["role"] == "system" else 1]
+        text = tiny_tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        inputs = tiny_tokenizer(text, add_special_tokens=False, return_tensors="pt")
+        out = lively_llama.generate(**inputs, max_new_tokens=60, do_sample=False, pad_token_id=2, eos_token_id=2)
+        stopped = bool((out[0, inputs["input_ids"].shape[1] :] == 2).any())
+        assert row[-1]["truncated"] is (not stopped)

