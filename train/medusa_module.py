@@ -77,6 +77,7 @@ class MedusaModule(L.LightningModule):
             decay=self.cfg.medusa.loss_decay,
             soft_label_weight=self.cfg.medusa.soft_label_weight,
             top_k=self.cfg.medusa.top_k,
+            with_accuracy=not self.training,
         )
 
     # -- validation: per-head top-1 / top-k accuracy, weighted by labelled positions --

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
@@ -40,8 +40,8 @@ class TrainResult:
     """Wall time of the fit."""
 
 
-def run(cfg: DictConfig) -> TrainResult:
-    """Run the recipe `cfg` (already validated by `load_recipe`)."""
+def run(cfg: DictConfig, callbacks: list | tuple = ()) -> TrainResult:
+    """Run the recipe `cfg` (already validated by `load_recipe`); `callbacks` are added to the Trainer."""
     # Step 1: seed, threads, output folder with the resolved config.
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.trainer.num_threads:
@@ -58,7 +58,7 @@ def run(cfg: DictConfig) -> TrainResult:
         target.model = add_lora(target.model, cfg)
     module = MedusaModule(target.model, heads, cfg)
     # Step 3: fit with Lightning.
-    trainer = build_trainer(cfg)
+    trainer = build_trainer(cfg, list(callbacks))
     loaders = DataLoaders(cfg, train_ds, val_ds, target.tokenizer.pad_token_id)
     start = time.perf_counter()
     trainer.fit(module, train_dataloaders=loaders.train(trainer), val_dataloaders=loaders.val(), ckpt_path=ckpt_path)
@@ -196,7 +196,7 @@ class _LazyStepSampler(StepBatchSampler):
         return super().__iter__()
 
 
-def build_trainer(cfg: DictConfig) -> L.Trainer:
+def build_trainer(cfg: DictConfig, extra_callbacks: list | None = None) -> L.Trainer:
     t = cfg.trainer
     out = Path(cfg.output_dir)
     checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", every_n_train_steps=t.checkpoint_every_n_steps, save_last=True, save_top_k=0)
@@ -215,7 +215,7 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
         check_val_every_n_epoch=None,
         log_every_n_steps=t.log_every_n_steps,
         logger=build_logger(cfg),
-        callbacks=[checkpoint, LearningRateMonitor(logging_interval="step")] if t.logger != "none" else [checkpoint],
+        callbacks=[checkpoint, *([TQDMProgressBar()] if t.enable_progress_bar else []), *([LearningRateMonitor(logging_interval="step")] if t.logger != "none" else []), *(extra_callbacks or [])],
         plugins=plugins,
         enable_progress_bar=t.enable_progress_bar,
         enable_model_summary=False,
