@@ -136,3 +136,11 @@ def freeze(module: nn.Module) -> nn.Module:
 def lm_head_weight(target: nn.Module) -> torch.Tensor:
     """The target's vocabulary projection weight [V, H]."""
     return target.get_output_embeddings().weight
+
+
+def final_hidden_states(target: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+    """The target's last hidden state h_t (after its final norm), without computing vocabulary logits.
+
+    Extra keyword arguments (position_ids, past_key_values, ...) go to the target's decoder.
+    """
+    return target.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state

@@ -7,7 +7,7 @@ from specdec.data.chat import tokenize_conversation
 from specdec.data.distill import DistillConfig, self_distill
 from specdec.train.config import load_recipe
 from specdec.train.pipeline import run
-from specdec.train.target import load_target
+from specdec.models.target import load_target
 
 pytestmark = pytest.mark.slow
 

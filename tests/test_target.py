@@ -5,8 +5,9 @@ import importlib.util
 import pytest
 import torch
 
-from specdec.train import target as target_mod
-from specdec.train.target import TargetLoadError, final_hidden_states, load_target
+from specdec.models import target as target_mod
+from specdec.models.base import final_hidden_states
+from specdec.models.target import TargetLoadError, load_target
 
 
 def test_local_folder_loads_frozen_with_tokenizer(tiny_target_dir):

