@@ -9,6 +9,7 @@ weights) followed by a vocabulary projection that is either the frozen target lm
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +30,8 @@ class MedusaConfig:
     """ResBlocks per head (each with independent weights)."""
     share_lm_head: bool = True
     """Project with the frozen target lm_head (cheap, small file) instead of a per-head Linear(H, V)."""
+    head_rank_accuracy: Optional[list[list[float]]] = None
+    """Measured on held-out data: [k][r] = share of labels that were head k's r-th candidate (builds draft trees)."""
 
 
 class ResBlock(nn.Module):

@@ -43,7 +43,7 @@ def test_oracle_heads_score_perfectly_only_with_the_right_alignment():
     ids = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
     mask = torch.tensor([[0, 0, 1, 1, 1, 1, 1, 1]])
     heads, hidden = _oracle_heads(ids, num_heads=3, vocab=10)
-    out = medusa_head_losses(heads, hidden, ids, mask, None, top_k=1)
+    out = medusa_head_losses(heads, hidden, ids, mask, None)
     assert out.top1.tolist() == [1.0, 1.0, 1.0]
     assert out.per_head.max() < 1e-4
     assert out.count.tolist() == [6.0, 5.0, 4.0]

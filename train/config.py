@@ -150,6 +150,16 @@ class TrainerConfig:
 
 
 @dataclass
+class HubConfig:
+    repo_id: Optional[str] = None
+    """Hugging Face Hub model repo (ORG/NAME) the finished draft is uploaded to; null = no upload."""
+    private: bool = False
+    """Create the Hub repo as private (an existing repo keeps its visibility)."""
+    format: str = "specdec"
+    """Layout uploaded: specdec (the draft folder), medusa, vllm or tensorrt_llm (written to <output_dir>/export_<format> first)."""
+
+
+@dataclass
 class RecipeConfig:
     method: str = "medusa1"
     """Training method: medusa1 (frozen target) or medusa2 (joint LoRA)."""
@@ -171,6 +181,8 @@ class RecipeConfig:
     """Optimizer and learning-rate schedule."""
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     """Lightning Trainer settings."""
+    hub: HubConfig = field(default_factory=HubConfig)
+    """Upload of the finished draft to the Hugging Face Hub (off unless hub.repo_id is set)."""
 
 
 class RecipeError(ValueError):
@@ -282,6 +294,8 @@ def _short_omegaconf_error(exc: OmegaConfBaseException) -> str:
 
 
 def _check_values(config: DictConfig) -> None:
+    from specdec.models.medusa_formats import FORMATS
+
     choices = {
         "method": METHODS,
         "data.on_error": ("skip", "raise"),
@@ -289,6 +303,7 @@ def _check_values(config: DictConfig) -> None:
         "trainer.logger": ("csv", "wandb", "none"),
         "medusa2.ramp": ("sine", "linear", "none"),
         "target.dtype": ("float32", "bfloat16", "float16"),
+        "hub.format": FORMATS,
     }
     for key, allowed in choices.items():
         value = OmegaConf.select(config, key)
@@ -298,8 +313,24 @@ def _check_values(config: DictConfig) -> None:
     for key in positive:
         if OmegaConf.select(config, key) < 1:
             raise RecipeError(f"`{key}` must be at least 1")
+    if not 1 <= config.medusa.top_k <= 10:
+        raise RecipeError("`medusa.top_k` must be within [1, 10] (ranks measured per head)")
     if not 0.0 <= config.medusa.soft_label_weight <= 1.0:
         raise RecipeError("`medusa.soft_label_weight` must be within [0, 1]")
+    _check_repo_id(config.hub.repo_id)
+
+
+def _check_repo_id(repo_id: str | None) -> None:
+    """Fail before training, not after it, on a repo id the Hub would refuse."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if repo_id is None:
+        return
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as exc:
+        raise RecipeError(f"`hub.repo_id` {repo_id!r} is not a Hub repo id (ORG/NAME): {str(exc).splitlines()[0]}") from exc
 
 
 def field_docs(schema: type = RecipeConfig, prefix: str = "") -> list[tuple[str, Any, str]]:

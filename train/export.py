@@ -1,15 +1,28 @@
 """Write the trained draft to `<output_dir>/draft/`: config.json, model.safetensors, the resolved
-recipe, a model card, and for Medusa-2 the fine-tuned target (LoRA merged) and/or the adapter."""
+recipe, a model card, and for Medusa-2 the fine-tuned target (LoRA merged) and/or the adapter.
+
+Also: `specdec-export` (the draft in a serving engine's layout, see specdec.models.medusa_formats)
+and `push_to_hub` (upload a folder with a refreshed model card).
+"""
 
 from __future__ import annotations
 
+import difflib
 import json
+import os
+import re
+import shutil
+import sys
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
-from specdec.models.base import DraftModel
-from specdec.train.target import Target
+from specdec.models.base import CONFIG_NAME, DraftMismatchError, DraftModel, _atomic_write, lm_head_weight, load_draft, read_draft_config
+from specdec.models.medusa import MedusaConfig, MedusaHeads
+from specdec.models.medusa_formats import FORMATS, LAYOUTS, MedusaFormatError, detect_format, export_medusa
+from specdec.train.config import RecipeError, parse_overrides
+from specdec.models.target import Target, TargetLoadError, load_target
 
 FINETUNED_TARGET_DIR = "target"
 ADAPTER_DIR = "adapter"
@@ -35,7 +48,7 @@ def export_draft(draft: DraftModel, cfg: DictConfig, target: Target, metrics: di
     (out / "recipe.yaml").write_text(OmegaConf.to_yaml(cfg))
     if cfg.method == "medusa2":
         _export_finetuned_target(target, cfg, out)
-    (out / "README.md").write_text(model_card(draft, cfg, target, metrics, train_info))
+    write_model_card(out)
     return out
 
 
@@ -49,33 +62,242 @@ def _export_finetuned_target(target: Target, cfg: DictConfig, out: Path) -> None
         target.tokenizer.save_pretrained(out / FINETUNED_TARGET_DIR)
 
 
-def model_card(draft: DraftModel, cfg: DictConfig, target: Target, metrics: dict[str, float], train_info: dict) -> str:
-    """A short README for the draft folder (also the Hub model card)."""
-    rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in sorted(metrics.items()))
+EVAL_RESULTS = "eval_results.json"
+"""Written into a draft folder by the evaluator: {metric name: value}; shown on the model card."""
+SIDE_FILES = ("recipe.yaml", EVAL_RESULTS)
+"""Files of a draft folder that travel with every export."""
+LAYOUT_USE = {
+    "specdec": '`from specdec.models.base import load_draft; draft = load_draft("PATH")` (`check_target()` guards the pairing).',
+    "medusa": "A FasterDecoding/Medusa heads folder (`config.json` + `medusa_lm_head.safetensors`); TensorRT-LLM reads it with `examples/medusa/convert_checkpoint.py --medusa_model_dir PATH`.",
+    "vllm": 'vLLM: `LLM(model=BASE_MODEL, speculative_config={{"model": "PATH", "num_speculative_tokens": {heads}}})`.',
+    "tensorrt_llm": "The Medusa part of a TensorRT-LLM checkpoint (`rank0.safetensors`, tp=1): add the base model's converted weights, then `trtllm-build`.",
+}
+"""How each layout is loaded, for the model card (str.format with `heads`)."""
+
+
+class HubUploadError(RuntimeError):
+    """An upload to the Hugging Face Hub failed; the local folder is intact and the message says how to retry."""
+
+
+def model_card(config: dict, eval_results: dict | None = None) -> str:
+    """The README of a draft or export folder (also the Hub model card), from its parsed config.json."""
+    # Step 1: what the folder holds and what it was trained for.
+    layout = detect_format(config)
+    fields = LAYOUTS[layout]
+    target = config.get("target") or {}
+    base = target.get("name_or_path") or config.get("base_model_name_or_path") or "unknown"
+    method = config.get("method", "medusa")
+    hub_base = f"base_model: {base}\n" if _is_hub_id(base) else ""
+    heads, layers = config.get(fields["num_heads"]), config.get(fields["num_layers"])
+    train = config.get("training") or {}
+    # Step 2: metric tables (training-time validation, then the evaluator's numbers).
+    sections = [_metrics_table("Held-out metrics (self-distilled validation split)", config.get("metrics") or {})]
+    if eval_results:
+        sections.append(_metrics_table(f"Evaluation ({EVAL_RESULTS})", eval_results))
+    finetuned = f"\nThe heads were trained with a LoRA-fine-tuned target (`{target['finetuned_weights']}/` of the specdec draft folder): serve them with it.\n" if target.get("finetuned_weights") else ""
     return f"""---
 library_name: specdec
-tags: [speculative-decoding, {draft.draft_type}, {cfg.method}]
-base_model: {target.name_or_path}
----
-# {cfg.method} draft for `{target.name_or_path}`
+tags: [speculative-decoding, medusa, {method}]
+{hub_base}---
+# {method} Medusa draft for `{base}` ({layout} layout)
 
-Trained with [specdec](https://pypi.org/project/specdec/) `{cfg.method}` against the frozen target
-`{target.name_or_path}` (hidden size {target.hidden_size}, vocabulary {target.vocab_size}).
+Trained with [specdec](https://pypi.org/project/specdec/) `{method}` against the frozen target
+`{base}` (hidden size {target.get('hidden_size', config.get('hidden_size'))}, vocabulary {target.get('vocab_size', config.get('vocab_size'))}): {heads} heads of {layers} ResBlock(s).
+{finetuned}
+Training: {train.get('steps')} optimizer steps on {train.get('train_examples')} self-distilled
+conversations ({train.get('train_tokens')} tokens seen), {train.get('seconds', 0):.0f} s.
 
-Draft hyper-parameters: `{json.dumps({k: v for k, v in vars(draft.config).items()})}`
-
-Training: {train_info.get('steps')} optimizer steps on {train_info.get('train_examples')} self-distilled
-conversations ({train_info.get('train_tokens')} tokens seen), {train_info.get('seconds', 0):.0f} s.
-
-## Held-out metrics (self-distilled validation split)
-| metric | value |
-|---|---|
-{rows}
-
+{chr(10).join(sections)}
 ## Use
-```python
-from specdec.models.base import load_draft
-draft = load_draft("path/to/draft")  # rebuilds the exact module; check_target() guards the pairing
-```
+{LAYOUT_USE[layout].format(heads=heads)}
 The resolved training recipe is in `recipe.yaml`.
 """
+
+
+def write_model_card(folder) -> Path:
+    """(Re)write `<folder>/README.md` from its config.json and, when present, eval_results.json."""
+    folder = Path(folder)
+    config = read_draft_config(folder)
+    eval_path = folder / EVAL_RESULTS
+    eval_results = json.loads(eval_path.read_text()) if eval_path.is_file() else None
+    path = folder / "README.md"
+    card = model_card(config, eval_results)
+    _atomic_write(path, lambda p: Path(p).write_text(card))
+    return path
+
+
+def _metrics_table(title: str, metrics: dict) -> str:
+    rows = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, (int, float)) else f"| {k} | {v} |" for k, v in sorted(metrics.items()))
+    return f"## {title}\n| metric | value |\n|---|---|\n{rows}\n"
+
+
+def _is_hub_id(name: str) -> bool:
+    """Only a Hub id may go into the card's `base_model` field (the Hub rejects local paths there)."""
+    return bool(re.fullmatch(r"[\w.-]+/[\w.-]+", name)) and not Path(name).exists()
+
+
+def push_to_hub(folder, repo_id: str, private: bool = False, token: str | None = None, commit_message: str = "Upload specdec Medusa draft") -> str:
+    """Upload `folder` to the Hub model repo `repo_id` (created if missing) after refreshing its model card.
+
+    The token is `token`, else $HF_TOKEN, else the stored `hf auth login` token. Returns the
+    commit URL. Any network or Hub failure raises HubUploadError; nothing local is changed.
+    """
+    from huggingface_hub import HfApi
+
+    # Step 1: the model card, from the folder's own config and eval results.
+    folder = Path(folder)
+    write_model_card(folder)
+    # Step 2: repo + upload (hidden temporary files stay local).
+    token = token or os.environ.get("HF_TOKEN")
+    api = HfApi(token=token)
+    try:
+        api.create_repo(repo_id, token=token, private=private, exist_ok=True)
+        info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message, token=token, ignore_patterns=[".*"])
+    except _hub_errors() as exc:
+        raise HubUploadError(_upload_failure(folder, repo_id, private, exc)) from exc
+    return str(getattr(info, "commit_url", None) or f"https://huggingface.co/{repo_id}")
+
+
+def _hub_errors() -> tuple[type[BaseException], ...]:
+    """Network/Hub failures: OSError covers ConnectionError, requests' errors, HfHubHTTPError and
+    OfflineModeIsEnabled; errors.HTTPError is the HTTP library's base (httpx in huggingface_hub >= 1)."""
+    from huggingface_hub import errors
+
+    return (OSError, errors.HFValidationError, getattr(errors, "HTTPError", OSError))
+
+
+def _upload_failure(folder: Path, repo_id: str, private: bool, exc: BaseException) -> str:
+    path = folder.resolve()
+    reason = (str(exc).strip().splitlines() or [""])[0]
+    retry = f"`hf upload {repo_id} {path}` (huggingface-cli upload in older huggingface_hub)"
+    if (folder / CONFIG_NAME).is_file() and "draft_type" in read_draft_config(folder):
+        retry = f"`specdec-export draft={path} format=specdec push=true repo_id={repo_id}{' private=true' if private else ''}` or " + retry
+    return f"upload to the Hub repo {repo_id} failed ({type(exc).__name__}: {reason}). The local folder is intact at {path}. Retry when online (HF_TOKEN set or `hf auth login`): {retry}"
+
+
+def export_folder(draft_dir, fmt: str, out=None, target: str | None = None, lm_head: torch.Tensor | None = None) -> Path:
+    """Write the Medusa draft in `draft_dir` in layout `fmt` to `out`; returns the folder.
+
+    `out` defaults to the draft itself for `specdec` and to `<draft_dir>/../export_<fmt>`
+    otherwise. The target lm_head (needed when the heads share it) is `lm_head`, else loaded from
+    `target`, else from the target recorded in the draft (its fine-tuned copy for Medusa-2).
+    """
+    # Step 1: the draft, and the provenance its config.json carries.
+    draft_dir = Path(draft_dir)
+    heads = load_draft(draft_dir)
+    if not isinstance(heads, MedusaHeads):
+        raise MedusaFormatError(f"{draft_dir} holds a {heads.draft_type} draft; only Medusa heads have serving-engine layouts")
+    config = read_draft_config(draft_dir)
+    own = {"draft_type", "specdec_version", *MedusaConfig.__dataclass_fields__}
+    provenance = {k: v for k, v in config.items() if k not in own}
+    out = Path(out) if out else (draft_dir if fmt == "specdec" else draft_dir.parent / f"export_{fmt}")
+    if out.resolve() == draft_dir.resolve():
+        if fmt != "specdec":
+            raise MedusaFormatError(f"out={out} is the draft folder itself; pick another folder for the {fmt} layout")
+        return out
+    # Step 2: the target lm_head, when the layout needs it or a target is named (checked against the draft).
+    if lm_head is None and (target or (heads.config.share_lm_head and fmt != "specdec")):
+        lm_head = _target_lm_head(draft_dir, config, target, heads)
+    # Step 3: the layout, then the files that travel with it (and Medusa-2's target for specdec).
+    base = (config.get("target") or {}).get("name_or_path", "")
+    export_medusa(heads, out, fmt, lm_head_weight=lm_head, base_model=base, extra_config=provenance)
+    for entry in draft_dir.iterdir():
+        if entry.name in SIDE_FILES:
+            shutil.copy2(entry, out / entry.name)
+        elif fmt == "specdec" and entry.is_dir():
+            shutil.copytree(entry, out / entry.name, dirs_exist_ok=True)
+    write_model_card(out)
+    return out
+
+
+def _target_lm_head(draft_dir: Path, config: dict, target: str | None, heads: MedusaHeads) -> torch.Tensor:
+    """Load the target (named, the Medusa-2 fine-tuned copy, or the recorded one) and return its lm_head."""
+    recorded = config.get("target") or {}
+    finetuned = recorded.get("finetuned_weights")
+    name = target or (str(draft_dir / finetuned) if finetuned else recorded.get("name_or_path"))
+    if not name:
+        raise TargetLoadError(f"{draft_dir / CONFIG_NAME} records no target; pass target=NAME_OR_PATH")
+    loaded = load_target(name, None if target or finetuned else recorded.get("revision"))
+    heads.check_target(loaded.hidden_size, loaded.vocab_size)
+    return lm_head_weight(loaded.model).detach()
+
+
+def publish(draft_dir, fmt: str, repo_id: str, private: bool = False, lm_head: torch.Tensor | None = None) -> Path:
+    """Export the draft in `fmt` (the draft folder itself for specdec) and push that folder; returns it."""
+    folder = export_folder(draft_dir, fmt, lm_head=lm_head)
+    url = push_to_hub(folder, repo_id, private=private)
+    print(f"{folder} uploaded: {url}")
+    return folder
+
+
+EXPORT_USAGE = f"""usage: specdec-export draft=DIR format=FORMAT [out=DIR] [target=NAME_OR_PATH] [push=true repo_id=ORG/NAME [private=true]]
+
+Writes a trained Medusa draft in a serving engine's layout and optionally uploads it.
+  draft     the draft folder specdec-train wrote (<output_dir>/draft)
+  format    {', '.join(FORMATS)}
+  out       where to write (default: <draft>/../export_<format>; the draft itself for specdec)
+  target    target whose lm_head fills the per-head projections of shared-lm_head drafts
+            (default: the target recorded in the draft's config.json); checked against the draft
+  push      upload `out` to the Hugging Face Hub (default: true when repo_id is given)
+  repo_id   Hub model repo, ORG/NAME (created if missing; token from HF_TOKEN or `hf auth login`)
+  private   create the repo as private (default: false)
+"""
+EXPORT_KEYS = ("draft", "format", "out", "target", "push", "repo_id", "private")
+
+
+def parse_export_args(argv: list[str]) -> dict:
+    """`key=value` words -> checked export arguments; RecipeError (one actionable line) otherwise."""
+    for word in argv:
+        if "=" not in word:
+            raise RecipeError(f"expected key=value, got {word!r} (e.g. draft=runs/medusa1/draft format=vllm)")
+    args = parse_overrides(argv)
+    for key in args:
+        if key not in EXPORT_KEYS:
+            close = difflib.get_close_matches(key, EXPORT_KEYS, n=1, cutoff=0.5)
+            hint = f" Did you mean `{close[0]}`?" if close else ""
+            raise RecipeError(f"unknown key `{key}`.{hint} Valid keys: {', '.join(EXPORT_KEYS)}")
+    for key in ("draft", "format"):
+        if not args.get(key):
+            raise RecipeError(f"missing {key}=...; see `specdec-export --help`")
+    if args["format"] not in FORMATS:
+        close = difflib.get_close_matches(args["format"], FORMATS, n=1)
+        hint = f" Did you mean `{close[0]}`?" if close else ""
+        raise RecipeError(f"unknown format {args['format']!r}.{hint} Choose one of {', '.join(FORMATS)}")
+    if not (Path(args["draft"]) / CONFIG_NAME).is_file():
+        raise RecipeError(f"no draft at {args['draft']}: {CONFIG_NAME} is missing. Pass the draft/ folder that specdec-train wrote (<output_dir>/draft)")
+    args["push"] = _bool(args, "push", "true" if args.get("repo_id") else "false")
+    args["private"] = _bool(args, "private", "false")
+    if args["push"] and not args.get("repo_id"):
+        raise RecipeError("push=true needs repo_id=ORG/NAME")
+    return args
+
+
+def _bool(args: dict, key: str, default: str) -> bool:
+    value = args.get(key, default).lower()
+    if value not in ("true", "false"):
+        raise RecipeError(f"`{key}` must be true or false, got {value!r}")
+    return value == "true"
+
+
+def export_main(argv: list[str] | None = None) -> int:
+    """`specdec-export`: 0 on success, 2 for bad arguments, 1 when the export or upload fails."""
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help", "help") for a in argv):
+        print(EXPORT_USAGE)
+        return 0
+    # Step 1: arguments, checked before anything is loaded.
+    try:
+        args = parse_export_args(argv)
+    except RecipeError as exc:
+        print(f"specdec-export: error: {exc}", file=sys.stderr)
+        return 2
+    # Step 2: export, then upload; expected failures print one actionable line.
+    try:
+        folder = export_folder(args["draft"], args["format"], args.get("out"), args.get("target"))
+        print(f"{args['format']} layout written to {folder}")
+        if args["push"]:
+            print(f"uploaded: {push_to_hub(folder, args['repo_id'], private=args['private'])}")
+    except (FileNotFoundError, TargetLoadError, DraftMismatchError, MedusaFormatError, HubUploadError) as exc:
+        print(f"specdec-export: error: {exc}", file=sys.stderr)
+        return 1
+    return 0

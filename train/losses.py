@@ -17,20 +17,31 @@ import torch.nn.functional as F
 from specdec.models.medusa import MedusaHeads
 
 
+RANKS = 10
+"""Candidate ranks whose hit counts are measured per head (trees use up to this many per depth)."""
+
+
 @dataclass
 class HeadLosses:
-    """Per-head results of one batch (all tensors of shape [K])."""
+    """Per-head results of one batch."""
 
     loss: torch.Tensor
     """Weighted total: sum_k decay**k * per_head[k]."""
     per_head: torch.Tensor
-    """Loss of each head."""
-    top1: torch.Tensor
-    """Top-1 accuracy of each head (nan where a head had no labelled position)."""
-    topk: torch.Tensor
-    """Top-k accuracy of each head."""
+    """[K] loss of each head."""
+    rank_hits: torch.Tensor | None
+    """[K, RANKS] how often the label was the head's r-th ranked candidate (None when skipped)."""
     count: torch.Tensor
-    """Labelled positions per head."""
+    """[K] labelled positions per head."""
+
+    @property
+    def top1(self) -> torch.Tensor:
+        """[K] top-1 accuracy (nan for a head with no labelled position)."""
+        return self.topk(1)
+
+    def topk(self, k: int) -> torch.Tensor:
+        """[K] top-k accuracy, k <= RANKS."""
+        return self.rank_hits[:, :k].sum(1) / self.count
 
 
 def head_targets(input_ids: torch.Tensor, loss_mask: torch.Tensor, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,7 +67,6 @@ def medusa_head_losses(
     *,
     decay: float = 0.8,
     soft_label_weight: float = 0.0,
-    top_k: int = 5,
     with_accuracy: bool = True,
 ) -> HeadLosses:
     """Medusa loss: sum_k decay**k * CE(head_k(h_t), x_{t+k+2}) over assistant positions.
@@ -64,9 +74,9 @@ def medusa_head_losses(
     `hidden` is the target's last hidden state [B, T, H]. With `soft_label_weight` = a, each
     head's loss is (1-a) * CE(hard label) + a * CE(softmax(W_lm h_{t+k+1})) where the soft
     label is the target's own distribution for that same token. `with_accuracy=False` skips
-    the top-1/top-k computation (nan instead), which costs about a tenth of a training step.
+    the rank-hit counts, whose top-k costs about a tenth of a training step.
     """
-    per_head, top1, topk, count = [], [], [], []
+    per_head, rank_hits, count = [], [], []
     for k in range(heads.config.num_heads):
         # Step 1: pick the positions whose label (token t+k+2) is an assistant token.
         select, labels = head_targets(input_ids, loss_mask, k + 2)
@@ -79,14 +89,15 @@ def medusa_head_losses(
             if soft_label_weight > 0:
                 loss = (1 - soft_label_weight) * loss + soft_label_weight * _soft_label_ce(logits, hidden, select, lm_head_weight)
             per_head.append(loss)
-        # Step 3: accuracies, for validation.
-        with torch.no_grad():
-            top1.append(_topk_accuracy(logits, labels, 1) if with_accuracy else torch.tensor(float("nan")))
-            topk.append(_topk_accuracy(logits, labels, top_k) if with_accuracy else torch.tensor(float("nan")))
-            count.append(torch.tensor(labels.numel(), dtype=torch.float32))
+        # Step 3: rank-hit counts, for validation accuracies and tree building.
+        if with_accuracy:
+            with torch.no_grad():
+                rank_hits.append(_rank_hits(logits, labels))
+        count.append(torch.tensor(labels.numel(), dtype=torch.float32))
     per_head_t = torch.stack(per_head)
     weights = torch.tensor([decay**k for k in range(len(per_head))], dtype=per_head_t.dtype, device=per_head_t.device)
-    return HeadLosses((weights * per_head_t).sum(), per_head_t, torch.stack(top1), torch.stack(topk), torch.stack(count))
+    hits = torch.stack(rank_hits) if with_accuracy else None
+    return HeadLosses((weights * per_head_t).sum(), per_head_t, hits, torch.stack(count))
 
 
 def _soft_label_ce(logits: torch.Tensor, hidden: torch.Tensor, select: torch.Tensor, lm_head_weight: torch.Tensor | None) -> torch.Tensor:
@@ -100,11 +111,11 @@ def _soft_label_ce(logits: torch.Tensor, hidden: torch.Tensor, select: torch.Ten
     return -(teacher * F.log_softmax(logits.float(), dim=-1)).sum(-1).mean()
 
 
-def _topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
-    if labels.numel() == 0:
-        return torch.tensor(float("nan"))
-    top = logits.topk(min(k, logits.shape[-1]), dim=-1).indices
-    return (top == labels[:, None]).any(-1).float().mean().cpu()
+def _rank_hits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """[RANKS] counts of labels found at each candidate rank."""
+    ranks = min(RANKS, logits.shape[-1])
+    hits = (logits.topk(ranks, dim=-1).indices == labels[:, None]).sum(0).float().cpu()
+    return torch.nn.functional.pad(hits, (0, RANKS - ranks))
 
 
 def kl_to_original(

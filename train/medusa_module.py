@@ -13,10 +13,9 @@ import torch
 from omegaconf import DictConfig
 from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
 
-from specdec.models.base import lm_head_weight
+from specdec.models.base import final_hidden_states, lm_head_weight
 from specdec.models.medusa import MedusaHeads
 from specdec.train.losses import check_finite, heads_ramp, kl_to_original, medusa_head_losses
-from specdec.train.target import final_hidden_states
 
 SCHEDULES = {
     "cosine": get_cosine_schedule_with_warmup,
@@ -76,7 +75,6 @@ class MedusaModule(L.LightningModule):
             weight,
             decay=self.cfg.medusa.loss_decay,
             soft_label_weight=self.cfg.medusa.soft_label_weight,
-            top_k=self.cfg.medusa.top_k,
             with_accuracy=not self.training,
         )
 
@@ -86,24 +84,26 @@ class MedusaModule(L.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         out = self._head_losses(self.hidden_states(batch), batch, lm_head_weight(self.target))
-        self._val.append((out.loss.detach().cpu(), out.top1.nan_to_num(0.0), out.topk.nan_to_num(0.0), out.count))
+        self._val.append((out.loss.detach().cpu(), out.rank_hits, out.count))
 
     def on_validation_epoch_end(self) -> None:
         for name, value in self.validation_metrics().items():
             self.log(name, value, prog_bar=name.endswith("head1_top1"), sync_dist=True)
 
+    def rank_accuracy(self) -> torch.Tensor:
+        """[K, RANKS] share of validation labels found at each candidate rank of each head."""
+        hits = torch.stack([v[1] for v in self._val]).sum(0)
+        return hits / torch.stack([v[2] for v in self._val]).sum(0).clamp(min=1)[:, None]
+
     def validation_metrics(self) -> dict[str, float]:
         """Metrics of the last validation pass: loss and per-head top-1/top-k accuracy."""
         if not self._val:
             return {}
-        counts = torch.stack([v[3] for v in self._val])  # [batches, K]
-        total = counts.sum(0).clamp(min=1)
-        top1 = (torch.stack([v[1] for v in self._val]) * counts).sum(0) / total
-        topk = (torch.stack([v[2] for v in self._val]) * counts).sum(0) / total
+        accuracy = self.rank_accuracy()
         metrics = {"val/loss": float(torch.stack([v[0] for v in self._val]).mean())}
-        for k in range(len(total)):
-            metrics[f"val/head{k + 1}_top1"] = float(top1[k])
-            metrics[f"val/head{k + 1}_top{self.cfg.medusa.top_k}"] = float(topk[k])
+        for k in range(accuracy.shape[0]):
+            metrics[f"val/head{k + 1}_top1"] = float(accuracy[k, 0])
+            metrics[f"val/head{k + 1}_top{self.cfg.medusa.top_k}"] = float(accuracy[k, : self.cfg.medusa.top_k].sum())
         return metrics
 
     # -- optimisation --

@@ -23,9 +23,9 @@ from specdec.models.medusa import MedusaConfig, MedusaHeads
 from specdec.models.base import lm_head_weight
 from specdec.train.callbacks import AtomicCheckpointIO, StepBatchSampler
 from specdec.train.config import RecipeError
-from specdec.train.export import export_draft
+from specdec.train.export import HubUploadError, export_draft, publish
 from specdec.train.medusa_module import MedusaModule
-from specdec.train.target import Target, cache_root, load_target
+from specdec.models.target import Target, cache_root, load_target
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,7 @@ def run(cfg: DictConfig, callbacks: list | tuple = ()) -> TrainResult:
     # Step 4: a final validation pass on the trained weights, then the export (rank 0 only).
     trainer.validate(module, dataloaders=loaders.val(), verbose=False)
     metrics = module.validation_metrics()
+    heads.config.head_rank_accuracy = [[round(float(a), 5) for a in row] for row in module.rank_accuracy()]
     if not trainer.is_global_zero:
         return TrainResult(None, metrics, seconds)
     tokens_per_example = sum(len(x) for x in train_ds["input_ids"]) / max(len(train_ds), 1)
@@ -80,6 +81,8 @@ def run(cfg: DictConfig, callbacks: list | tuple = ()) -> TrainResult:
     print(f"draft written to {draft_dir}")
     for name, value in metrics.items():
         print(f"  {name}: {value:.4f}")
+    if cfg.hub.repo_id:
+        publish(draft_dir, cfg.hub.format, cfg.hub.repo_id, cfg.hub.private, lm_head=lm_head_weight(target.model))
     return TrainResult(draft_dir, metrics, seconds)
 
 
@@ -235,10 +238,10 @@ def build_logger(cfg: DictConfig):
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    """Failures caused by input (recipe, data, files, target, loss) that the CLI reports in one line."""
+    """Failures caused by input (recipe, data, files, target, loss) or a failed Hub upload that the CLI reports in one line."""
     from specdec.data.sources import DataError
     from specdec.models.base import DraftMismatchError
     from specdec.train.losses import NonFiniteLossError
-    from specdec.train.target import TargetLoadError
+    from specdec.models.target import TargetLoadError
 
-    return (RecipeError, DataError, FileNotFoundError, TargetLoadError, DraftMismatchError, NonFiniteLossError)
+    return (RecipeError, DataError, FileNotFoundError, TargetLoadError, DraftMismatchError, NonFiniteLossError, HubUploadError)

@@ -1,0 +1,169 @@
+"""Medusa heads in the layouts serving engines load, and back again.
+
+Every layout holds, per head h (0-based) and ResBlock l, a Linear(H, H) with bias and one
+vocabulary projection Linear(H, V) without bias. Key names and config fields follow:
+
+- `medusa`: FasterDecoding/Medusa `medusa/model/medusa_model.py` (`MedusaConfig` fields
+  medusa_num_heads, medusa_num_layers, base_model_name_or_path; `medusa_head` is a ModuleList of
+  Sequential(ResBlock x L, Linear(H, V, bias=False)), so keys are `{h}.{l}.linear.*` and
+  `{h}.{L}.weight`) and `medusa/train/train_legacy.py` (saves `medusa_head.state_dict()`); the
+  file name `medusa_lm_head.safetensors` is the one NVIDIA/TensorRT-LLM
+  `tensorrt_llm/models/medusa/weight.py` (`load_medusa_hf`) reads. Note: upstream's MedusaModel
+  repeats ONE ResBlock instance L times, so with num_layers > 1 only loaders that read each
+  `{h}.{l}` key separately (TensorRT-LLM's converter, our loader) reproduce our heads.
+- `vllm`: vllm-project/vllm `vllm/model_executor/models/medusa.py` (`blocks.{h}.layers.{l}`,
+  bias only when `config.medusa_fc_bias`, `lm_heads.{h}.weight`) and
+  `vllm/transformers_utils/configs/medusa.py` (`model_type: medusa`, hidden_size, vocab_size,
+  num_heads, num_hidden_layers, max_paths, topk, truncated_vocab_size). That config renames every
+  top-level key containing "num" and "heads"/"layers", so we write no other such key.
+- `tensorrt_llm`: NVIDIA/TensorRT-LLM `tensorrt_llm/models/medusa/weight.py` (names
+  `medusa_heads.{h}.medusa_layers.{l}.linear.*`, `medusa_heads.{h}.lm_head.weight`) and
+  `examples/medusa/convert_checkpoint.py` (config fields num_medusa_heads, num_medusa_layers,
+  max_draft_len, architecture MedusaForCausalLM, weights in `rank{r}.safetensors`). We write the
+  Medusa part only (tensor parallel size 1); the base model's converted weights must be added.
+- `specdec`: our own draft folder (`DraftModel.save_pretrained`), shared lm_head kept shared.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from specdec.models.base import CONFIG_NAME, DraftMismatchError, _atomic_write, load_draft, read_draft_config
+from specdec.models.medusa import MedusaConfig, MedusaHeads
+
+FORMATS = ("medusa", "vllm", "tensorrt_llm", "specdec")
+
+LAYOUTS = {
+    # format: weights file, key templates ({h} head, {l} ResBlock, {p} weight|bias, {L} num_layers),
+    # and the config fields that hold the head and ResBlock counts.
+    "medusa": {"weights": "medusa_lm_head.safetensors", "block": "{h}.{l}.linear.{p}", "lm_head": "{h}.{L}.weight", "num_heads": "medusa_num_heads", "num_layers": "medusa_num_layers"},
+    "vllm": {"weights": "model.safetensors", "block": "blocks.{h}.layers.{l}.{p}", "lm_head": "lm_heads.{h}.weight", "num_heads": "num_heads", "num_layers": "num_hidden_layers"},
+    "tensorrt_llm": {"weights": "rank0.safetensors", "block": "medusa_heads.{h}.medusa_layers.{l}.linear.{p}", "lm_head": "medusa_heads.{h}.lm_head.weight", "num_heads": "num_medusa_heads", "num_layers": "num_medusa_layers"},
+    "specdec": {"weights": "model.safetensors", "block": "blocks.{h}.{l}.linear.{p}", "lm_head": "lm_heads.{h}.weight", "num_heads": "num_heads", "num_layers": "num_layers"},
+}
+
+
+class MedusaFormatError(ValueError):
+    """An unknown layout, or a folder that does not hold the layout it claims."""
+
+
+def check_format(fmt: str) -> str:
+    """`fmt` if it is one of FORMATS, else a MedusaFormatError listing them."""
+    if fmt not in FORMATS:
+        raise MedusaFormatError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    return fmt
+
+
+def key_map(fmt: str, num_heads: int, num_layers: int) -> dict[str, str]:
+    """Our per-head state-dict key (`share_lm_head=False`) -> the key `fmt` uses for that tensor."""
+    layout = LAYOUTS[check_format(fmt)]
+    mapping = {}
+    for h in range(num_heads):
+        for l in range(num_layers):
+            for p in ("weight", "bias"):
+                mapping[f"blocks.{h}.{l}.linear.{p}"] = layout["block"].format(h=h, l=l, p=p)
+        mapping[f"lm_heads.{h}.weight"] = layout["lm_head"].format(h=h, L=num_layers)
+    return mapping
+
+
+def detect_format(config: dict) -> str:
+    """The layout a folder's parsed config.json describes."""
+    if "draft_type" in config:
+        return "specdec"
+    for fmt in ("medusa", "tensorrt_llm", "vllm"):
+        if LAYOUTS[fmt]["num_heads"] in config:
+            return fmt
+    raise MedusaFormatError(f"config.json matches no Medusa layout ({', '.join(FORMATS)}): it has none of the head-count fields {[LAYOUTS[f]['num_heads'] for f in LAYOUTS]}")
+
+
+def export_medusa(heads: MedusaHeads, out_dir, fmt: str, lm_head_weight: torch.Tensor | None = None, base_model: str = "", extra_config: dict | None = None) -> Path:
+    """Write `heads` to `out_dir` in layout `fmt`; returns the folder.
+
+    Heads that share the target lm_head need `lm_head_weight` [V, H] for every layout but
+    `specdec`, which keeps the projection shared. `extra_config` keys (provenance, metrics) are
+    added to the config file without replacing the layout's own fields.
+    """
+    # Step 1: the specdec layout is our own save_pretrained.
+    out_dir = Path(out_dir)
+    if check_format(fmt) == "specdec":
+        return heads.save_pretrained(out_dir, extra=extra_config)
+    if fmt == "medusa" and heads.config.num_layers > 1:
+        warnings.warn("FasterDecoding/Medusa's MedusaModel ties the ResBlocks of a head; with num_layers > 1 only TensorRT-LLM's converter (or specdec) loads this export exactly", stacklevel=2)
+    # Step 2: per-head tensors under the layout's names.
+    state = _per_head_state(heads, lm_head_weight)
+    tensors = {theirs: state[ours] for ours, theirs in key_map(fmt, heads.config.num_heads, heads.config.num_layers).items()}
+    config = {**(extra_config or {}), **upstream_config(heads.config, fmt, base_model, _dtype_name(heads))}
+    # Step 3: weights then config, each atomically.
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_write(out_dir / LAYOUTS[fmt]["weights"], lambda p: save_file(tensors, p, metadata={"format": "pt"}))
+    _atomic_write(out_dir / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(config, indent=2) + "\n"))
+    return out_dir
+
+
+def upstream_config(config: MedusaConfig, fmt: str, base_model: str = "", dtype: str = "float32") -> dict:
+    """The config.json fields the `fmt` loader reads (see the module docstring for the sources)."""
+    counts = {LAYOUTS[fmt]["num_heads"]: config.num_heads, LAYOUTS[fmt]["num_layers"]: config.num_layers}
+    if fmt == "medusa":
+        return {**counts, "base_model_name_or_path": base_model}
+    if fmt == "vllm":
+        shape = {"hidden_size": config.hidden_size, "vocab_size": config.vocab_size, "truncated_vocab_size": config.vocab_size}
+        return {"model_type": "medusa", "architectures": ["MedusaModel"], **shape, **counts, "max_paths": 64, "topk": 10, "medusa_fc_bias": True, "original_lm_head": False}
+    return {"architecture": "MedusaForCausalLM", "dtype": dtype, "hidden_size": config.hidden_size, "vocab_size": config.vocab_size, **counts, "max_draft_len": 63, "mapping": {"world_size": 1, "tp_size": 1, "pp_size": 1}}
+
+
+def load_medusa_export(directory, fmt: str | None = None) -> MedusaHeads:
+    """Read any layout back into MedusaHeads; upstream layouts come back with per-head projections.
+
+    A `specdec` folder is loaded as saved (a shared lm_head stays shared: pass the target's
+    lm_head weight to `forward`).
+    """
+    # Step 1: the layout, from the argument or the config.
+    directory = Path(directory)
+    config = read_draft_config(directory)
+    fmt = check_format(fmt) if fmt else detect_format(config)
+    if fmt == "specdec":
+        draft = load_draft(directory)
+        if not isinstance(draft, MedusaHeads):
+            raise MedusaFormatError(f"{directory} holds a {draft.draft_type} draft, not Medusa heads")
+        return draft
+    # Step 2: counts from the config, shapes from the first projection, tensors renamed to ours.
+    layout = LAYOUTS[fmt]
+    weights_path = directory / layout["weights"]
+    if not weights_path.is_file() or layout["num_heads"] not in config:
+        raise MedusaFormatError(f"{directory} is not a {fmt} Medusa export: it needs {layout['weights']} and `{layout['num_heads']}` in config.json")
+    tensors = load_file(weights_path)
+    num_heads, num_layers = config[layout["num_heads"]], config[layout["num_layers"]]
+    mapping = key_map(fmt, num_heads, num_layers)
+    missing = sorted(set(mapping.values()) - set(tensors))
+    if missing:
+        raise MedusaFormatError(f"{weights_path} lacks {len(missing)} tensor(s) of the {fmt} layout, e.g. {missing[0]}")
+    vocab_size, hidden_size = tensors[mapping["lm_heads.0.weight"]].shape
+    heads = MedusaHeads(MedusaConfig(hidden_size=hidden_size, vocab_size=vocab_size, num_heads=num_heads, num_layers=num_layers, share_lm_head=False))
+    heads.load_state_dict({ours: tensors[theirs] for ours, theirs in mapping.items()})
+    return heads
+
+
+def _per_head_state(heads: MedusaHeads, lm_head_weight: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """The heads' tensors with one lm_head copy per head (from the target when the heads share it)."""
+    cfg = heads.config
+    state = {k: v.detach().cpu().contiguous() for k, v in heads.state_dict().items()}
+    if not cfg.share_lm_head:
+        return state
+    if lm_head_weight is None:
+        raise MedusaFormatError("these heads share the target lm_head, which is not in the draft: pass the target's lm_head weight (target.get_output_embeddings().weight)")
+    if tuple(lm_head_weight.shape) != (cfg.vocab_size, cfg.hidden_size):
+        raise DraftMismatchError(f"target lm_head has shape {tuple(lm_head_weight.shape)}, the draft expects ({cfg.vocab_size}, {cfg.hidden_size}); pass the target the draft was trained on")
+    dtype = state["blocks.0.0.linear.weight"].dtype
+    for h in range(cfg.num_heads):
+        # One clone per head: safetensors refuses tensors that share memory.
+        state[f"lm_heads.{h}.weight"] = lm_head_weight.detach().to("cpu", dtype).clone()
+    return state
+
+
+def _dtype_name(heads: MedusaHeads) -> str:
+    return str(next(heads.parameters()).dtype).removeprefix("torch.")
