@@ -1,0 +1,126 @@
+"""Draft trees: the candidate layout verified in one target forward.
+
+A tree is given by its paths ("Medusa choices"): path (2, 0) is the node reached by taking the
+3rd-ranked candidate at depth 1, then the top candidate at depth 2. Node 0 is the root, the
+token the target itself chose last (not yet in the KV cache); nodes 1..n follow in order of
+(depth, path). Each node sees the prefix, its ancestors and itself; its position is
+prefix length + depth.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class DraftTree:
+    """A static draft tree (root excluded from `paths`)."""
+
+    paths: tuple[tuple[int, ...], ...]
+    """Node paths, ordered by (depth, path); every prefix of a path is itself a path."""
+
+    @classmethod
+    def from_paths(cls, paths) -> "DraftTree":
+        """Build a tree from any iterable of paths; missing prefixes are an error."""
+        ordered = tuple(sorted({tuple(int(i) for i in p) for p in paths}, key=lambda p: (len(p), p)))
+        known = set(ordered)
+        for path in ordered:
+            if not path or min(path) < 0:
+                raise ValueError(f"invalid tree path {path}: paths are non-empty tuples of candidate ranks >= 0")
+            if len(path) > 1 and path[:-1] not in known:
+                raise ValueError(f"tree path {path} has no parent {path[:-1]}: list every prefix of a path")
+        return cls(ordered)
+
+    @classmethod
+    def chain(cls, depth: int) -> "DraftTree":
+        """A chain: the top candidate at each of `depth` positions."""
+        return cls.from_paths((0,) * d for d in range(1, depth + 1))
+
+    @classmethod
+    def from_accuracies(cls, rank_accuracy: list[list[float]], size: int) -> "DraftTree":
+        """The tree of `size` nodes with the largest expected accepted length.
+
+        `rank_accuracy[d][r]` is the measured probability that the r-th candidate of draft
+        position d+1 is the right token. A node's chance of being accepted is the product of
+        those along its path, so adding nodes greedily by that product (a child never beats its
+        parent) maximises the expected number of accepted tokens for the size.
+        """
+        # Step 1: frontier of candidate nodes, starting with the root's children.
+        chosen: list[tuple[int, ...]] = []
+        frontier = {(r,): rank_accuracy[0][r] for r in range(len(rank_accuracy[0]))} if rank_accuracy else {}
+        # Step 2: repeatedly take the most probable node and open its children.
+        while frontier and len(chosen) < size:
+            path = max(frontier, key=lambda p: (frontier[p], [-i for i in p]))
+            value = frontier.pop(path)
+            chosen.append(path)
+            if len(path) < len(rank_accuracy):
+                for r, acc in enumerate(rank_accuracy[len(path)]):
+                    frontier[path + (r,)] = value * acc
+        return cls.from_paths(chosen)
+
+    @property
+    def size(self) -> int:
+        """Draft nodes (root excluded)."""
+        return len(self.paths)
+
+    @property
+    def depth(self) -> int:
+        return max((len(p) for p in self.paths), default=0)
+
+    @functools.cached_property
+    def parents(self) -> tuple[int, ...]:
+        """Parent index of every node, root included (root's parent is -1)."""
+        index = {p: i + 1 for i, p in enumerate(self.paths)}
+        return (-1,) + tuple(index.get(p[:-1], 0) for p in self.paths)
+
+    @functools.cached_property
+    def depths(self) -> tuple[int, ...]:
+        return (0,) + tuple(len(p) for p in self.paths)
+
+    @functools.cached_property
+    def ranks(self) -> tuple[int, ...]:
+        """Candidate rank of every node at its depth (root: 0)."""
+        return (0,) + tuple(p[-1] for p in self.paths)
+
+    @functools.cached_property
+    def children(self) -> tuple[tuple[int, ...], ...]:
+        """Children of every node, in rank order."""
+        kids: list[list[int]] = [[] for _ in range(self.size + 1)]
+        for node in range(1, self.size + 1):
+            kids[self.parents[node]].append(node)
+        return tuple(tuple(sorted(k, key=lambda n: self.ranks[n])) for k in kids)
+
+    @functools.cached_property
+    def ancestor_matrix(self) -> torch.Tensor:
+        """Bool [n+1, n+1]: entry (i, j) is True when node j is node i or one of its ancestors."""
+        count = self.size + 1
+        matrix = torch.zeros(count, count, dtype=torch.bool)
+        for node in range(count):
+            j = node
+            while j >= 0:
+                matrix[node, j] = True
+                j = self.parents[j]
+        return matrix
+
+    def attention_mask(self, past_len: int, dtype: torch.dtype, device: torch.device | str = "cpu") -> torch.Tensor:
+        """Additive mask [1, 1, n+1, past_len+n+1]: 0 where a node may look, dtype-min elsewhere."""
+        count = self.size + 1
+        visible = torch.ones(count, past_len + count, dtype=torch.bool)
+        visible[:, past_len:] = self.ancestor_matrix
+        mask = torch.zeros(count, past_len + count, dtype=dtype)
+        mask.masked_fill_(~visible, torch.finfo(dtype).min)
+        return mask[None, None].to(device)
+
+    def position_ids(self, past_len: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """[1, n+1] positions: prefix length + depth."""
+        return (torch.tensor(self.depths) + past_len)[None].to(device)
+
+    def ranks_needed(self) -> list[int]:
+        """How many top candidates each draft position needs (index d = depth d+1)."""
+        needed = [0] * self.depth
+        for path in self.paths:
+            needed[len(path) - 1] = max(needed[len(path) - 1], path[-1] + 1)
+        return needed
