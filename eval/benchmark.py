@@ -1,0 +1,304 @@
+"""The benchmark protocol of ../shared/BENCHMARK.md: questions in, per-question and summary metrics out.
+
+For each question (first turn, chat template, batch 1) four decoders run in the same process:
+plain greedy with the runtime's cache (`plain_generate`), Hugging Face `generate` (greedy),
+Hugging Face prompt lookup (greedy) and the speculative generator. Metric names in the result
+are those of BENCHMARK.md: `mean_accepted_tokens`, `acceptance_by_depth`, `tokens_per_s`,
+`speedup_vs_plain`, `speedup_vs_hf_generate`, `speedup_vs_prompt_lookup`, `lossless_match`,
+`ideal_speedup` (and `runtime_efficiency` = speedup_vs_plain / ideal_speedup).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import statistics
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import transformers
+from tqdm.auto import tqdm
+
+from specdec.models.medusa import MedusaHeads
+from specdec.runtime.generator import DEFAULT_TREE_SIZE, SpeculativeGenerator, default_tree, plain_generate
+from specdec.runtime.tree import DraftTree
+from specdec.runtime.verify import SamplingConfig
+
+BUNDLED_BENCHES = {"mt-bench": "mt_bench.jsonl", "mt_bench": "mt_bench.jsonl"}
+"""Bench names accepted instead of a path -> file in specdec.data's assets folder."""
+RATIO_METRICS = (
+    "tokens_per_s",
+    "plain_tokens_per_s",
+    "hf_generate_tokens_per_s",
+    "prompt_lookup_tokens_per_s",
+    "speedup_vs_plain",
+    "speedup_vs_hf_generate",
+    "speedup_vs_prompt_lookup",
+    "ideal_speedup",
+    "runtime_efficiency",
+)
+"""Per-question numbers summarised by their median (under the name) and mean (`<name>_mean`)."""
+TREE_KINDS = ("default", "chain", "tuned")
+WARMUP_TOKENS = 8
+
+
+def bench_path(path_or_name: str | Path) -> Path:
+    """The question file for a path or a bundled bench name (`mt-bench`)."""
+    if str(path_or_name) in BUNDLED_BENCHES:
+        # specdec.data is located, not imported (eval must not import it).
+        spec = importlib.util.find_spec("specdec.data")
+        folders = [Path(p) for p in (spec.submodule_search_locations or [])] if spec else []
+        for folder in folders:
+            candidate = folder / "assets" / BUNDLED_BENCHES[str(path_or_name)]
+            if candidate.is_file():
+                return candidate
+        raise FileNotFoundError(f"the bundled {path_or_name} questions are missing from specdec.data/assets; reinstall specdec or pass bench=PATH.jsonl")
+    path = Path(path_or_name)
+    if not path.is_file():
+        raise FileNotFoundError(f"question file {path} does not exist: pass bench=PATH.jsonl (MT-Bench shape: question_id, category, turns) or bench=mt-bench")
+    return path
+
+
+def load_questions(path_or_name: str | Path, max_questions: int | None = None) -> list[dict]:
+    """Questions of an MT-Bench-shaped JSONL file (`question_id`, `category`, `turns`).
+
+    Records without a non-empty `turns` list are skipped with one warning that counts them;
+    a line that is not JSON is an error naming the line.
+    """
+    path = bench_path(path_or_name)
+    questions, skipped = [], []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{number} is not valid JSON ({exc.msg}); each line must be one question object") from exc
+        turns = record.get("turns") if isinstance(record, dict) else None
+        if not isinstance(turns, list) or not turns or not isinstance(turns[0], str):
+            skipped.append(number)
+            continue
+        questions.append({"question_id": record.get("question_id", number), "category": record.get("category", "all"), "turns": turns})
+        if max_questions is not None and len(questions) >= max_questions:
+            break
+    if skipped:
+        warnings.warn(f"{path}: skipped {len(skipped)} record(s) without a `turns` list of strings at line(s) {', '.join(map(str, skipped[:10]))}", stacklevel=2)
+    if not questions:
+        raise ValueError(f"{path} holds no usable question (each line needs `turns`: a list of strings)")
+    return questions
+
+
+def build_tree(draft: MedusaHeads, kind: str = "default", size: int | None = None) -> DraftTree:
+    """The draft tree to verify: `default` (the `size`-node tree with the largest expected
+    acceptance under the draft's measured head accuracies) or `chain` (top-1 at `size` depths,
+    all heads by default). `tuned` is chosen by measurement instead: see `tune_tree`."""
+    if kind == "default":
+        return default_tree(draft, size or DEFAULT_TREE_SIZE)
+    if kind == "chain":
+        depth = size or draft.config.num_heads
+        if depth > draft.config.num_heads:
+            raise ValueError(f"tree=chain tree_size={depth} is deeper than the draft's {draft.config.num_heads} heads")
+        return DraftTree.chain(depth)
+    raise ValueError(f"unknown tree {kind!r}: choose one of {', '.join(TREE_KINDS)}")
+
+
+def evaluate(
+    target,
+    tokenizer,
+    draft: MedusaHeads,
+    questions: list[dict],
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+    tree: DraftTree | None = None,
+    prompt_lookup_tokens: int = 10,
+    baselines: bool = True,
+    progress: bool = True,
+    seed: int = 0,
+    warmup: bool = True,
+) -> dict[str, Any]:
+    """Run the benchmark: per-question records, per-category and overall summaries, lossless failures.
+
+    `baselines=False` skips the two Hugging Face baselines (plain greedy always runs: it is the
+    lossless reference and the speedup denominator). With temperature > 0 the speculative and
+    plain decoders sample (seeded) and `lossless_match` is None.
+    """
+    # Step 1: one generator for all questions, and a short warm-up of every decoder.
+    generator = SpeculativeGenerator.from_draft(target, draft, tree=tree, tokenizer=tokenizer)
+    sampling = SamplingConfig(temperature=temperature)
+    eos = eos_token_ids(target, tokenizer)
+    run = _runner(target, tokenizer, generator, sampling, eos, prompt_lookup_tokens, baselines, seed)
+    with torch.inference_mode():
+        if warmup:
+            run(questions[0], min(WARMUP_TOKENS, max_new_tokens))
+        # Step 2: time the four decoders on every question.
+        records = [run(q, max_new_tokens) for q in tqdm(questions, desc="specdec-eval", unit="question", disable=not progress)]
+    # Step 3: summaries per category (file order) and overall.
+    categories = list(dict.fromkeys(r["category"] for r in records))
+    failures = [{"question_id": r["question_id"], "first_mismatch": r["first_mismatch"]} for r in records if r["lossless_match"] == 0.0]
+    return {
+        "setting": _setting(target, generator, questions, max_new_tokens, temperature, prompt_lookup_tokens, baselines, seed),
+        "questions": records,
+        "categories": {c: summarize([r for r in records if r["category"] == c]) for c in categories},
+        "overall": summarize(records),
+        "lossless_failures": failures,
+    }
+
+
+def _runner(target, tokenizer, generator, sampling, eos, prompt_lookup_tokens, baselines, seed) -> Callable[[dict, int], dict]:
+    """A function (question, max_new_tokens) -> that question's record."""
+    device = target.device
+
+    def run(question: dict, max_new_tokens: int) -> dict:
+        ids = prompt_ids(tokenizer, question).to(device)
+        plain, t_plain = _timed(lambda: plain_generate(target, ids, max_new_tokens, sampling=sampling, tokenizer=tokenizer, seed=seed), device)
+        hf = pld = None
+        if baselines:
+            hf = _timed(lambda: _hf_generate(target, ids, max_new_tokens, eos, tokenizer), device)
+            pld = _timed(lambda: _hf_generate(target, ids, max_new_tokens, eos, tokenizer, prompt_lookup_num_tokens=prompt_lookup_tokens), device)
+        spec, t_spec = _timed(lambda: generator.generate(ids, max_new_tokens, sampling=sampling, seed=seed), device)
+        return question_record(question, spec, t_spec, plain, t_plain, hf, pld, lossless=sampling.mode == "greedy")
+
+    return run
+
+
+def question_record(question: dict, spec, t_spec: float, plain, t_plain: float, hf: tuple | None, pld: tuple | None, lossless: bool) -> dict:
+    """One question's metrics from the decoders' results and wall times (`hf`/`pld`: (tokens, seconds) or None)."""
+    # Step 1: throughput of each decoder and the ratios between them.
+    tps = _rate(spec.tokens, t_spec)
+    plain_tps = _rate(plain.tokens, t_plain)
+    hf_tps = _rate(*hf) if hf else None
+    pld_tps = _rate(*pld) if pld else None
+    # Step 2: the speedup the measured step times allow, and how much of it the runtime reaches.
+    ideal = ideal_speedup(spec.mean_accepted_tokens, plain.step_s, spec.step_s, spec.draft_s)
+    speedup = _ratio(tps, plain_tps)
+    mismatch = first_mismatch(spec.tokens, plain.tokens)
+    return {
+        "question_id": question["question_id"],
+        "category": question["category"],
+        "new_tokens": len(spec.tokens),
+        "plain_new_tokens": len(plain.tokens),
+        "stop_reason": spec.stop_reason,
+        "target_forwards": spec.target_forwards,
+        "verify_steps": len(spec.step_s),
+        "mean_accepted_tokens": spec.mean_accepted_tokens,
+        "acceptance_by_depth": spec.acceptance_by_depth,
+        "tokens_per_s": tps,
+        "plain_tokens_per_s": plain_tps,
+        "hf_generate_tokens_per_s": hf_tps,
+        "prompt_lookup_tokens_per_s": pld_tps,
+        "speedup_vs_plain": speedup,
+        "speedup_vs_hf_generate": _ratio(tps, hf_tps),
+        "speedup_vs_prompt_lookup": _ratio(tps, pld_tps),
+        "ideal_speedup": ideal,
+        "runtime_efficiency": _ratio(speedup, ideal),
+        "lossless_match": (1.0 if mismatch is None else 0.0) if lossless else None,
+        "first_mismatch": mismatch if lossless else None,
+        "hf_generate_matches_plain": (hf[0] == plain.tokens) if hf else None,
+    }
+
+
+def summarize(records: list[dict]) -> dict[str, Any]:
+    """Median (and `_mean`) of every per-question ratio; tau and acceptance weighted by forwards
+    and steps; `lossless_match` and `hf_generate_matches_plain` as fractions of questions."""
+    summary: dict[str, Any] = {"num_questions": len(records), "new_tokens": sum(r["new_tokens"] for r in records)}
+    # Step 1: per-question ratios -> median and mean.
+    for name in RATIO_METRICS:
+        values = [r[name] for r in records if r[name] is not None]
+        summary[name] = statistics.median(values) if values else None
+        summary[f"{name}_mean"] = statistics.fmean(values) if values else None
+    # Step 2: tau = all tokens / all forwards; acceptance weighted by verification steps.
+    summary["mean_accepted_tokens"] = summary["new_tokens"] / max(sum(r["target_forwards"] for r in records), 1)
+    steps = sum(r["verify_steps"] for r in records)
+    depth = max((len(r["acceptance_by_depth"]) for r in records), default=0)
+    summary["acceptance_by_depth"] = [sum(r["acceptance_by_depth"][d] * r["verify_steps"] for r in records) / max(steps, 1) for d in range(depth)]
+    # Step 3: match fractions (None when not measured).
+    for name in ("lossless_match", "hf_generate_matches_plain"):
+        values = [float(r[name]) for r in records if r[name] is not None]
+        summary[name] = statistics.fmean(values) if values else None
+    return summary
+
+
+def ideal_speedup(tau: float, plain_step_s: list[float], verify_step_s: list[float], draft_s: list[float]) -> float | None:
+    """tau * t_plain_step / (t_verify_step + t_draft_step), each t the median of its timed steps;
+    None when a decoder took no timed step."""
+    if not (plain_step_s and verify_step_s and draft_s):
+        return None
+    return tau * statistics.median(plain_step_s) / (statistics.median(verify_step_s) + statistics.median(draft_s))
+
+
+def first_mismatch(tokens: list[int], reference: list[int]) -> int | None:
+    """First position where `tokens` differs from `reference` (a length difference counts); None if equal."""
+    for i, (a, b) in enumerate(zip(tokens, reference)):
+        if a != b:
+            return i
+    return None if len(tokens) == len(reference) else min(len(tokens), len(reference))
+
+
+def prompt_ids(tokenizer, question: dict) -> torch.Tensor:
+    """[1, T] ids of the question's first turn, chat template applied with the generation prompt."""
+    text = tokenizer.apply_chat_template([{"role": "user", "content": question["turns"][0]}], tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
+
+
+def eos_token_ids(target, tokenizer) -> list[int]:
+    """End-of-sequence ids: the target's generation config plus the tokenizer's eos (as the runtime stops)."""
+    configured = target.generation_config.eos_token_id
+    ids = set(configured if isinstance(configured, (list, tuple)) else [configured] if configured is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return sorted(ids)
+
+
+def _hf_generate(target, ids: torch.Tensor, max_new_tokens: int, eos: list[int], tokenizer, **extra) -> list[int]:
+    """New tokens of Hugging Face greedy `generate` (extra: e.g. prompt_lookup_num_tokens)."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+    out = target.generate(
+        ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=pad, **extra
+    )
+    return out[0, ids.shape[1] :].tolist()
+
+
+def _timed(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float]:
+    """(fn(), wall seconds), synchronising CUDA before each clock read."""
+    _sync(device)
+    start = time.perf_counter()
+    value = fn()
+    _sync(device)
+    return value, time.perf_counter() - start
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _rate(tokens: list[int], seconds: float) -> float:
+    return len(tokens) / seconds if seconds > 0 else 0.0
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def _setting(target, generator, questions, max_new_tokens, temperature, prompt_lookup_tokens, baselines, seed) -> dict:
+    """What was measured, where: enough to compare runs."""
+    tree = generator.proposer.tree
+    return {
+        "num_questions": len(questions),
+        "max_new_tokens": max_new_tokens,
+        "temperature": temperature,
+        "prompt_lookup_tokens": prompt_lookup_tokens,
+        "baselines": baselines,
+        "seed": seed,
+        "tree_size": tree.size,
+        "tree_depth": tree.depth,
+        "tree_paths": [list(p) for p in tree.paths],
+        "device": str(target.device),
+        "dtype": str(target.dtype).replace("torch.", ""),
+        "torch_threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+        "transformers_version": transformers.__version__,
+    }

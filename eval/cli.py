@@ -1,0 +1,149 @@
+"""`specdec-eval draft=DIR [bench=mt-bench|PATH.jsonl] [key=value ...]`: benchmark a trained draft.
+
+Prints the table, writes the full result (`out`, default `eval_<bench>.json`), a figure (`plot`,
+default next to `out` as .png) and the overall summary into `<draft>/eval_results.json` (read by
+the model card). Exit codes: 0 ok, 1 a lossless method differed from plain greedy, 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import difflib
+import sys
+from pathlib import Path
+
+import torch
+
+from specdec.eval.benchmark import TREE_KINDS, build_tree, evaluate, load_questions, prompt_ids
+from specdec.runtime.autotune import tune_tree
+from specdec.eval.report import flat_summary, format_table, plot, write_json
+from specdec.models.base import load_draft, read_draft_config
+from specdec.models.target import TargetLoadError, load_target
+
+EVAL_RESULTS = "eval_results.json"
+OPTIONS = {
+    "draft": (str, None),
+    "bench": (str, "mt-bench"),
+    "max_questions": (int, None),
+    "max_new_tokens": (int, 256),
+    "temperature": (float, 0.0),
+    "out": (str, None),
+    "plot": (str, None),
+    "target": (str, None),
+    "tree": (str, "default"),
+    "tree_size": (int, None),
+    "prompt_lookup_tokens": (int, 10),
+    "baselines": (bool, True),
+    "seed": (int, 0),
+    "threads": (int, None),
+}
+"""key -> (type, default)."""
+TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+class UsageError(ValueError):
+    """Bad command line; the message says what to write instead."""
+
+
+def parse_args(argv: list[str]) -> dict:
+    """`key=value` words -> options with their defaults; unknown keys name the closest valid one."""
+    options = {key: default for key, (_, default) in OPTIONS.items()}
+    for word in argv:
+        key, sep, value = word.partition("=")
+        if not sep:
+            raise UsageError(f"expected key=value, got {word!r} (e.g. draft=runs/medusa1/draft)")
+        if key not in OPTIONS:
+            close = difflib.get_close_matches(key, OPTIONS, n=1)
+            hint = f"did you mean {close[0]}=? " if close else ""
+            raise UsageError(f"unknown key {key!r}: {hint}valid keys: {', '.join(OPTIONS)}")
+        options[key] = _convert(key, value)
+    if not options["draft"]:
+        raise UsageError("draft=DIR is required (the draft/ folder that specdec-train wrote)")
+    if options["tree"] not in TREE_KINDS:
+        raise UsageError(f"tree={options['tree']} is not one of {', '.join(TREE_KINDS)}")
+    return options
+
+
+def _convert(key: str, value: str):
+    kind = OPTIONS[key][0]
+    if kind is bool:
+        if value.lower() not in TRUE + FALSE:
+            raise UsageError(f"{key}={value}: expected true or false")
+        return value.lower() in TRUE
+    try:
+        return kind(value)
+    except ValueError:
+        raise UsageError(f"{key}={value}: expected {kind.__name__}") from None
+
+
+def target_source(draft_dir: Path, config: dict) -> str:
+    """Where the draft's target lives: the fine-tuned copy inside the draft folder (Medusa-2),
+    else `target.name_or_path` from its config.json."""
+    target = config.get("target") or {}
+    if target.get("finetuned_weights"):
+        return str(draft_dir / target["finetuned_weights"])
+    if not target.get("name_or_path"):
+        raise UsageError(f"{draft_dir}/config.json names no target (target.name_or_path): pass target=NAME_OR_PATH")
+    return target["name_or_path"]
+
+
+def run(options: dict) -> int:
+    """Load, evaluate, report; returns the exit code."""
+    # Step 1: draft, target and questions.
+    if options["threads"]:
+        torch.set_num_threads(options["threads"])
+    draft_dir = Path(options["draft"])
+    config = read_draft_config(draft_dir)
+    draft = load_draft(draft_dir)
+    source = options["target"] or target_source(draft_dir, config)
+    target = load_target(source)
+    questions = load_questions(options["bench"], options["max_questions"])
+    # Step 2: the benchmark itself.
+    tree, tree_speeds = _pick_tree(options, target, draft, questions)
+    result = evaluate(
+        target.model,
+        target.tokenizer,
+        draft,
+        questions,
+        max_new_tokens=options["max_new_tokens"],
+        temperature=options["temperature"],
+        tree=tree,
+        prompt_lookup_tokens=options["prompt_lookup_tokens"],
+        baselines=options["baselines"],
+        seed=options["seed"],
+    )
+    result["setting"].update(draft=str(draft_dir), bench=str(options["bench"]), target=source, tree_kind=options["tree"], tree_paths=[list(p) for p in tree.paths])
+    if tree_speeds:
+        result["setting"]["tree_tokens_per_s_by_size"] = tree_speeds
+    # Step 3: reports (always written, lossless failure or not).
+    bench_name = Path(str(options["bench"])).stem
+    out = Path(options["out"] or f"eval_{bench_name}.json")
+    write_json(result, out)
+    write_json(flat_summary(result), draft_dir / EVAL_RESULTS)
+    figure = plot(result, options["plot"] or out.with_suffix(".png"))
+    print(format_table(result))
+    print(f"wrote {out}, {figure} and {draft_dir / EVAL_RESULTS}")
+    return 1 if result["lossless_failures"] else 0
+
+
+def _pick_tree(options: dict, target, draft, questions: list[dict]):
+    """The tree to evaluate; `tuned` measures tokens/s per tree size on the first two questions."""
+    if options["tree"] != "tuned":
+        return build_tree(draft, options["tree"], options["tree_size"]), None
+    calibration = [prompt_ids(target.tokenizer, q) for q in questions[:2]]
+    tree, speeds = tune_tree(target.model, draft, calibration)
+    print("tree size -> tokens/s: " + ", ".join(f"{size}: {speed:.1f}" for size, speed in speeds.items()) + f" (picked {tree.size})")
+    return tree, speeds
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `specdec-eval`."""
+    try:
+        options = parse_args(sys.argv[1:] if argv is None else argv)
+        return run(options)
+    except (UsageError, FileNotFoundError, ValueError, TargetLoadError) as exc:
+        print(f"specdec-eval: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""The evaluation harness on the tiny target: metric names and consistency, the lossless alarm, the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from specdec.eval import cli
+from specdec.eval.benchmark import RATIO_METRICS, evaluate, first_mismatch, load_questions
+from specdec.eval.report import format_table
+from specdec.models.medusa import MedusaConfig, MedusaHeads
+from specdec.runtime.generator import SpeculativeGenerator
+
+BENCHMARK_METRICS = (
+    "mean_accepted_tokens",
+    "acceptance_by_depth",
+    "tokens_per_s",
+    "speedup_vs_plain",
+    "speedup_vs_hf_generate",
+    "speedup_vs_prompt_lookup",
+    "lossless_match",
+    "ideal_speedup",
+)
+"""Metric names exactly as ../shared/BENCHMARK.md lists them."""
+QUESTIONS = [
+    {"question_id": 1, "category": "writing", "turns": ["Write a short poem about the sea.", "Shorter."]},
+    {"question_id": 2, "category": "math", "turns": ["Numbers: 0 1 2 3 4 5 6 7 8 9 10"]},
+    {"question_id": 3, "category": "writing", "turns": ["Hello! How can I help you today?"]},
+]
+MAX_NEW = 12
+
+
+@pytest.fixture()
+def heads() -> MedusaHeads:
+    """Three random Medusa heads for the tiny target (random ResBlocks, shared lm_head)."""
+    torch.manual_seed(0)
+    model = MedusaHeads(MedusaConfig(hidden_size=32, vocab_size=320, num_heads=3))
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    return model.eval()
+
+
+@pytest.fixture()
+def bench_file(tmp_path):
+    path = tmp_path / "questions.jsonl"
+    path.write_text("".join(json.dumps(q) + "\n" for q in QUESTIONS))
+    return path
+
+
+@pytest.fixture()
+def draft_dir(tmp_path, heads, tiny_target_dir):
+    return heads.save_pretrained(tmp_path / "draft", extra={"method": "medusa1", "target": {"name_or_path": str(tiny_target_dir)}})
+
+
+@pytest.fixture()
+def broken_generator(monkeypatch):
+    """The speculative generator's tokens differ from the truth at position 3."""
+    original = SpeculativeGenerator.generate
+
+    def generate(self, *args, **kwargs):
+        result = original(self, *args, **kwargs)
+        if len(result.tokens) > 3:
+            result.tokens[3] = (result.tokens[3] + 1) % 320
+        return result
+
+    monkeypatch.setattr(SpeculativeGenerator, "generate", generate)
+
+
+def test_evaluate_reports_every_benchmark_metric_consistently(tiny_llama, tiny_tokenizer, heads, bench_file):
+    questions = load_questions(bench_file)
+    result = evaluate(tiny_llama, tiny_tokenizer, heads, questions, max_new_tokens=MAX_NEW, progress=False)
+    depth = result["setting"]["tree_depth"]
+    assert depth == 3
+    for record in result["questions"]:
+        assert set(BENCHMARK_METRICS) <= set(record)
+        assert record["speedup_vs_plain"] == pytest.approx(record["tokens_per_s"] / record["plain_tokens_per_s"])
+        assert record["speedup_vs_hf_generate"] == pytest.approx(record["tokens_per_s"] / record["hf_generate_tokens_per_s"])
+        assert record["speedup_vs_prompt_lookup"] == pytest.approx(record["tokens_per_s"] / record["prompt_lookup_tokens_per_s"])
+        assert record["runtime_efficiency"] == pytest.approx(record["speedup_vs_plain"] / record["ideal_speedup"])
+        assert record["mean_accepted_tokens"] == pytest.approx(record["new_tokens"] / record["target_forwards"])
+        assert record["lossless_match"] == 1.0 and record["first_mismatch"] is None
+        assert len(record["acceptance_by_depth"]) == depth
+        assert 0 < record["new_tokens"] <= MAX_NEW
+    assert list(result["categories"]) == ["writing", "math"]
+    assert result["categories"]["writing"]["num_questions"] == 2
+    for summary in [*result["categories"].values(), result["overall"]]:
+        assert set(BENCHMARK_METRICS) <= set(summary)
+        assert all(f"{name}_mean" in summary for name in RATIO_METRICS)
+        assert summary["lossless_match"] == 1.0
+        assert len(summary["acceptance_by_depth"]) == depth
+    overall = result["overall"]
+    assert overall["mean_accepted_tokens"] == pytest.approx(sum(r["new_tokens"] for r in result["questions"]) / sum(r["target_forwards"] for r in result["questions"]))
+    assert overall["speedup_vs_plain"] == pytest.approx(sorted(r["speedup_vs_plain"] for r in result["questions"])[1])
+    assert result["lossless_failures"] == []
+    assert "LOSSLESS MISMATCH" not in format_table(result)
+
+
+def test_evaluate_without_baselines_leaves_them_unmeasured(tiny_llama, tiny_tokenizer, heads, bench_file):
+    result = evaluate(tiny_llama, tiny_tokenizer, heads, load_questions(bench_file, max_questions=1), max_new_tokens=4, baselines=False, progress=False)
+    assert result["overall"]["speedup_vs_hf_generate"] is None and result["overall"]["speedup_vs_plain"] is not None
+    assert "n/a" in format_table(result)
+
+
+def test_a_broken_generator_raises_a_loud_lossless_banner(tiny_llama, tiny_tokenizer, heads, bench_file, broken_generator):
+    result = evaluate(tiny_llama, tiny_tokenizer, heads, load_questions(bench_file), max_new_tokens=MAX_NEW, progress=False)
+    assert result["lossless_failures"] == [{"question_id": q["question_id"], "first_mismatch": 3} for q in QUESTIONS]
+    assert result["overall"]["lossless_match"] == 0.0
+    assert "LOSSLESS MISMATCH: question 1 differs from plain greedy at token 3" in format_table(result)
+
+
+def test_first_mismatch_counts_a_length_difference():
+    assert first_mismatch([1, 2, 3], [1, 2, 3]) is None
+    assert first_mismatch([1, 9, 3], [1, 2, 3]) == 1
+    assert first_mismatch([1, 2], [1, 2, 3]) == 2
+
+
+def test_cli_writes_json_png_and_the_draft_summary(tmp_path, draft_dir, bench_file, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code = cli.main([f"draft={draft_dir}", f"bench={bench_file}", f"max_new_tokens={MAX_NEW}", "threads=1", "tree=chain", "tree_size=2"])
+    assert code == 0
+    table = capsys.readouterr().out
+    assert "overall" in table and "x plain" in table
+    result = json.loads((tmp_path / "eval_questions.json").read_text())
+    assert result["setting"]["tree_depth"] == 2 and result["overall"]["lossless_match"] == 1.0
+    png = (tmp_path / "eval_questions.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
+    summary = json.loads((draft_dir / "eval_results.json").read_text())
+    assert summary["speedup_vs_plain"] == result["overall"]["speedup_vs_plain"]
+    assert all(isinstance(v, float) for v in summary.values())
+    assert {"acceptance_by_depth_1", "acceptance_by_depth_2"} <= set(summary)
+
+
+def test_cli_exits_1_on_a_lossless_failure_after_writing_the_report(tmp_path, draft_dir, bench_file, capsys, broken_generator):
+    out = tmp_path / "r.json"
+    code = cli.main([f"draft={draft_dir}", f"bench={bench_file}", f"max_new_tokens={MAX_NEW}", f"out={out}", "max_questions=1"])
+    assert code == 1
+    assert "LOSSLESS MISMATCH: question 1 differs from plain greedy at token 3" in capsys.readouterr().out
+    assert json.loads(out.read_text())["lossless_failures"] == [{"question_id": 1, "first_mismatch": 3}]
+
+
+def test_cli_unknown_key_suggests_the_closest(capsys):
+    assert cli.main(["draft=x", "max_new_token=5"]) == 2
+    assert "did you mean max_new_tokens=" in capsys.readouterr().err
+
+
+def test_cli_missing_draft_is_a_clear_error(tmp_path, capsys):
+    assert cli.main([f"draft={tmp_path / 'nope'}"]) == 2
+    err = capsys.readouterr().err
+    assert "no draft at" in err and "config.json is missing" in err
+    assert cli.main([]) == 2
+    assert "draft=DIR is required" in capsys.readouterr().err
+
+
+def test_load_questions_bundled_mt_bench():
+    questions = load_questions("mt-bench")
+    assert len(questions) == 80
+    assert len({q["category"] for q in questions}) == 8
+    assert len(load_questions("mt-bench", max_questions=5)) == 5
+
+
+def test_load_questions_skips_records_without_turns_and_names_missing_files(tmp_path):
+    path = tmp_path / "q.jsonl"
+    path.write_text(json.dumps(QUESTIONS[0]) + "\n" + json.dumps({"question_id": 9}) + "\n\n")
+    with pytest.warns(UserWarning, match="skipped 1 record"):
+        assert [q["question_id"] for q in load_questions(path)] == [1]
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_questions(tmp_path / "missing.jsonl")
