@@ -99,10 +99,8 @@ class SpeculativeGenerator:
         generator = _generator(seed, self.weight.device)
         start = _now(self.weight)
         # Step 1: prefill; the target's own next token becomes the first root.
-        cache = DynamicCache(config=self.target.config)
-        hidden = final_hidden_states(self.target, input_ids, past_key_values=cache, use_cache=True)[0, -1]
+        cache, hidden, root = _prefill(self.target, self.weight, input_ids, sampling, generator)
         result = GenerationResult([], "max_new_tokens", 1, draft_depth=self.proposer.tree.depth, prefill_s=_now(self.weight) - start)
-        root = select_token(hidden @ self.weight.T, sampling, generator)
         past_len = input_ids.shape[1]
         new = [root]
         while not self._finish(result, new, max_new_tokens, stop_strings, on_tokens):
@@ -155,10 +153,8 @@ def plain_generate(
     input_ids = _single_sequence(input_ids).to(weight.device)
     generator = _generator(seed, weight.device)
     start = _now(weight)
-    cache = DynamicCache(config=target.config)
-    hidden = final_hidden_states(target, input_ids, past_key_values=cache, use_cache=True)[0, -1]
+    cache, hidden, token = _prefill(target, weight, input_ids, sampling, generator)
     result = GenerationResult([], "max_new_tokens", 1, prefill_s=_now(weight) - start)
-    token = select_token(hidden @ weight.T, sampling, generator)
     while not _append_and_check(result, [token], max_new_tokens, eos, stop_strings, tokenizer, on_tokens):
         t0 = _now(weight)
         hidden = final_hidden_states(target, torch.tensor([[token]], device=weight.device), past_key_values=cache, use_cache=True)[0, -1]
@@ -167,6 +163,13 @@ def plain_generate(
         result.target_forwards += 1
     result.total_s = _now(weight) - start
     return result
+
+
+def _prefill(target, weight, input_ids, sampling, generator):
+    """Run the prompt into a fresh cache; return (cache, last hidden state, the target's next token)."""
+    cache = DynamicCache(config=target.config)
+    hidden = final_hidden_states(target, input_ids, past_key_values=cache, use_cache=True)[0, -1]
+    return cache, hidden, select_token(hidden @ weight.T, sampling, generator)
 
 
 def default_tree(draft: MedusaHeads, size: int = DEFAULT_TREE_SIZE) -> DraftTree:

@@ -69,6 +69,17 @@ def build_tiny_llama(vocab_size: int, hidden_size: int = 32, layers: int = 2, se
     return LlamaForCausalLM(config).eval()
 
 
+def enliven(model, std: float = 0.3, seed: int = 0):
+    """Redraw a tiny model's weights (norms kept) with a larger std, so its greedy outputs vary
+    between prompts instead of repeating one token."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" not in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * std)
+    return model
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
     return build_tiny_tokenizer()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import enliven
 
 from specdec.data.distill import DistillConfig, cache_key, self_distill
 
@@ -26,12 +27,7 @@ def lively_llama(tiny_llama):
     (With the default small init it answers every prompt with the same repeated newline,
     which would hide batching mistakes.)
     """
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, param in tiny_llama.named_parameters():
-            if "norm" not in name:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
-    return tiny_llama
+    return enliven(tiny_llama)
 
 
 def _config(**overrides) -> DistillConfig:

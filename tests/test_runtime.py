@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from conftest import build_tiny_llama
+from conftest import build_tiny_llama, enliven
 from specdec.models.medusa import MedusaConfig, MedusaHeads
 from specdec.runtime.generator import SpeculativeGenerator, plain_generate
 from specdec.runtime.kv import commit_path
@@ -20,13 +20,7 @@ SMALL_TREE = DraftTree.from_paths([(0,), (1,), (0, 0), (0, 1), (1, 0), (0, 0, 0)
 @pytest.fixture(scope="module")
 def lively():
     """A tiny Llama with large random weights, so greedy continuations vary."""
-    model = build_tiny_llama(320, hidden_size=64)
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" not in name:
-                p.copy_(torch.randn(p.shape, generator=generator) * 0.3)
-    return model
+    return enliven(build_tiny_llama(320, hidden_size=64), seed=1)
 
 
 # -- trees ------------------------------------------------------------------------------------
