@@ -23,7 +23,7 @@ import transformers
 from tqdm.auto import tqdm
 
 from specdec.models.medusa import MedusaHeads
-from specdec.runtime.generator import DEFAULT_TREE_SIZE, SpeculativeGenerator, default_tree, plain_generate
+from specdec.runtime.generator import DEFAULT_TREE_SIZE, SpeculativeGenerator, default_eos_ids, default_tree, plain_generate
 from specdec.runtime.tree import DraftTree
 from specdec.runtime.verify import SamplingConfig
 
@@ -128,7 +128,7 @@ def evaluate(
     # Step 1: one generator for all questions, and a short warm-up of every decoder.
     generator = SpeculativeGenerator.from_draft(target, draft, tree=tree, tokenizer=tokenizer)
     sampling = SamplingConfig(temperature=temperature)
-    eos = eos_token_ids(target, tokenizer)
+    eos = sorted(default_eos_ids(target, tokenizer))
     run = _runner(target, tokenizer, generator, sampling, eos, prompt_lookup_tokens, baselines, seed)
     with torch.inference_mode():
         if warmup:
@@ -241,15 +241,6 @@ def prompt_ids(tokenizer, question: dict) -> torch.Tensor:
     """[1, T] ids of the question's first turn, chat template applied with the generation prompt."""
     text = tokenizer.apply_chat_template([{"role": "user", "content": question["turns"][0]}], tokenize=False, add_generation_prompt=True)
     return tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
-
-
-def eos_token_ids(target, tokenizer) -> list[int]:
-    """End-of-sequence ids: the target's generation config plus the tokenizer's eos (as the runtime stops)."""
-    configured = target.generation_config.eos_token_id
-    ids = set(configured if isinstance(configured, (list, tuple)) else [configured] if configured is not None else [])
-    if tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
-    return sorted(ids)
 
 
 def _hf_generate(target, ids: torch.Tensor, max_new_tokens: int, eos: list[int], tokenizer, **extra) -> list[int]:

@@ -69,7 +69,7 @@ class SpeculativeGenerator:
 
     def __init__(self, target, proposer, eos_token_ids: Iterable[int] = (), tokenizer=None):
         self.target, self.proposer, self.tokenizer = target, proposer, tokenizer
-        self.eos = set(eos_token_ids) or _eos_ids(target, tokenizer)
+        self.eos = set(eos_token_ids) or default_eos_ids(target, tokenizer)
         self.weight = lm_head_weight(target)
 
     @classmethod
@@ -149,7 +149,7 @@ def plain_generate(
     """Baseline: one token per target forward, with the same cache and forward code as the generator."""
     sampling = sampling or SamplingConfig()
     weight = lm_head_weight(target)
-    eos = set(eos_token_ids) or _eos_ids(target, tokenizer)
+    eos = set(eos_token_ids) or default_eos_ids(target, tokenizer)
     input_ids = _single_sequence(input_ids).to(weight.device)
     generator = _generator(seed, weight.device)
     start = _now(weight)
@@ -203,7 +203,8 @@ def _append_and_check(result, new, max_new_tokens, eos, stop_strings, tokenizer,
     return done
 
 
-def _eos_ids(target, tokenizer) -> set[int]:
+def default_eos_ids(target, tokenizer=None) -> set[int]:
+    """End-of-sequence ids: the target's generation config plus the tokenizer's eos."""
     ids = set()
     configured = getattr(getattr(target, "generation_config", None), "eos_token_id", None)
     ids |= set(configured if isinstance(configured, (list, tuple)) else [configured] if configured is not None else [])
