@@ -109,15 +109,15 @@ class SpeculativeGenerator:
             proposal = self.proposer.propose(hidden)
             t1 = _now(self.weight)
             # Step 3: verify root + all candidates in ONE target forward (tree mask, per-node positions).
-            tree, tokens = proposal.tree, [root] + proposal.tokens
-            block = torch.tensor([tokens], device=self.weight.device)
+            tree = proposal.tree
+            block = torch.cat([torch.tensor([root], device=self.weight.device), torch.as_tensor(proposal.tokens, device=self.weight.device)])[None]
             mask = tree.attention_mask(past_len, self.weight.dtype, self.weight.device)
             states = final_hidden_states(
                 self.target, block, attention_mask=mask, position_ids=tree.position_ids(past_len, self.weight.device), past_key_values=cache, use_cache=True
             )[0]
             logits = states @ self.weight.T
             # Step 4: accept the longest verified path; commit exactly its KV entries.
-            path, root = accept(tree, tokens, logits, sampling, proposal.draft_probs, generator)
+            path, root, tokens = accept(tree, block[0], logits, sampling, proposal.draft_probs, generator)
             commit_path(cache, past_len, path)
             t2 = _now(self.weight)
             past_len += len(path)

@@ -19,8 +19,8 @@ from specdec.runtime.tree import DraftTree
 class Proposal:
     tree: DraftTree
     """Layout of the candidates."""
-    tokens: list[int]
-    """Token of every non-root node, in tree order (len = tree.size)."""
+    tokens: torch.Tensor | list[int]
+    """Token of every non-root node, in tree order (len = tree.size); a device tensor avoids a host sync."""
     draft_probs: torch.Tensor | None = None
     """[tree.size + 1, V] draft distribution each node was sampled from; None: deterministic top-k candidates."""
 
@@ -33,14 +33,13 @@ class MedusaProposer:
             raise ValueError(f"tree depth {tree.depth} exceeds the draft's {heads.config.num_heads} heads")
         self.heads, self.lm_head_weight, self.tree = heads, lm_head_weight, tree
         self._needed = tree.ranks_needed()
-        self._path_index = [[d for d in range(len(p))] for p in tree.paths]
+        # Node i's token sits at this index of the concatenated per-depth top-k lists.
+        offsets = [sum(self._needed[:d]) for d in range(len(self._needed))]
+        self._gather = torch.tensor([offsets[len(p) - 1] + p[-1] for p in tree.paths], device=lm_head_weight.device)
 
     @torch.no_grad()
     def propose(self, hidden: torch.Tensor) -> Proposal:
-        # Step 1: top candidates of each head that the tree uses.
-        top = [
-            self.heads.project(d, self.heads.head_features(d, hidden), self.lm_head_weight).topk(k).indices.tolist()
-            for d, k in enumerate(self._needed)
-        ]
+        # Step 1: top candidates of each head that the tree uses (kept on the device: no host sync).
+        top = [self.heads.project(d, self.heads.head_features(d, hidden), self.lm_head_weight).topk(k).indices for d, k in enumerate(self._needed)]
         # Step 2: node token = the candidate of its rank at its depth.
-        return Proposal(self.tree, [top[len(path) - 1][path[-1]] for path in self.tree.paths])
+        return Proposal(self.tree, torch.cat(top)[self._gather])

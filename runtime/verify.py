@@ -73,32 +73,37 @@ def select_token(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Gen
 
 def accept(
     tree: DraftTree,
-    tokens: list[int],
+    tokens: torch.Tensor | list[int],
     logits: torch.Tensor,
     cfg: SamplingConfig,
     draft_probs: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
-) -> tuple[list[int], int]:
+) -> tuple[list[int], int, list[int]]:
     """Walk the verified tree from the root; return (accepted path as node indices, root first;
-    the bonus token chosen at the path's end).
+    the bonus token chosen at the path's end; the node tokens as a list).
 
     `tokens[i]` is node i's token (root included), `logits[i]` the target's logits after node i,
-    `draft_probs[i]` (optional) the draft distribution node i was sampled from (None rows: a
-    deterministic top-k candidate).
+    `draft_probs[i]` (optional) the draft distribution node i was sampled from (None: the nodes
+    are deterministic top-k candidates). Greedy acceptance costs one host transfer.
     """
     if cfg.mode == "greedy":
         return _accept_greedy(tree, tokens, logits)
-    return _accept_stochastic(tree, tokens, logits, cfg, draft_probs, generator)
+    tokens = tokens.tolist() if isinstance(tokens, torch.Tensor) else list(tokens)
+    return (*_accept_stochastic(tree, tokens, logits, cfg, draft_probs, generator), tokens)
 
 
-def _accept_greedy(tree: DraftTree, tokens: list[int], logits: torch.Tensor) -> tuple[list[int], int]:
-    predicted = logits.argmax(-1).tolist()  # one host sync for the whole tree
+def _accept_greedy(tree: DraftTree, tokens, logits: torch.Tensor) -> tuple[list[int], int, list[int]]:
+    predicted = logits.argmax(-1)
+    if isinstance(tokens, torch.Tensor):
+        tokens, predicted = torch.stack([tokens, predicted]).tolist()  # the one host sync of the step
+    else:
+        tokens, predicted = list(tokens), predicted.tolist()
     path = [0]
     while True:
         node = path[-1]
         match = next((c for c in tree.children[node] if tokens[c] == predicted[node]), None)
         if match is None:
-            return path, predicted[node]
+            return path, predicted[node], tokens
         path.append(match)
 
 
@@ -118,7 +123,7 @@ def _accept_stochastic(tree, tokens, logits, cfg, draft_probs, generator) -> tup
                 continue
             # Step 1: accept with prob min(1, p(x)/q(x)) (q one-hot for top-k candidates).
             ratio = p[x] if q is None else torch.clamp(p[x] / q[x].clamp_min(1e-20), max=1.0)
-            if torch.rand((), generator=generator) < ratio:
+            if torch.rand((), generator=generator, device=p.device) < ratio:
                 accepted = child
                 break
             # Step 2: rejected: continue with the residual distribution.

@@ -232,7 +232,7 @@ def test_speculative_sampling_keeps_the_target_distribution(tree, draft_q):
         # Step 1: draft tokens: the top-k candidates, or one sample per node from a draft q.
         tokens = fixed or [0] + [int(torch.multinomial(q_rows[i], 1, generator=gen)) for i in range(1, tree.size + 1)]
         logits = torch.stack([_logits_after(p) for p in _prefixes(tree, tokens)])
-        path, bonus = accept(tree, tokens, logits, cfg, q_rows, gen)
+        path, bonus, _ = accept(tree, tokens, logits, cfg, q_rows, gen)
         emitted = [tokens[i] for i in path[1:]] + [bonus]
         first[emitted[0]] += 1
         if len(emitted) > 1:
@@ -259,9 +259,9 @@ def test_typical_acceptance_is_labelled_lossy():
     assert SamplingConfig(temperature=0.7).lossless and SamplingConfig().lossless
     tree = DraftTree.chain(1)
     logits = torch.tensor([[10.0, 0.0, 0.0], [0.0, 0.0, 0.0]])  # root confident in token 0
-    path, _ = accept(tree, [5, 0], logits, SamplingConfig(temperature=1.0, typical=True))
+    path, _, _ = accept(tree, [5, 0], logits, SamplingConfig(temperature=1.0, typical=True))
     assert path == [0, 1]
-    path, _ = accept(tree, [5, 2], logits, SamplingConfig(temperature=1.0, typical=True))
+    path, _, _ = accept(tree, [5, 2], logits, SamplingConfig(temperature=1.0, typical=True))
     assert path == [0]
 
 
