@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
+
+from specdec.models.base import atomic_write
 
 BASELINES = (("speedup_vs_plain", "plain greedy"), ("speedup_vs_hf_generate", "HF generate"), ("speedup_vs_prompt_lookup", "HF prompt lookup"))
 COLUMNS = (
@@ -81,15 +82,7 @@ def write_json(result: dict, path: str | os.PathLike) -> Path:
     """Write `result` as indented JSON, atomically (creating the folder)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(result, handle, indent=2)
-            handle.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2) + "\n"))
     return path
 
 

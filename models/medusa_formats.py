@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from specdec.models.base import CONFIG_NAME, DraftMismatchError, _atomic_write, load_draft, read_draft_config
+from specdec.models.base import CONFIG_NAME, DraftMismatchError, atomic_write, load_draft, read_draft_config
 from specdec.models.medusa import MedusaConfig, MedusaHeads
 
 FORMATS = ("medusa", "vllm", "tensorrt_llm", "specdec")
@@ -100,8 +100,8 @@ def export_medusa(heads: MedusaHeads, out_dir, fmt: str, lm_head_weight: torch.T
     config = {**(extra_config or {}), **upstream_config(heads.config, fmt, base_model, _dtype_name(heads))}
     # Step 3: weights then config, each atomically.
     out_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out_dir / LAYOUTS[fmt]["weights"], lambda p: save_file(tensors, p, metadata={"format": "pt"}))
-    _atomic_write(out_dir / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(config, indent=2) + "\n"))
+    atomic_write(out_dir / LAYOUTS[fmt]["weights"], lambda p: save_file(tensors, p, metadata={"format": "pt"}))
+    atomic_write(out_dir / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(config, indent=2) + "\n"))
     return out_dir
 
 

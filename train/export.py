@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from specdec.models.base import CONFIG_NAME, DraftMismatchError, DraftModel, _atomic_write, lm_head_weight, load_draft, read_draft_config
+from specdec.models.base import CONFIG_NAME, DraftMismatchError, DraftModel, atomic_write, lm_head_weight, load_draft, read_draft_config
 from specdec.models.medusa import MedusaConfig, MedusaHeads
 from specdec.models.medusa_formats import FORMATS, LAYOUTS, MedusaFormatError, detect_format, export_medusa
 from specdec.train.config import RecipeError, parse_overrides
@@ -122,7 +122,7 @@ def write_model_card(folder) -> Path:
     eval_results = json.loads(eval_path.read_text()) if eval_path.is_file() else None
     path = folder / "README.md"
     card = model_card(config, eval_results)
-    _atomic_write(path, lambda p: Path(p).write_text(card))
+    atomic_write(path, lambda p: Path(p).write_text(card))
     return path
 
 
