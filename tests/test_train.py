@@ -141,3 +141,17 @@ def test_medusa2_trains_lora_jointly_and_exports_the_merged_target(tmp_path, tin
     assert not any("lora" in n for n, _ in merged.named_parameters())
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
     assert any("lora_" in k for k in ckpt["state_dict"]) and all(("lora_" in k) or k.startswith("heads.") for k in ckpt["state_dict"])
+
+
+def test_wandb_logger_is_offline_without_a_key_and_csv_is_the_default(tmp_path, monkeypatch):
+    from lightning.pytorch.loggers import CSVLogger, WandbLogger
+
+    from specdec.train.pipeline import build_logger
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    logger = build_logger(load_recipe("medusa1", {"output_dir": str(tmp_path), "trainer.logger": "wandb"}))
+    assert isinstance(logger, WandbLogger) and logger._offline is True
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert build_logger(load_recipe("medusa1", {"output_dir": str(tmp_path), "trainer.logger": "wandb"}))._offline is False
+    assert isinstance(build_logger(load_recipe("medusa1", {"output_dir": str(tmp_path)})), CSVLogger)
+    assert build_logger(load_recipe("medusa1", {"output_dir": str(tmp_path), "trainer.logger": "none"})) is False
