@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from lightning.fabric.utilities.cloud_io import get_filesystem
@@ -30,22 +30,23 @@ class StepBatchSampler(Sampler[list[int]]):
     """Micro-batches of indices as a pure function of (seed, micro-batch number).
 
     The stream is the concatenation of seeded per-epoch permutations, cut into micro-batches;
-    rank r of w takes micro-batches r, r+w, ... . Starting at `start` micro-batches in makes
-    a resumed run see exactly the batches an uninterrupted run would have seen.
+    rank r of w takes micro-batches r, r+w, ... . `position()` is asked when iteration starts
+    and returns (micro-batches already done, rank, world size): a resumed run thus sees exactly
+    the batches an uninterrupted run would have seen.
     """
 
-    def __init__(self, num_examples: int, batch_size: int, num_batches: int, seed: int, start: int = 0, rank: int = 0, world_size: int = 1):
+    def __init__(self, num_examples: int, batch_size: int, num_batches: int, seed: int, position: Callable[[], tuple[int, int, int]] = lambda: (0, 0, 1)):
         if num_examples < 1:
             raise ValueError("no training examples: raise data.max_samples or lower data.val_size")
-        self.n, self.batch_size, self.num_batches = num_examples, batch_size, num_batches
-        self.seed, self.start, self.rank, self.world_size = seed, start, rank, world_size
+        self.n, self.batch_size, self.num_batches, self.seed, self.position = num_examples, batch_size, num_batches, seed, position
 
     def __len__(self) -> int:
-        return max(self.num_batches - self.start, 0)
+        return max(self.num_batches - self.position()[0], 0)
 
     def __iter__(self) -> Iterator[list[int]]:
-        for local in range(self.start, self.num_batches):
-            yield self.batch(local * self.world_size + self.rank)
+        start, rank, world_size = self.position()
+        for local in range(start, self.num_batches):
+            yield self.batch(local * world_size + rank)
 
     def batch(self, index: int) -> list[int]:
         """Indices of global micro-batch `index`."""

@@ -179,24 +179,12 @@ class DataLoaders:
         cfg = self.cfg
         accumulation = cfg.trainer.accumulate_grad_batches
         # The sampler starts where a resumed run left off; Lightning restores global_step before asking for data.
-        sampler = _LazyStepSampler(trainer, len(self.train_ds), cfg.data.batch_size, cfg.trainer.max_steps * accumulation, cfg.seed, accumulation)
+        position = lambda: (trainer.global_step * accumulation, trainer.global_rank, trainer.world_size)  # noqa: E731
+        sampler = StepBatchSampler(len(self.train_ds), cfg.data.batch_size, cfg.trainer.max_steps * accumulation, cfg.seed, position)
         return DataLoader(self.train_ds, batch_sampler=sampler, collate_fn=self.collate)
 
     def val(self) -> DataLoader:
         return DataLoader(self.val_ds, batch_size=self.cfg.data.batch_size, shuffle=False, collate_fn=self.collate)
-
-
-class _LazyStepSampler(StepBatchSampler):
-    """StepBatchSampler whose start and rank are read from the trainer when iteration begins."""
-
-    def __init__(self, trainer: L.Trainer, n: int, batch_size: int, num_batches: int, seed: int, accumulation: int):
-        super().__init__(n, batch_size, num_batches, seed)
-        self.trainer, self.accumulation = trainer, accumulation
-
-    def __iter__(self):
-        self.start = self.trainer.global_step * self.accumulation
-        self.rank, self.world_size = self.trainer.global_rank, self.trainer.world_size
-        return super().__iter__()
 
 
 def build_trainer(cfg: DictConfig, extra_callbacks: list | None = None) -> L.Trainer:
