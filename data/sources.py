@@ -162,7 +162,13 @@ def _open_hub(source: str, split: str) -> tuple[str, Iterable[tuple[int, Any]]]:
     name, _, config = source[len("hf:"):].partition(":")
     if not name:
         raise ValueError(f"bad Hub source {source!r}: expected 'hf:NAME' or 'hf:NAME:CONFIG'")
-    dataset = datasets.load_dataset(name, config or None, split=split)
+    try:
+        dataset = datasets.load_dataset(name, config or None, split=split)
+    except (ConnectionError, OSError) as err:
+        raise DataError(
+            f"could not load Hub data set {name!r} ({type(err).__name__}: {err}). It needs network access or a "
+            "populated Hugging Face cache; otherwise export it to a .jsonl file and pass that path."
+        ) from err
     return f"{source} (split {split})", enumerate(dataset, start=1)
 
 
@@ -193,7 +199,7 @@ def _parse_records(
         more = ", ..." if len(skipped) > _MAX_QUOTED_LINES else ""
         warnings.warn(
             f"{label}: skipped {len(skipped)} unreadable record(s) at line(s) {quoted}{more}; "
-            f"first problem: {skipped[0][1]}. Pass on_error='raise' to stop at the first one.",
+            f"first problem: {skipped[0][1]}. Pass on_error='raise' (recipes: data.on_error=raise) to stop at the first one.",
             stacklevel=3,
         )
     return conversations

@@ -174,3 +174,14 @@ def test_user_turns_drops_assistant_messages():
         {"role": "user", "content": "u2"},
     ]
     assert user_turns(conversation) == [conversation[0], conversation[1], conversation[3]]
+
+
+def test_unreachable_hub_data_set_says_what_to_do(monkeypatch):
+    import datasets
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("offline")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(DataError, match="network access .* pass that path"):
+        load_conversations("hf:org/chat")
