@@ -155,3 +155,19 @@ def test_wandb_logger_is_offline_without_a_key_and_csv_is_the_default(tmp_path, 
     assert build_logger(load_recipe("medusa1", {"output_dir": str(tmp_path), "trainer.logger": "wandb"}))._offline is False
     assert isinstance(build_logger(load_recipe("medusa1", {"output_dir": str(tmp_path)})), CSVLogger)
     assert build_logger(load_recipe("medusa1", {"output_dir": str(tmp_path), "trainer.logger": "none"})) is False
+
+
+def test_final_validation_runs_once_when_the_last_step_is_a_validation_step(tmp_path, tiny_target_dir, prompts_file, monkeypatch):
+    calls = []
+    original = MedusaModule.on_validation_epoch_end
+
+    def counting(self):
+        calls.append(self.global_step)
+        original(self)
+
+    monkeypatch.setattr(MedusaModule, "on_validation_epoch_end", counting)
+    run(load_recipe("medusa1", tiny_overrides(tmp_path / "a", tiny_target_dir, prompts_file)))  # 6 steps, validation every 3
+    assert calls == [3, 6]
+    calls.clear()
+    run(load_recipe("medusa1", tiny_overrides(tmp_path / "b", tiny_target_dir, prompts_file, **{"trainer.val_every_n_steps": 4})))
+    assert calls == [4, 6]  # the final weights are validated by the extra pass

@@ -35,6 +35,7 @@ class MedusaModule(L.LightningModule):
         self.joint = cfg.method == "medusa2"
         self.strict_loading = False  # checkpoints hold trainable state only
         self._val = []
+        self.validated_at_step = -1  # global step of the last full validation pass
 
     # -- hidden states (the seam where a cached-feature source would plug in) --
     def hidden_states(self, batch: dict, grad: bool = False) -> torch.Tensor:
@@ -87,6 +88,7 @@ class MedusaModule(L.LightningModule):
         self._val.append((out.loss.detach().cpu(), out.rank_hits, out.count))
 
     def on_validation_epoch_end(self) -> None:
+        self.validated_at_step = self.global_step
         for name, value in self.validation_metrics().items():
             self.log(name, value, prog_bar=name.endswith("head1_top1"), sync_dist=True)
 

@@ -63,8 +63,9 @@ def run(cfg: DictConfig, callbacks: list | tuple = ()) -> TrainResult:
     start = time.perf_counter()
     trainer.fit(module, train_dataloaders=loaders.train(trainer), val_dataloaders=loaders.val(), ckpt_path=ckpt_path)
     seconds = time.perf_counter() - start
-    # Step 4: a final validation pass on the trained weights, then the export (rank 0 only).
-    trainer.validate(module, dataloaders=loaders.val(), verbose=False)
+    # Step 4: a validation pass on the final weights (unless the fit just ran one), then the export (rank 0 only).
+    if module.validated_at_step != trainer.global_step:
+        trainer.validate(module, dataloaders=loaders.val(), verbose=False)
     metrics = module.validation_metrics()
     heads.config.head_rank_accuracy = [[round(float(a), 5) for a in row] for row in module.rank_accuracy()]
     if not trainer.is_global_zero:
