@@ -7,7 +7,10 @@ from specdec.data.chat import tokenize_conversation
 from specdec.data.distill import DistillConfig, self_distill
 from specdec.train.config import load_recipe
 from specdec.train.pipeline import run
+from specdec.models.base import load_draft
 from specdec.models.target import load_target
+from specdec.runtime.generator import SpeculativeGenerator, default_tree, plain_generate
+from specdec.runtime.tree import DraftTree
 
 pytestmark = pytest.mark.slow
 
@@ -55,3 +58,42 @@ def test_medusa1_head1_learns_well_above_chance_on_held_out_data(tmp_path):
     assert trained.metrics["val/head1_top1"] > 0.08 > 1000 * chance
     assert trained.metrics["val/head1_top1"] > untrained.metrics["val/head1_top1"] + 0.05
     assert trained.metrics["val/loss"] < untrained.metrics["val/loss"]
+
+
+@pytest.fixture(scope="module")
+def brief_draft(tmp_path_factory):
+    """Medusa-1 heads trained for 12 steps on the bundled self-distilled rows."""
+    out = tmp_path_factory.mktemp("brief")
+    overrides = {
+        "output_dir": str(out),
+        "data.source": "smollm2-selfdistill",
+        "data.self_distill": "false",
+        "data.max_samples": "64",
+        "data.val_size": "8",
+        "data.max_length": "256",
+        "trainer.max_steps": "12",
+        "trainer.val_every_n_steps": "12",
+        "trainer.checkpoint_every_n_steps": "12",
+        "trainer.enable_progress_bar": "false",
+        "trainer.logger": "none",
+        "optim.warmup_steps": "2",
+    }
+    return load_draft(run(load_recipe("medusa1", overrides)).draft_dir)
+
+
+@pytest.mark.parametrize("tree", ["chain", "tree"])
+def test_greedy_speculative_equals_plain_greedy_on_the_real_target(smollm2, brief_draft, tree):
+    chosen = DraftTree.chain(4) if tree == "chain" else default_tree(brief_draft, 8)
+    generator = SpeculativeGenerator.from_draft(smollm2.model, brief_draft, chosen, tokenizer=smollm2.tokenizer)
+    prompts = ["Write a limerick about a cat.", "List three prime numbers.", "Say only the word yes."]
+    accepted, reasons = 0, set()
+    for text in prompts:
+        ids = smollm2.tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+        for budget in (1, 7, 40):  # max-length edges, and EOS inside the budget for the short answer
+            spec = generator.generate(ids, budget)
+            plain = plain_generate(smollm2.model, ids, budget, tokenizer=smollm2.tokenizer)
+            assert spec.tokens == plain.tokens and spec.stop_reason == plain.stop_reason
+            accepted += sum(spec.accepted_lengths)
+            reasons.add(spec.stop_reason)
+    assert accepted > 0  # drafts were accepted, so committed tree paths were exercised
+    assert reasons == {"eos", "max_new_tokens"}  # both edges were crossed
