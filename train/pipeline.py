@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +44,7 @@ class TrainResult:
 def run(cfg: DictConfig, callbacks: list | tuple = ()) -> TrainResult:
     """Run the recipe `cfg` (already validated by `load_recipe`); `callbacks` are added to the Trainer."""
     # Step 1: seed, threads, output folder with the resolved config.
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode", category=UserWarning)  # the frozen target, on purpose
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
