@@ -7,7 +7,6 @@ the model card). Exit codes: 0 ok, 1 a lossless method differed from plain greed
 
 from __future__ import annotations
 
-import difflib
 import sys
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import torch
 
 from specdec.eval.benchmark import TREE_KINDS, build_tree, evaluate, load_questions, prompt_ids
 from specdec.runtime.autotune import tune_tree
+from specdec.runtime.options import UsageError, parse_options, target_source
 from specdec.eval.report import flat_summary, format_table, plot, write_json
 from specdec.models.base import load_draft, read_draft_config
 from specdec.models.target import TargetLoadError, load_target
@@ -37,53 +37,14 @@ OPTIONS = {
     "threads": (int, None),
 }
 """key -> (type, default)."""
-TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
-
-
-class UsageError(ValueError):
-    """Bad command line; the message says what to write instead."""
-
-
 def parse_args(argv: list[str]) -> dict:
     """`key=value` words -> options with their defaults; unknown keys name the closest valid one."""
-    options = {key: default for key, (_, default) in OPTIONS.items()}
-    for word in argv:
-        key, sep, value = word.partition("=")
-        if not sep:
-            raise UsageError(f"expected key=value, got {word!r} (e.g. draft=runs/medusa1/draft)")
-        if key not in OPTIONS:
-            close = difflib.get_close_matches(key, OPTIONS, n=1)
-            hint = f"did you mean {close[0]}=? " if close else ""
-            raise UsageError(f"unknown key {key!r}: {hint}valid keys: {', '.join(OPTIONS)}")
-        options[key] = _convert(key, value)
+    options = parse_options(argv, OPTIONS)
     if not options["draft"]:
         raise UsageError("draft=DIR is required (the draft/ folder that specdec-train wrote)")
     if options["tree"] not in TREE_KINDS:
         raise UsageError(f"tree={options['tree']} is not one of {', '.join(TREE_KINDS)}")
     return options
-
-
-def _convert(key: str, value: str):
-    kind = OPTIONS[key][0]
-    if kind is bool:
-        if value.lower() not in TRUE + FALSE:
-            raise UsageError(f"{key}={value}: expected true or false")
-        return value.lower() in TRUE
-    try:
-        return kind(value)
-    except ValueError:
-        raise UsageError(f"{key}={value}: expected {kind.__name__}") from None
-
-
-def target_source(draft_dir: Path, config: dict) -> str:
-    """Where the draft's target lives: the fine-tuned copy inside the draft folder (Medusa-2),
-    else `target.name_or_path` from its config.json."""
-    target = config.get("target") or {}
-    if target.get("finetuned_weights"):
-        return str(draft_dir / target["finetuned_weights"])
-    if not target.get("name_or_path"):
-        raise UsageError(f"{draft_dir}/config.json names no target (target.name_or_path): pass target=NAME_OR_PATH")
-    return target["name_or_path"]
 
 
 def run(options: dict) -> int:

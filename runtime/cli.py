@@ -10,6 +10,7 @@ import torch
 
 from specdec.models.base import load_draft, read_draft_config
 from specdec.models.target import load_target
+from specdec.runtime.options import UsageError, parse_options, target_source
 from specdec.runtime.generator import DEFAULT_TREE_SIZE, SpeculativeGenerator, default_tree
 from specdec.runtime.tree import DraftTree
 from specdec.runtime.verify import SamplingConfig
@@ -22,9 +23,9 @@ OPTIONS = {
     "temperature": (float, 0.0),
     "top_p": (float, 1.0),
     "top_k": (int, 0),
-    "typical": (lambda v: v.lower() in ("1", "true", "yes"), False),
+    "typical": (bool, False),
     "tree_size": (int, DEFAULT_TREE_SIZE),
-    "chain": (lambda v: v.lower() in ("1", "true", "yes"), False),
+    "chain": (bool, False),
     "stop": (str, None),
     "seed": (int, 0),
     "threads": (int, None),
@@ -33,19 +34,11 @@ USAGE = "usage: specdec-generate draft=DIR prompt=TEXT [" + " ".join(f"{k}=" for
 
 
 def parse(argv: list[str]) -> dict:
-    """key=value words -> typed options; unknown keys name the closest valid one."""
-    import difflib
-
-    options = {key: default for key, (_, default) in OPTIONS.items()}
-    for word in argv:
-        key, sep, value = word.partition("=")
-        if not sep or key not in OPTIONS:
-            close = difflib.get_close_matches(key, list(OPTIONS), n=1)
-            raise SystemExit(f"specdec-generate: unknown argument {word!r}" + (f"; did you mean {close[0]}=?" if close else "") + f"\n{USAGE}")
-        try:
-            options[key] = OPTIONS[key][0](value)
-        except ValueError:
-            raise SystemExit(f"specdec-generate: {key}={value!r} is not a valid {OPTIONS[key][0].__name__}") from None
+    """key=value words -> typed options; a bad command line exits with the reason and the usage."""
+    try:
+        options = parse_options(argv, OPTIONS)
+    except UsageError as exc:
+        raise SystemExit(f"specdec-generate: {exc}\n{USAGE}") from None
     if not options["draft"] or options["prompt"] is None:
         raise SystemExit(f"specdec-generate: draft= and prompt= are required\n{USAGE}")
     return options
@@ -59,8 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     draft_dir = Path(options["draft"])
     config = read_draft_config(draft_dir)
     draft = load_draft(draft_dir)
-    finetuned = (config.get("target") or {}).get("finetuned_weights")
-    source = options["target"] or (str(draft_dir / finetuned) if finetuned else config["target"]["name_or_path"])
+    try:
+        source = options["target"] or target_source(draft_dir, config)
+    except UsageError as exc:
+        raise SystemExit(f"specdec-generate: {exc}") from None
     target = load_target(source)
     tree = DraftTree.chain(draft.config.num_heads) if options["chain"] else default_tree(draft, options["tree_size"])
     generator = SpeculativeGenerator.from_draft(target.model, draft, tree, tokenizer=target.tokenizer)
