@@ -101,7 +101,7 @@ tags: [speculative-decoding, medusa, {method}]
 {hub_base}---
 # {method} Medusa draft for `{base}` ({layout} layout)
 
-Trained with [specdec](https://pypi.org/project/specdec/) `{method}` against the frozen target
+Trained with specdec `{method}` against the frozen target
 `{base}` (hidden size {target.get('hidden_size', config.get('hidden_size'))}, vocabulary {target.get('vocab_size', config.get('vocab_size'))}): {heads} heads of {layers} ResBlock(s).
 {finetuned}
 Training: {train.get('steps')} optimizer steps on {train.get('train_examples')} self-distilled
