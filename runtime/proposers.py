@@ -30,7 +30,10 @@ class MedusaProposer:
 
     def __init__(self, heads: MedusaHeads, lm_head_weight: torch.Tensor, tree: DraftTree):
         if tree.depth > heads.config.num_heads:
-            raise ValueError(f"tree depth {tree.depth} exceeds the draft's {heads.config.num_heads} heads")
+            raise ValueError(
+                f"tree depth {tree.depth} exceeds the draft's {heads.config.num_heads} heads: use paths of at most "
+                f"{heads.config.num_heads} steps (or DraftTree.chain({heads.config.num_heads}))"
+            )
         self.heads, self.lm_head_weight, self.tree = heads, lm_head_weight, tree
         self._needed = tree.ranks_needed()
         # Node i's token sits at this index of the concatenated per-depth top-k lists.
