@@ -9,6 +9,10 @@ regenerates the assistant turns with the target, and caches the result on disk:
 
 The key hashes everything that changes the outputs, so an interrupted run resumes from the
 last finished shard and a repeated run is served from the cache without touching the model.
+
+In a multi-process job (torchrun, SLURM) every rank calls ``self_distill`` with its ``rank``
+and ``world_size``: each generates its own share of the chunks, all wait for the missing
+shards to appear, rank 0 writes the data set and the other ranks load it.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import math
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +39,12 @@ logger = logging.getLogger(__name__)
 
 # Hex digits of the sha256 kept in the cache key.
 CACHE_KEY_LENGTH = 16
+# Seconds between two looks at the shared cache folder while waiting for other ranks.
+POLL_INTERVAL_S = 1.0
+
+
+class DistillTimeoutError(TimeoutError):
+    """Other ranks did not finish their share of the self-distillation in time."""
 
 
 @dataclass
@@ -69,6 +80,9 @@ def self_distill(
     cache_dir: str | os.PathLike,
     target_id: str,
     show_progress: bool = True,
+    rank: int = 0,
+    world_size: int = 1,
+    wait_timeout_s: float = 3600.0,
 ) -> datasets.Dataset:
     """Regenerate the assistant turns of ``conversations`` with ``model`` and cache the result.
 
@@ -79,14 +93,26 @@ def self_distill(
         config: generation and chunking settings.
         cache_dir: folder holding one sub-folder per cache key.
         target_id: names the target (hub id or path) in the cache key.
-        show_progress: show a progress bar over conversations.
+        show_progress: show a progress bar over this rank's conversations (on rank 0 only).
+        rank: this process's rank in a multi-process job; it generates the chunks with
+            ``chunk % world_size == rank``. Chunk boundaries and seeds do not depend on the
+            ranks, so the data set is the same for any ``world_size``.
+        world_size: number of processes sharing the work; all of them must call
+            ``self_distill`` with the same arguments and a ``cache_dir`` on a filesystem
+            they all share (each rank polls it for the shards of the others).
+        wait_timeout_s: longest wait, in seconds, for the other ranks' shards and then for
+            rank 0's data set; past it a ``DistillTimeoutError`` (a ``TimeoutError``) is
+            raised. Finished shards are kept, so a rerun resumes.
 
     Returns:
         A data set with one column ``conversations``: the prompt turns followed by the
-        generated assistant turns (one after each answered user turn).
+        generated assistant turns (one after each answered user turn). Every rank returns
+        the same data set.
     """
     # Step 1: check the inputs and find the cache folder.
     _validate(config, conversations, tokenizer)
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must satisfy 0 <= rank < world_size, got rank={rank} and world_size={world_size}")
     prompts = [user_turns(conversation) for conversation in conversations]
     key_dir = Path(cache_dir) / cache_key(target_id, conversations, config)
     dataset_dir = key_dir / "dataset"
@@ -94,26 +120,36 @@ def self_distill(
         logger.info("self-distillation cache hit: %s", dataset_dir)
         return datasets.load_from_disk(str(dataset_dir))
     logger.info("self-distillation cache miss: generating into %s", key_dir)
-    # Step 2: generate every chunk that has no finished shard yet.
+    # Step 2: generate this rank's chunks that have no finished shard yet.
     shard_dir = key_dir / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
     chunks = math.ceil(len(prompts) / config.chunk_size)
-    finished = [chunk for chunk in range(chunks) if _shard_path(shard_dir, chunk).exists()]
+    own = range(rank, chunks, world_size)
+    total = sum(_chunk_len(len(prompts), config.chunk_size, chunk) for chunk in own)
+    finished = [chunk for chunk in own if _shard_path(shard_dir, chunk).exists()]
     done = sum(_chunk_len(len(prompts), config.chunk_size, chunk) for chunk in finished)
     if done:
-        logger.info("resuming self-distillation: %d of %d conversations already cached", done, len(prompts))
-    progress = tqdm(total=len(prompts), initial=done, desc="self-distill", disable=not show_progress)
+        logger.info("resuming self-distillation: %d of %d conversations already cached", done, total)
+    progress = tqdm(total=total, initial=done, desc="self-distill", disable=not (show_progress and rank == 0))
     with progress:
-        for chunk in range(chunks):
+        for chunk in own:
             path = _shard_path(shard_dir, chunk)
             if path.exists():
                 continue
             chunk_prompts = prompts[chunk * config.chunk_size : (chunk + 1) * config.chunk_size]
             answered = _distill_chunk(model, tokenizer, chunk_prompts, config, chunk, progress)
             _write_shard(path, answered)
-    # Step 3: assemble the shards into the final data set and save it atomically.
-    rows = [conversation for chunk in range(chunks) for conversation in _read_shard(_shard_path(shard_dir, chunk))]
-    _save_dataset_atomically(datasets.Dataset.from_dict({"conversations": rows}), dataset_dir)
+    # Step 3: wait until every rank has written its shards.
+    _wait_for_shards(shard_dir, chunks, rank, world_size, wait_timeout_s)
+    # Step 4: rank 0 assembles the shards and saves the data set atomically; the other ranks wait for it.
+    if rank == 0:
+        rows = [conversation for chunk in range(chunks) for conversation in _read_shard(_shard_path(shard_dir, chunk))]
+        _save_dataset_atomically(datasets.Dataset.from_dict({"conversations": rows}), dataset_dir)
+    elif _wait_for_paths([dataset_dir], wait_timeout_s):
+        raise DistillTimeoutError(
+            f"rank {rank} waited {wait_timeout_s:g} s for rank 0 to write the self-distilled data set {dataset_dir}. "
+            "The finished shards are kept, so a rerun resumes."
+        )
     return datasets.load_from_disk(str(dataset_dir))
 
 
@@ -213,6 +249,29 @@ def _sampling_kwargs(config: DistillConfig) -> dict:
     if config.temperature == 0:
         return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
     return {"do_sample": True, "temperature": config.temperature, "top_p": config.top_p, "top_k": config.top_k}
+
+
+def _wait_for_shards(shard_dir: Path, chunks: int, rank: int, world_size: int, timeout_s: float) -> None:
+    """Wait until every chunk has a shard; past ``timeout_s`` raise an error naming the missing chunks."""
+    missing = _wait_for_paths([_shard_path(shard_dir, chunk) for chunk in range(chunks)], timeout_s)
+    if missing:
+        owners = sorted({chunk % world_size for chunk in missing})
+        raise DistillTimeoutError(
+            f"rank {rank} waited {timeout_s:g} s for the other ranks' self-distillation shards: "
+            f"{len(missing)} of {chunks} chunks are still missing (chunks {missing}, owned by ranks {owners}) "
+            f"in {shard_dir}. The finished shards are kept, so a rerun resumes; check that every rank runs "
+            "and that cache_dir is on a filesystem all ranks share."
+        )
+
+
+def _wait_for_paths(paths: list[Path], timeout_s: float) -> list[int]:
+    """Poll until every path exists or ``timeout_s`` passes; return the indices still missing."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        missing = [index for index, path in enumerate(paths) if not path.exists()]
+        if not missing or time.monotonic() >= deadline:
+            return missing
+        time.sleep(min(POLL_INTERVAL_S, max(0.0, deadline - time.monotonic())))
 
 
 def _chunk_len(total: int, chunk_size: int, chunk: int) -> int:

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import copy
+import time
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 import torch
 from conftest import enliven
 
-from specdec.data.distill import DistillConfig, cache_key, self_distill
+from specdec.data import distill
+from specdec.data.distill import DistillConfig, DistillTimeoutError, cache_key, self_distill
 
 CONVERSATIONS = [
     [{"role": "user", "content": "hi"}],
@@ -34,9 +39,9 @@ def _config(**overrides) -> DistillConfig:
     return DistillConfig(**{"max_new_tokens": 5, "batch_size": 2, "chunk_size": 2, **overrides})
 
 
-def _distill(model, tokenizer, conversations, cache_dir, config=None):
-    """Run self_distill quietly with the test config and target id "tiny"."""
-    return self_distill(model, tokenizer, conversations, config or _config(), cache_dir, "tiny", show_progress=False)
+def _distill(model, tokenizer, conversations, cache_dir, config=None, **ranks):
+    """Run self_distill quietly with the test config and target id "tiny" (``ranks``: rank, world_size, ...)."""
+    return self_distill(model, tokenizer, conversations, config or _config(), cache_dir, "tiny", show_progress=False, **ranks)
 
 
 def _manual_greedy(model, tokenizer, prompt, max_new_tokens=5) -> str:
@@ -158,3 +163,67 @@ def test_answers_cut_off_by_the_length_cap_are_marked_truncated(lively_llama, ti
         out = lively_llama.generate(**inputs, max_new_tokens=60, do_sample=False, pad_token_id=2, eos_token_id=2)
         stopped = bool((out[0, inputs["input_ids"].shape[1] :] == 2).any())
         assert row[-1]["truncated"] is (not stopped)
+
+
+@pytest.fixture()
+def fast_polling(monkeypatch):
+    """Look at the shared cache folder often, so waiting ranks notice their peers quickly."""
+    monkeypatch.setattr(distill, "POLL_INTERVAL_S", 0.05)
+
+
+def test_two_concurrent_ranks_build_the_same_dataset_as_one(lively_llama, tiny_tokenizer, tmp_path, monkeypatch, fast_polling):
+    reference = _distill(lively_llama, tiny_tokenizer, CONVERSATIONS, tmp_path / "one")  # 3 chunks: 2 + 2 + 1
+    models = [lively_llama, copy.deepcopy(lively_llama)]  # one target per rank, as on two GPUs
+    chunks_by_rank = {0: [], 1: []}
+    distill_chunk = distill._distill_chunk
+
+    def recording_distill_chunk(model, tokenizer, prompts, config, chunk, progress):
+        chunks_by_rank[models.index(model)].append(chunk)
+        return distill_chunk(model, tokenizer, prompts, config, chunk, progress)
+
+    monkeypatch.setattr(distill, "_distill_chunk", recording_distill_chunk)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = [
+            pool.submit(_distill, models[rank], tiny_tokenizer, CONVERSATIONS, tmp_path / "two", rank=rank, world_size=2, wait_timeout_s=60)
+            for rank in (0, 1)
+        ]
+        results = [future.result() for future in futures]
+    assert chunks_by_rank == {0: [0, 2], 1: [1]}
+    for result in results:
+        assert list(result["conversations"]) == list(reference["conversations"])
+
+
+def test_rank_without_its_peer_times_out_and_keeps_its_shards(lively_llama, tiny_tokenizer, tmp_path, monkeypatch, fast_polling):
+    key_dir = tmp_path / cache_key("tiny", CONVERSATIONS, _config())
+    with pytest.raises(DistillTimeoutError, match=r"1 of 3 chunks are still missing \(chunks \[1\], owned by ranks \[1\]\).*rerun resumes"):
+        _distill(lively_llama, tiny_tokenizer, CONVERSATIONS, tmp_path, rank=0, world_size=2, wait_timeout_s=1)
+    assert sorted(p.name for p in (key_dir / "shards").iterdir()) == ["shard-00000.jsonl", "shard-00002.jsonl"]
+    assert not (key_dir / "dataset").exists()
+
+    # A rerun of rank 0 generates nothing and gives up after about the timeout.
+    counting = CountingGenerate(lively_llama)
+    monkeypatch.setattr(lively_llama, "generate", counting)
+    start = time.monotonic()
+    with pytest.raises(TimeoutError, match=r"chunks \[1\]"):
+        _distill(lively_llama, tiny_tokenizer, CONVERSATIONS, tmp_path, rank=0, world_size=2, wait_timeout_s=1)
+    assert counting.calls == 0
+    assert 1.0 <= time.monotonic() - start < 5.0
+
+    # Rank 1 adds the missing shard, then waits in vain for rank 0's data set.
+    with pytest.raises(DistillTimeoutError, match="rank 1 waited 1 s for rank 0 to write"):
+        _distill(lively_llama, tiny_tokenizer, CONVERSATIONS, tmp_path, rank=1, world_size=2, wait_timeout_s=1)
+    assert counting.calls == 1  # chunk 1 holds two prompts: one batch
+
+    # With every shard on disk, rank 0 assembles the data set without generating.
+    resumed = _distill(lively_llama, tiny_tokenizer, CONVERSATIONS, tmp_path, rank=0, world_size=2, wait_timeout_s=1)
+    assert counting.calls == 1
+    monkeypatch.setattr(lively_llama, "generate", counting.original)
+    reference = _distill(lively_llama, tiny_tokenizer, CONVERSATIONS, tmp_path / "ref")
+    assert list(resumed["conversations"]) == list(reference["conversations"])
+
+
+@pytest.mark.parametrize(("rank", "world_size"), [(2, 2), (-1, 2), (0, 0)])
+def test_rank_outside_the_world_is_rejected(tiny_llama, tiny_tokenizer, tmp_path, rank, world_size):
+    with pytest.raises(ValueError, match="0 <= rank < world_size"):
+        _distill(tiny_llama, tiny_tokenizer, CONVERSATIONS, tmp_path, rank=rank, world_size=world_size)
+    assert not any(tmp_path.iterdir())  # rejected before anything is written
