@@ -105,8 +105,8 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path, ti
     cfg = load_recipe("medusa1", tiny_overrides(tmp_path, tiny_target_dir, prompts_file))
     original = MedusaModule._head_losses
 
-    def poisoned(self, hidden, batch, weight):
-        out = original(self, hidden, batch, weight)
+    def poisoned(self, hidden, batch, weight, denominators=None):
+        out = original(self, hidden, batch, weight, denominators)
         if self.training and self.global_step == 4:
             out.loss = out.loss * float("nan")
         return out

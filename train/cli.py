@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import OmegaConf
 
 from specdec.train.config import RecipeError, available_recipes, field_docs, load_recipe, parse_overrides
@@ -25,7 +26,11 @@ def help_text() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    return run_cli(sys.argv[1:] if argv is None else argv)
+
+
+def run_cli(argv: list[str], callbacks: list | tuple = ()) -> int:
+    """`specdec-train` on `argv`, with extra Lightning `callbacks` (for scripts that wrap the CLI); returns the exit code."""
     if any(a in ("-h", "--help", "help") for a in argv):
         print(help_text())
         return 0
@@ -36,16 +41,33 @@ def main(argv: list[str] | None = None) -> int:
     except RecipeError as exc:
         print(f"specdec-train: error: {exc}", file=sys.stderr)
         return 2
-    print(OmegaConf.to_yaml(cfg), flush=True)
+    rank_zero_only(print)(OmegaConf.to_yaml(cfg), flush=True)
     # Step 2: the job; expected failures print one actionable line instead of a traceback.
     from specdec.train.pipeline import run, user_errors
 
     try:
-        run(cfg)
+        run(cfg, callbacks)
     except user_errors() as exc:
         print(f"specdec-train: error: {exc}", file=sys.stderr)
         return 1
+    except RuntimeError as exc:
+        if not is_distributed_failure(exc):
+            raise
+        print(f"specdec-train: error: a training process stopped or stopped answering ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
+              f"Check that rank's log (out of memory, node failure); the last checkpoint is in {cfg.output_dir}/checkpoints, continue with resume=last.", file=sys.stderr)
+        return 1
     return 0
+
+
+DISTRIBUTED_FAILURE_MARKERS = ("Connection closed by peer", "Connection reset by peer", "NCCL", "Gloo", "gloo", "ProcessGroup", "timed out", "Timed out")
+"""Words in the errors torch.distributed raises when a peer rank died or a collective timed out."""
+
+
+def is_distributed_failure(exc: RuntimeError) -> bool:
+    """True for a collective that failed because another rank died or stopped answering."""
+    import torch.distributed as dist
+
+    return isinstance(exc, dist.DistError) or any(marker in str(exc) for marker in DISTRIBUTED_FAILURE_MARKERS)
 
 
 if __name__ == "__main__":

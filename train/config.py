@@ -126,7 +126,13 @@ class TrainerConfig:
     num_nodes: int = 1
     """Nodes."""
     strategy: str = "auto"
-    """Lightning strategy: auto, ddp, fsdp, deepspeed_stage_2, ..."""
+    """Lightning strategy: auto, ddp, fsdp (target and draft sharded), deepspeed_stage_2, deepspeed_stage_3, or another Lightning strategy name."""
+    deepspeed_config: Optional[str] = None
+    """DeepSpeed JSON config for deepspeed_* strategies: a file path or a bundled name (zero2, zero3 in recipes/deepspeed/); null picks the bundled one matching the stage."""
+    fsdp_sharding: str = "FULL_SHARD"
+    """FSDP sharding strategy: FULL_SHARD, SHARD_GRAD_OP, HYBRID_SHARD (full shard within a node, replicate across nodes) or NO_SHARD."""
+    timeout_s: int = 1800
+    """Seconds a collective may wait for the other ranks before the job fails (a dead rank then ends the job instead of hanging it)."""
     precision: str = "32-true"
     """Lightning precision: 32-true, bf16-mixed, 16-mixed, ..."""
     accumulate_grad_batches: int = 1
@@ -304,6 +310,7 @@ def _check_values(config: DictConfig) -> None:
         "medusa2.ramp": ("sine", "linear", "none"),
         "target.dtype": ("float32", "bfloat16", "float16"),
         "hub.format": FORMATS,
+        "trainer.fsdp_sharding": ("FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "NO_SHARD"),
     }
     for key, allowed in choices.items():
         value = OmegaConf.select(config, key)
@@ -318,6 +325,20 @@ def _check_values(config: DictConfig) -> None:
     if not 0.0 <= config.medusa.soft_label_weight <= 1.0:
         raise RecipeError("`medusa.soft_label_weight` must be within [0, 1]")
     _check_repo_id(config.hub.repo_id)
+    check_strategy_name(config.trainer.strategy)
+    if config.trainer.timeout_s < 1:
+        raise RecipeError("`trainer.timeout_s` must be at least 1")
+
+
+def check_strategy_name(name: str) -> None:
+    """Fail early, with a suggestion, on a strategy name Lightning does not know."""
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    known = ["auto", "ddp", "fsdp", "deepspeed", *StrategyRegistry.available_strategies()]
+    if name not in known:
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" Did you mean `{close[0]}`?" if close else ""
+        raise RecipeError(f"unknown `trainer.strategy` {name!r}.{hint} Use auto, ddp, fsdp, deepspeed_stage_2 or deepspeed_stage_3 (or another Lightning strategy name).")
 
 
 def _check_repo_id(repo_id: str | None) -> None:

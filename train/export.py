@@ -28,9 +28,9 @@ FINETUNED_TARGET_DIR = "target"
 ADAPTER_DIR = "adapter"
 
 
-def export_draft(draft: DraftModel, cfg: DictConfig, target: Target, metrics: dict[str, float], train_info: dict) -> Path:
-    """Export the draft (and Medusa-2's fine-tuned target); returns the draft folder."""
-    out = Path(cfg.output_dir) / "draft"
+def export_draft(draft: DraftModel, cfg: DictConfig, target: Target, metrics: dict[str, float], train_info: dict, out: Path | None = None) -> Path:
+    """Export the draft (and Medusa-2's fine-tuned target) to `out` (default <output_dir>/draft); returns that folder."""
+    out = out or Path(cfg.output_dir) / "draft"
     extra = {
         "method": cfg.method,
         "target": {
@@ -231,9 +231,13 @@ def publish(draft_dir, fmt: str, repo_id: str, private: bool = False, lm_head: t
 
 
 EXPORT_USAGE = f"""usage: specdec-export draft=DIR format=FORMAT [out=DIR] [target=NAME_OR_PATH] [push=true repo_id=ORG/NAME [private=true]]
+       specdec-export checkpoint=PATH [out=DIR]
 
 Writes a trained Medusa draft in a serving engine's layout and optionally uploads it.
   draft     the draft folder specdec-train wrote (<output_dir>/draft)
+  checkpoint  a training checkpoint (.ckpt file, or a sharded DeepSpeed / FSDP checkpoint folder):
+            consolidated on this machine into a plain draft folder at `out`
+            (default: <output_dir>/draft)
   format    {', '.join(FORMATS)}
   out       where to write (default: <draft>/../export_<format>; the draft itself for specdec)
   target    target whose lm_head fills the per-head projections of shared-lm_head drafts
@@ -242,7 +246,7 @@ Writes a trained Medusa draft in a serving engine's layout and optionally upload
   repo_id   Hub model repo, ORG/NAME (created if missing; token from HF_TOKEN or `hf auth login`)
   private   create the repo as private (default: false)
 """
-EXPORT_KEYS = ("draft", "format", "out", "target", "push", "repo_id", "private")
+EXPORT_KEYS = ("draft", "checkpoint", "format", "out", "target", "push", "repo_id", "private")
 
 
 def parse_export_args(argv: list[str]) -> dict:
@@ -256,6 +260,11 @@ def parse_export_args(argv: list[str]) -> dict:
             close = difflib.get_close_matches(key, EXPORT_KEYS, n=1, cutoff=0.5)
             hint = f" Did you mean `{close[0]}`?" if close else ""
             raise RecipeError(f"unknown key `{key}`.{hint} Valid keys: {', '.join(EXPORT_KEYS)}")
+    if "checkpoint" in args:
+        extra = sorted(set(args) - {"checkpoint", "out"})
+        if extra:
+            raise RecipeError(f"checkpoint=... takes only out=...; export the consolidated draft in a second call (got {', '.join(extra)})")
+        return args
     for key in ("draft", "format"):
         if not args.get(key):
             raise RecipeError(f"missing {key}=...; see `specdec-export --help`")
@@ -293,6 +302,11 @@ def export_main(argv: list[str] | None = None) -> int:
         return 2
     # Step 2: export, then upload; expected failures print one actionable line.
     try:
+        if "checkpoint" in args:
+            from specdec.train.pipeline import export_checkpoint
+
+            print(f"draft written to {export_checkpoint(args['checkpoint'], args.get('out'))}")
+            return 0
         folder = export_folder(args["draft"], args["format"], args.get("out"), args.get("target"))
         print(f"{args['format']} layout written to {folder}")
         if args["push"]:

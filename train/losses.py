@@ -68,13 +68,17 @@ def medusa_head_losses(
     decay: float = 0.8,
     soft_label_weight: float = 0.0,
     with_accuracy: bool = True,
+    denominators: torch.Tensor | None = None,
 ) -> HeadLosses:
     """Medusa loss: sum_k decay**k * CE(head_k(h_t), x_{t+k+2}) over assistant positions.
 
     `hidden` is the target's last hidden state [B, T, H]. With `soft_label_weight` = a, each
     head's loss is (1-a) * CE(hard label) + a * CE(softmax(W_lm h_{t+k+1})) where the soft
     label is the target's own distribution for that same token. `with_accuracy=False` skips
-    the rank-hit counts, whose top-k costs about a tenth of a training step.
+    the rank-hit counts, whose top-k costs about a tenth of a training step. `denominators`
+    [K] divides each head's summed loss (default: its own labelled positions); data-parallel
+    training passes the mean count over ranks (`head_label_counts`), so that the average of the
+    ranks' gradients is the gradient of the whole global batch's mean loss.
     """
     per_head, rank_hits, count = [], [], []
     for k in range(heads.config.num_heads):
@@ -85,10 +89,11 @@ def medusa_head_losses(
         if labels.numel() == 0:
             per_head.append(logits.sum() * 0.0)
         else:
-            loss = F.cross_entropy(logits.float(), labels)
+            loss = F.cross_entropy(logits.float(), labels, reduction="sum")
             if soft_label_weight > 0:
                 loss = (1 - soft_label_weight) * loss + soft_label_weight * _soft_label_ce(logits, hidden, select, lm_head_weight)
-            per_head.append(loss)
+            divisor = denominators[k] if denominators is not None else labels.numel()
+            per_head.append(loss / divisor)
         # Step 3: rank-hit counts, for validation accuracies and tree building.
         if with_accuracy:
             with torch.no_grad():
@@ -101,14 +106,19 @@ def medusa_head_losses(
 
 
 def _soft_label_ce(logits: torch.Tensor, hidden: torch.Tensor, select: torch.Tensor, lm_head_weight: torch.Tensor | None) -> torch.Tensor:
-    """CE against the target's distribution at t+k+1 (which predicts the same token t+k+2)."""
+    """Summed CE against the target's distribution at t+k+1 (which predicts the same token t+k+2)."""
     if lm_head_weight is None:
         raise ValueError("soft labels need the target lm_head weight")
     shifted = torch.zeros_like(select)
     shifted[:, 1:] = select[:, :-1]  # source position t -> t+1
     with torch.no_grad():
         teacher = F.softmax((hidden[shifted].detach() @ lm_head_weight.T).float(), dim=-1)
-    return -(teacher * F.log_softmax(logits.float(), dim=-1)).sum(-1).mean()
+    return -(teacher * F.log_softmax(logits.float(), dim=-1)).sum()
+
+
+def head_label_counts(loss_mask: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """[K] labelled positions of each head in a batch (head k needs an assistant token at t+k+2)."""
+    return torch.stack([loss_mask[:, k + 2 :].sum() for k in range(num_heads)]).float()
 
 
 def _rank_hits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -123,16 +133,19 @@ def kl_to_original(
     hidden: torch.Tensor,
     loss_mask: torch.Tensor,
     lm_head_weight: torch.Tensor,
+    denominator: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Medusa-2's base term with self-distillation: KL(original || fine-tuned) of next-token
-    distributions at the positions that predict an assistant token."""
+    distributions at the positions that predict an assistant token, summed and divided by
+    `denominator` (default: those positions; data-parallel training passes the mean over ranks)."""
     select, _ = head_targets(torch.zeros_like(loss_mask), loss_mask, 1)
     with torch.no_grad():
         log_p = F.log_softmax((original_hidden[select] @ lm_head_weight.T).float(), dim=-1)
     log_q = F.log_softmax((hidden[select] @ lm_head_weight.T).float(), dim=-1)
     if log_q.shape[0] == 0:
         return hidden.sum() * 0.0
-    return F.kl_div(log_q, log_p, log_target=True, reduction="batchmean")
+    divisor = denominator if denominator is not None else log_q.shape[0]
+    return F.kl_div(log_q, log_p, log_target=True, reduction="sum") / divisor
 
 
 def heads_ramp(step: int, total: int, kind: str) -> float:

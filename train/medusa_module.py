@@ -15,13 +15,27 @@ from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_
 
 from specdec.models.base import final_hidden_states, lm_head_weight
 from specdec.models.medusa import MedusaHeads
-from specdec.train.losses import check_finite, heads_ramp, kl_to_original, medusa_head_losses
+from specdec.train.losses import check_finite, head_label_counts, heads_ramp, kl_to_original, medusa_head_losses
 
 SCHEDULES = {
     "cosine": get_cosine_schedule_with_warmup,
     "linear": get_linear_schedule_with_warmup,
     "constant": lambda opt, warmup, total: get_constant_schedule_with_warmup(opt, warmup),
 }
+
+
+@contextlib.contextmanager
+def full_parameter(weight: torch.Tensor):
+    """The whole tensor of a parameter the losses read directly (the target lm_head): DeepSpeed
+    ZeRO-3 partitions every parameter and gathers it only inside its module's forward, so the
+    losses gather it for the step; any other strategy sees it whole already."""
+    if not hasattr(weight, "ds_id"):
+        yield weight
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters([weight]):
+        yield weight
 
 
 class MedusaModule(L.LightningModule):
@@ -46,20 +60,23 @@ class MedusaModule(L.LightningModule):
         return self.joint and self.global_step >= self.cfg.medusa2.heads_only_steps
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        weight = lm_head_weight(self.target)
+        with full_parameter(lm_head_weight(self.target)) as weight:
+            return self._training_step(batch, weight)
+
+    def _training_step(self, batch: dict, weight: torch.Tensor) -> torch.Tensor:
         if self.in_joint_stage():
             # Medusa-2 joint stage: KL to the original model (adapters off) + ramped heads term.
             with torch.no_grad(), self.target.disable_adapter():
                 original = self.hidden_states(batch)
             hidden = self.hidden_states(batch, grad=True)
-            heads = self._head_losses(hidden, batch, weight)
-            base = kl_to_original(original, hidden, batch["loss_mask"], weight)
+            heads = self._head_losses(hidden, batch, weight, self._global_mean(head_label_counts(batch["loss_mask"], self.heads.config.num_heads)))
+            base = kl_to_original(original, hidden, batch["loss_mask"], weight, self._global_mean(batch["loss_mask"][:, 1:].sum().float()))
             joint_steps = self.trainer.max_steps - self.cfg.medusa2.heads_only_steps
             ramp = heads_ramp(self.global_step - self.cfg.medusa2.heads_only_steps, joint_steps, self.cfg.medusa2.ramp)
             loss = base + self.cfg.medusa2.heads_coefficient * ramp * heads.loss
             self.log("train/base_kl", base.detach())
         else:
-            heads = self._head_losses(self.hidden_states(batch), batch, weight)
+            heads = self._head_losses(self.hidden_states(batch), batch, weight, self._global_mean(head_label_counts(batch["loss_mask"], self.heads.config.num_heads)))
             loss = heads.loss
         check_finite(loss, self.global_step)
         self.log("train/loss", loss.detach(), prog_bar=True)
@@ -67,7 +84,16 @@ class MedusaModule(L.LightningModule):
             self.log(f"train/head{k + 1}_loss", value)
         return loss
 
-    def _head_losses(self, hidden, batch, weight):
+    def _global_mean(self, counts: torch.Tensor) -> torch.Tensor | None:
+        """Mean of per-rank label counts over all ranks (None on one process: plain per-batch means).
+
+        Dividing each rank's summed loss by it makes DDP's gradient average equal the gradient of
+        the global batch's mean loss, whatever the ranks' token counts."""
+        if self._trainer is None or self.trainer.world_size == 1:
+            return None
+        return self.trainer.strategy.reduce(counts.to(self.device), reduce_op="mean").clamp(min=1)
+
+    def _head_losses(self, hidden, batch, weight, denominators=None):
         return medusa_head_losses(
             self.heads,
             hidden,
@@ -77,6 +103,7 @@ class MedusaModule(L.LightningModule):
             decay=self.cfg.medusa.loss_decay,
             soft_label_weight=self.cfg.medusa.soft_label_weight,
             with_accuracy=not self.training,
+            denominators=denominators,
         )
 
     # -- validation: per-head top-1 / top-k accuracy, weighted by labelled positions --
@@ -84,7 +111,8 @@ class MedusaModule(L.LightningModule):
         self._val = []
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        out = self._head_losses(self.hidden_states(batch), batch, lm_head_weight(self.target))
+        with full_parameter(lm_head_weight(self.target)) as weight:
+            out = self._head_losses(self.hidden_states(batch), batch, weight)
         self._val.append((out.loss.detach().cpu(), out.rank_hits, out.count))
 
     def on_validation_epoch_end(self) -> None:

@@ -13,6 +13,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
@@ -26,9 +27,12 @@ from specdec.train.callbacks import AtomicCheckpointIO, StepBatchSampler
 from specdec.train.config import RecipeError
 from specdec.train.export import HubUploadError, export_draft, publish
 from specdec.train.medusa_module import MedusaModule
+from specdec.train.strategies import build_strategy, effective_batch_size
 from specdec.models.target import Target, cache_root, load_target
 
 log = logging.getLogger(__name__)
+say = rank_zero_only(print)
+"""print on global rank 0 only (every rank runs this module)."""
 
 
 @dataclass
@@ -52,20 +56,22 @@ def run(cfg: DictConfig, callbacks: list | tuple = ()) -> TrainResult:
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     ckpt_path = resume_path(cfg)
-    # Step 2: the frozen target, the data it writes, and the draft.
+    # Step 2: the frozen target and the Trainer (which knows this process's rank).
     target = load_target(cfg.target.name_or_path, cfg.target.revision, cfg.target.gguf_file, cfg.target.dtype)
-    train_ds, val_ds = prepare_data(cfg, target)
+    trainer = build_trainer(cfg, list(callbacks), target.model)
+    say(f"effective batch: {effective_batch_size(cfg, trainer.world_size)} sequences per optimizer step (data.batch_size {cfg.data.batch_size} x trainer.accumulate_grad_batches {cfg.trainer.accumulate_grad_batches} x {trainer.world_size} ranks)")
+    # Step 3: the data the target writes (split across the ranks that are running) and the draft.
+    train_ds, val_ds = prepare_data(cfg, target, *distill_ranks(trainer))
     heads = build_heads(cfg, target)
     if cfg.method == "medusa2":
         target.model = add_lora(target.model, cfg)
     module = MedusaModule(target.model, heads, cfg)
-    # Step 3: fit with Lightning.
-    trainer = build_trainer(cfg, list(callbacks))
+    # Step 4: fit with Lightning.
     loaders = DataLoaders(cfg, train_ds, val_ds, target.tokenizer.pad_token_id)
     start = time.perf_counter()
     trainer.fit(module, train_dataloaders=loaders.train(trainer), val_dataloaders=loaders.val(), ckpt_path=ckpt_path)
     seconds = time.perf_counter() - start
-    # Step 4: a validation pass on the final weights (unless the fit just ran one), then the export (rank 0 only).
+    # Step 5: a validation pass on the final weights (unless the fit just ran one), then the export (rank 0 only).
     if module.validated_at_step != trainer.global_step:
         trainer.validate(module, dataloaders=loaders.val(), verbose=False)
     metrics = module.validation_metrics()
@@ -81,12 +87,59 @@ def run(cfg: DictConfig, callbacks: list | tuple = ()) -> TrainResult:
         "seconds": seconds,
     }
     draft_dir = export_draft(heads, cfg, target, metrics, info)
-    print(f"draft written to {draft_dir}")
+    say(f"draft written to {draft_dir}")
     for name, value in metrics.items():
-        print(f"  {name}: {value:.4f}")
+        say(f"  {name}: {value:.4f}")
     if cfg.hub.repo_id:
         publish(draft_dir, cfg.hub.format, cfg.hub.repo_id, cfg.hub.private, lm_head=lm_head_weight(target.model))
     return TrainResult(draft_dir, metrics, seconds)
+
+
+def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
+    """Turn a training checkpoint into the plain draft export on one machine; returns the draft folder.
+
+    `checkpoint` is a Lightning .ckpt file or a sharded checkpoint folder (DeepSpeed ZeRO or FSDP),
+    consolidated with Lightning's own tools. The run's config.yaml (next to `checkpoints/`) says how
+    to rebuild the draft; the draft goes to `out` (default: <output_dir>/draft).
+    """
+    # Step 1: the run's resolved recipe.
+    checkpoint = Path(checkpoint)
+    if not checkpoint.exists():
+        raise FileNotFoundError(f"checkpoint {checkpoint} does not exist (training writes them to <output_dir>/checkpoints/)")
+    config_file = next((d / "config.yaml" for d in (checkpoint.parent, checkpoint.parent.parent) if (d / "config.yaml").is_file()), None)
+    if config_file is None:
+        raise FileNotFoundError(f"no config.yaml next to {checkpoint} or its parent: pass a checkpoint inside the output_dir of a specdec-train run")
+    cfg = OmegaConf.load(config_file)
+    # Step 2: one full state dict, whatever strategy wrote it.
+    state = consolidated_state(checkpoint)
+    # Step 3: rebuild target and draft as training did, load the trained tensors, export.
+    target = load_target(cfg.target.name_or_path, cfg.target.revision, cfg.target.gguf_file, cfg.target.dtype)
+    heads = build_heads(cfg, target)
+    if cfg.method == "medusa2":
+        target.model = add_lora(target.model, cfg)
+    module = MedusaModule(target.model, heads, cfg)
+    module.on_load_checkpoint(state)  # clear error when tensors are missing
+    module.load_state_dict(state["state_dict"], strict=False)
+    info = {"steps": state.get("global_step"), "consolidated_from": str(checkpoint)}
+    return export_draft(heads, cfg, target, {}, info, out=Path(out) if out else None)
+
+
+def consolidated_state(checkpoint: Path) -> dict:
+    """A checkpoint as one in-memory dict with a full `state_dict`: plain file, DeepSpeed folder or FSDP folder."""
+    if checkpoint.is_file():
+        return torch.load(checkpoint, map_location="cpu", weights_only=False)
+    if (checkpoint / "latest").is_file() or any(checkpoint.glob("*/mp_rank_*_model_states.pt")):
+        from lightning.pytorch.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
+
+        consolidated = checkpoint.with_name(checkpoint.name + ".consolidated")
+        return convert_zero_checkpoint_to_fp32_state_dict(checkpoint, consolidated)
+    if any(checkpoint.glob("*.distcp")):
+        from lightning.fabric.utilities.load import _load_distributed_checkpoint
+
+        state = _load_distributed_checkpoint(checkpoint)
+        state["state_dict"] = state.pop("model", state.get("state_dict", {}))
+        return state
+    raise FileNotFoundError(f"{checkpoint} is a folder but neither a DeepSpeed nor an FSDP checkpoint (no `latest` file, no *.distcp shards)")
 
 
 def resume_path(cfg: DictConfig) -> str | None:
@@ -99,8 +152,19 @@ def resume_path(cfg: DictConfig) -> str | None:
     return str(path)
 
 
-def prepare_data(cfg: DictConfig, target: Target):
-    """Load prompts, let the target answer them (cached), tokenize with loss masks, split."""
+def distill_ranks(trainer: L.Trainer) -> tuple[int, int]:
+    """(rank, world size) that share self-distillation now.
+
+    Under torchrun, SLURM or in a process Lightning launched, all ranks are running and split
+    the work. The first process of a plain `specdec-train trainer.devices=N` launches the others
+    only when fitting starts, so it distills alone and they find the finished cache."""
+    if trainer.world_size > 1 and trainer.strategy.cluster_environment.creates_processes_externally:
+        return trainer.global_rank, trainer.world_size
+    return 0, 1
+
+
+def prepare_data(cfg: DictConfig, target: Target, rank: int = 0, world_size: int = 1):
+    """Load prompts, let the target answer them (cached; rank `rank` of `world_size` generates its share), tokenize with loss masks, split."""
     conversations = load_conversations(cfg.data.source, on_error=cfg.data.on_error)
     if cfg.data.self_distill:
         conversations = prompts_that_fit(conversations, target.tokenizer, cfg.data.max_length - cfg.data.max_new_tokens)
@@ -116,7 +180,7 @@ def prepare_data(cfg: DictConfig, target: Target):
         )
         cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else cache_root() / "distill"
         prompts = [user_turns(c) for c in conversations]
-        conversations = list(self_distill(target.model, target.tokenizer, prompts, distill, cache_dir, target.target_id)["conversations"])
+        conversations = list(self_distill(target.model, target.tokenizer, prompts, distill, cache_dir, target.target_id, rank=rank, world_size=world_size)["conversations"])
     tokenized = tokenize_conversations(target.tokenizer, conversations, cfg.data.max_length)
     if len(tokenized) <= cfg.data.val_size:
         raise RecipeError(f"only {len(tokenized)} usable conversations for data.val_size={cfg.data.val_size}: raise data.max_samples or lower data.val_size")
@@ -127,7 +191,7 @@ def prompts_that_fit(conversations: list, tokenizer, budget: int) -> list:
     """Keep conversations whose first prompt leaves room for the answer within data.max_length."""
     kept = [c for c in conversations if _prompt_tokens(tokenizer, _first_prompt(c)) <= budget]
     if len(kept) < len(conversations):
-        print(f"skipped {len(conversations) - len(kept)} of {len(conversations)} prompts longer than {budget} tokens (data.max_length - data.max_new_tokens)")
+        say(f"skipped {len(conversations) - len(kept)} of {len(conversations)} prompts longer than {budget} tokens (data.max_length - data.max_new_tokens)")
     return kept
 
 
@@ -190,7 +254,8 @@ class DataLoaders:
         return DataLoader(self.val_ds, batch_size=self.cfg.data.batch_size, shuffle=False, collate_fn=self.collate)
 
 
-def build_trainer(cfg: DictConfig, extra_callbacks: list | None = None) -> L.Trainer:
+def build_trainer(cfg: DictConfig, extra_callbacks: list | None = None, target_model=None) -> L.Trainer:
+    """The Lightning Trainer of the recipe; `target_model` tells FSDP which blocks to shard."""
     t = cfg.trainer
     out = Path(cfg.output_dir)
     checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", every_n_train_steps=t.checkpoint_every_n_steps, save_last=True, save_top_k=0)
@@ -199,7 +264,7 @@ def build_trainer(cfg: DictConfig, extra_callbacks: list | None = None) -> L.Tra
         accelerator=t.accelerator,
         devices=t.devices,
         num_nodes=t.num_nodes,
-        strategy=t.strategy,
+        strategy=build_strategy(t, target_model),
         precision=t.precision,
         max_steps=t.max_steps,
         max_epochs=-1,
@@ -230,9 +295,10 @@ def build_logger(cfg: DictConfig):
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Failures caused by input (recipe, data, files, target, loss) or a failed Hub upload that the CLI reports in one line."""
+    from specdec.data.distill import DistillTimeoutError
     from specdec.data.sources import DataError
     from specdec.models.base import DraftMismatchError
     from specdec.train.losses import NonFiniteLossError
     from specdec.models.target import TargetLoadError
 
-    return (RecipeError, DataError, FileNotFoundError, TargetLoadError, DraftMismatchError, NonFiniteLossError, HubUploadError)
+    return (RecipeError, DataError, FileNotFoundError, TargetLoadError, DraftMismatchError, NonFiniteLossError, HubUploadError, DistillTimeoutError)
