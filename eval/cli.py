@@ -37,6 +37,9 @@ OPTIONS = {
     "threads": (int, None),
 }
 """key -> (type, default)."""
+USAGE = "usage: specdec-eval draft=DIR [" + " ".join(f"{k}={d}" if d is not None else f"{k}=" for k, (_, d) in list(OPTIONS.items())[1:]) + "]"
+
+
 def parse_args(argv: list[str]) -> dict:
     """`key=value` words -> options with their defaults; unknown keys name the closest valid one."""
     options = parse_options(argv, OPTIONS)
@@ -98,8 +101,12 @@ def _pick_tree(options: dict, target, draft, questions: list[dict]):
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `specdec-eval`."""
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help", "help") for a in argv):
+        print(USAGE)
+        return 0
     try:
-        options = parse_args(sys.argv[1:] if argv is None else argv)
+        options = parse_args(argv)
         return run(options)
     except (UsageError, FileNotFoundError, ValueError, TargetLoadError) as exc:
         print(f"specdec-eval: error: {exc}", file=sys.stderr)

@@ -45,7 +45,11 @@ def parse(argv: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    options = parse(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help", "help") for a in argv):
+        print(USAGE)
+        return 0
+    options = parse(argv)
     if options["threads"]:
         torch.set_num_threads(options["threads"])
     # Step 1: draft and target (by default the one the draft was trained on).

@@ -167,3 +167,11 @@ def test_load_questions_skips_records_without_turns_and_names_missing_files(tmp_
         assert [q["question_id"] for q in load_questions(path)] == [1]
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_questions(tmp_path / "missing.jsonl")
+
+
+def test_eval_help_lists_every_option(capsys):
+    from specdec.eval.cli import OPTIONS, main as eval_main
+
+    assert eval_main(["--help"]) == 0
+    usage = capsys.readouterr().out
+    assert all(f"{key}=" in usage for key in OPTIONS)

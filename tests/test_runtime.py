@@ -304,3 +304,11 @@ def test_generate_cli_streams_the_plain_greedy_answer(tmp_path, tiny_target_dir,
     assert '"mean_accepted_tokens"' in err and '"verification": "greedy"' in err
     with pytest.raises(SystemExit, match="did you mean max_new_tokens"):
         main([f"draft={tmp_path / 'draft'}", "prompt=x", "max_new_token=3"])
+
+
+def test_generate_help_lists_every_option(capsys):
+    from specdec.runtime.cli import OPTIONS, main as generate_main
+
+    assert generate_main(["--help"]) == 0
+    usage = capsys.readouterr().out
+    assert all(f"{key}=" in usage for key in list(OPTIONS)[2:])
