@@ -187,3 +187,27 @@ def test_consolidation_errors_are_actionable(tmp_path, capsys):
     assert "neither a DeepSpeed nor an FSDP checkpoint" in capsys.readouterr().err
     assert export_main([f"checkpoint={tmp_path}", "format=vllm"]) == 2
     assert "takes only out=" in capsys.readouterr().err
+
+
+def test_ranks_share_distillation_only_when_all_of_them_are_running(monkeypatch, tmp_path):
+    from specdec.train.pipeline import build_trainer, distill_ranks
+
+    cfg = load_recipe("medusa1", {"output_dir": str(tmp_path), "trainer.accelerator": "cpu", "trainer.devices": "2", "trainer.strategy": "ddp", "trainer.logger": "none"})
+    # The first process of `specdec-train trainer.devices=2`: Lightning starts rank 1 later, inside fit.
+    assert distill_ranks(build_trainer(cfg)) == (0, 1)
+    # Rank 1 of a torchrun launch: every rank is already running.
+    torchrun = {"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "GROUP_RANK": "0", "TORCHELASTIC_RUN_ID": "test", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29555"}
+    for key, value in torchrun.items():
+        monkeypatch.setenv(key, value)
+    assert distill_ranks(build_trainer(cfg)) == (1, 2)
+
+
+def test_torchrun_launch_splits_self_distillation_and_trains(tmp_path, tiny_target_dir, prompts_file):  # noqa: F811
+    overrides = tiny_overrides(tmp_path, tiny_target_dir, prompts_file, **{"trainer.accelerator": "cpu", "trainer.devices": 2, "trainer.strategy": "ddp", "trainer.num_threads": 1, "data.batch_size": 2, "data.generation_batch_size": 4, "data.distill_chunk_size": 8})
+    job = _launch(["-m", "torch.distributed.run", "--nproc-per-node=2", "--master-port=29561", "-m", "specdec.train.cli", "recipe=medusa1", *_cli_args(overrides)], tmp_path)
+    assert job.returncode == 0, job.stderr[-3000:]
+    assert job.stdout.count("draft written to") == 1
+    (key_dir,) = (tmp_path / "cache").iterdir()
+    shards = sorted(p.name for p in (key_dir / "shards").iterdir())
+    assert len(shards) >= 2 and (key_dir / "dataset").is_dir()
+    assert (tmp_path / "run" / "draft" / "model.safetensors").is_file()

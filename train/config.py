@@ -53,6 +53,8 @@ class DataConfig:
     """Answer every user turn of multi-turn prompts (false: the first turn only)."""
     generation_batch_size: int = 16
     """Prompts generated together during self-distillation."""
+    distill_chunk_size: int = 64
+    """Prompts per self-distillation cache shard: the unit of resumption and of the split across ranks in a multi-process job."""
     cache_dir: Optional[str] = None
     """Where self-distilled datasets are cached (default: $SPECDEC_CACHE or ~/.cache/specdec)/distill."""
     max_length: int = 384
@@ -316,7 +318,7 @@ def _check_values(config: DictConfig) -> None:
         value = OmegaConf.select(config, key)
         if value not in allowed:
             raise RecipeError(f"`{key}` is {value!r}; choose one of {', '.join(allowed)}")
-    positive = ["trainer.max_steps", "data.batch_size", "data.max_length", "data.max_new_tokens", "medusa.num_heads", "medusa.num_layers"]
+    positive = ["trainer.max_steps", "data.batch_size", "data.distill_chunk_size", "data.generation_batch_size", "data.max_length", "data.max_new_tokens", "medusa.num_heads", "medusa.num_layers"]
     for key in positive:
         if OmegaConf.select(config, key) < 1:
             raise RecipeError(f"`{key}` must be at least 1")

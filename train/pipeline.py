@@ -83,7 +83,7 @@ def run(cfg: DictConfig, callbacks: list | tuple = ()) -> TrainResult:
         "steps": trainer.global_step,
         "train_examples": len(train_ds),
         "val_examples": len(val_ds),
-        "train_tokens": int(trainer.global_step * cfg.trainer.accumulate_grad_batches * cfg.data.batch_size * tokens_per_example),
+        "train_tokens": int(trainer.global_step * effective_batch_size(cfg, trainer.world_size) * tokens_per_example),
         "seconds": seconds,
     }
     draft_dir = export_draft(heads, cfg, target, metrics, info)
@@ -147,7 +147,7 @@ def resume_path(cfg: DictConfig) -> str | None:
     if not cfg.resume:
         return None
     path = Path(cfg.output_dir) / "checkpoints" / "last.ckpt" if cfg.resume == "last" else Path(cfg.resume)
-    if not path.is_file():
+    if not path.exists():  # a file, or a folder for sharded (FSDP, DeepSpeed) checkpoints
         raise RecipeError(f"resume checkpoint {path} does not exist (checkpoints are in <output_dir>/checkpoints/)")
     return str(path)
 
@@ -175,6 +175,7 @@ def prepare_data(cfg: DictConfig, target: Target, rank: int = 0, world_size: int
             temperature=cfg.data.temperature,
             top_p=cfg.data.top_p,
             batch_size=cfg.data.generation_batch_size,
+            chunk_size=cfg.data.distill_chunk_size,
             multi_turn=cfg.data.multi_turn,
             seed=cfg.seed,
         )
