@@ -20,7 +20,7 @@ from specdec.models.medusa import MedusaConfig, MedusaHeads
 
 from test_train import prompts_file, tiny_overrides  # noqa: F401  (fixture and helper shared with the training tests)
 
-TIMEOUT_S = 300
+TIMEOUT_S = 600  # generous: these jobs take ~1-2 min on 2 busy cores
 
 
 def _cli_args(overrides: dict) -> list[str]:
@@ -211,3 +211,11 @@ def test_torchrun_launch_splits_self_distillation_and_trains(tmp_path, tiny_targ
     shards = sorted(p.name for p in (key_dir / "shards").iterdir())
     assert len(shards) >= 2 and (key_dir / "dataset").is_dir()
     assert (tmp_path / "run" / "draft" / "model.safetensors").is_file()
+
+
+def test_two_process_ddp_runs_both_medusa2_stages(tmp_path, tiny_target_dir, prompts_file):  # noqa: F811
+    """Stage 1 leaves the LoRA adapters without gradients, stage 2 trains them: DDP must accept both."""
+    overrides = tiny_overrides(tmp_path, tiny_target_dir, prompts_file, **{"trainer.accelerator": "cpu", "trainer.devices": 2, "trainer.strategy": "ddp", "trainer.num_threads": 1, "data.batch_size": 2, "medusa2.heads_only_steps": 3, "trainer.logger": "none"})
+    job = _launch(["-m", "specdec.train.cli", "recipe=medusa2", *_cli_args(overrides)], tmp_path)
+    assert job.returncode == 0, job.stderr[-3000:]
+    assert (tmp_path / "run" / "draft" / "target" / "model.safetensors").is_file()

@@ -265,7 +265,7 @@ def build_trainer(cfg: DictConfig, extra_callbacks: list | None = None, target_m
         accelerator=t.accelerator,
         devices=t.devices,
         num_nodes=t.num_nodes,
-        strategy=build_strategy(t, target_model),
+        strategy=build_strategy(t, target_model, staged=cfg.method == "medusa2" and cfg.medusa2.heads_only_steps > 0),
         precision=t.precision,
         max_steps=t.max_steps,
         max_epochs=-1,

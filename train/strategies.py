@@ -19,14 +19,16 @@ BUNDLED_DEEPSPEED = {"deepspeed": "zero2", "deepspeed_stage_2": "zero2", "deepsp
 """Strategy name -> bundled DeepSpeed config (`recipes/deepspeed/<name>.json`) used when trainer.deepspeed_config is unset."""
 
 
-def build_strategy(trainer_cfg: DictConfig, target=None) -> str | Strategy:
-    """The Lightning strategy for `trainer.strategy`; `target` (the frozen HF model) tells FSDP what to wrap."""
+def build_strategy(trainer_cfg: DictConfig, target=None, staged: bool = False) -> str | Strategy:
+    """The Lightning strategy for `trainer.strategy`; `target` (the frozen HF model) tells FSDP what
+    to wrap; `staged` says some trainable tensors get no gradient in some steps (Medusa-2's heads-only
+    stage leaves the LoRA adapters out), which DDP must be told."""
     name = str(trainer_cfg.strategy)
     timeout = timedelta(seconds=trainer_cfg.timeout_s)
     if name in ("auto", "single_device"):
         return name
     if name == "ddp":
-        return DDPStrategy(timeout=timeout)
+        return DDPStrategy(timeout=timeout, find_unused_parameters=staged)
     if name == "fsdp":
         return FSDPStrategy(
             auto_wrap_policy=decoder_layer_classes(target),
