@@ -219,3 +219,12 @@ def test_two_process_ddp_runs_both_medusa2_stages(tmp_path, tiny_target_dir, pro
     job = _launch(["-m", "specdec.train.cli", "recipe=medusa2", *_cli_args(overrides)], tmp_path)
     assert job.returncode == 0, job.stderr[-3000:]
     assert (tmp_path / "run" / "draft" / "target" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("strategy", ["fsdp", "deepspeed_stage_3"])
+def test_sharded_strategies_without_gpus_fail_before_work_naming_the_cpu_alternative(strategy, tmp_path):
+    from specdec.train.pipeline import build_trainer
+
+    cfg = load_recipe("medusa1", {"output_dir": str(tmp_path), "trainer.strategy": strategy, "trainer.accelerator": "cpu"})
+    with pytest.raises(RecipeError, match="needs CUDA GPUs.*trainer.strategy=ddp"):
+        build_trainer(cfg)

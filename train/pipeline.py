@@ -27,7 +27,7 @@ from specdec.train.callbacks import AtomicCheckpointIO, StepBatchSampler
 from specdec.train.config import RecipeError
 from specdec.train.export import HubUploadError, export_draft, publish
 from specdec.train.medusa_module import MedusaModule
-from specdec.train.strategies import build_strategy, effective_batch_size
+from specdec.train.strategies import build_strategy, check_devices, effective_batch_size
 from specdec.models.target import Target, cache_root, load_target
 
 log = logging.getLogger(__name__)
@@ -258,6 +258,7 @@ class DataLoaders:
 def build_trainer(cfg: DictConfig, extra_callbacks: list | None = None, target_model=None) -> L.Trainer:
     """The Lightning Trainer of the recipe; `target_model` tells FSDP which blocks to shard."""
     t = cfg.trainer
+    check_devices(t, torch.cuda.is_available())
     out = Path(cfg.output_dir)
     checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", every_n_train_steps=t.checkpoint_every_n_steps, save_last=True, save_top_k=0)
     plugins = [AtomicCheckpointIO()] if not str(t.strategy).startswith(("deepspeed", "fsdp")) else []
