@@ -190,7 +190,14 @@ def test_consolidation_errors_are_actionable(tmp_path, capsys):
 
 
 def test_ranks_share_distillation_only_when_all_of_them_are_running(monkeypatch, tmp_path):
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+    from lightning_utilities.core.rank_zero import rank_zero_only as utils_rank_zero_only
+
     from specdec.train.pipeline import build_trainer, distill_ranks
+
+    # A Trainer built as rank 1 makes this whole process "rank 1" for Lightning's rank-zero printing: undo that afterwards.
+    monkeypatch.setattr(rank_zero_only, "rank", rank_zero_only.rank)
+    monkeypatch.setattr(utils_rank_zero_only, "rank", utils_rank_zero_only.rank)
 
     cfg = load_recipe("medusa1", {"output_dir": str(tmp_path), "trainer.accelerator": "cpu", "trainer.devices": "2", "trainer.strategy": "ddp", "trainer.logger": "none"})
     # The first process of `specdec-train trainer.devices=2`: Lightning starts rank 1 later, inside fit.
