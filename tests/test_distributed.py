@@ -148,9 +148,15 @@ def test_a_mistyped_strategy_fails_before_work_with_a_suggestion():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="DeepSpeed and FSDP training need CUDA GPUs; this machine has none")
 @pytest.mark.parametrize("strategy", ["fsdp", "deepspeed_stage_2", "deepspeed_stage_3"])
 def test_sharded_strategies_train_on_gpus(tmp_path, tiny_target_dir, prompts_file, strategy):  # noqa: F811
+    # Through the CLI in its own process: Lightning relaunches the command line once per extra GPU.
     devices = min(torch.cuda.device_count(), 2)
-    result = run(load_recipe("medusa1", tiny_overrides(tmp_path, tiny_target_dir, prompts_file, **{"trainer.strategy": strategy, "trainer.devices": devices, "trainer.accelerator": "gpu"})))
-    assert result.draft_dir is not None and (result.draft_dir / "model.safetensors").is_file()
+    overrides = tiny_overrides(tmp_path, tiny_target_dir, prompts_file, **{"trainer.strategy": strategy, "trainer.devices": devices, "trainer.accelerator": "gpu"})
+    job = _launch(["-m", "specdec.train.cli", "recipe=medusa1", *_cli_args(overrides)], tmp_path)
+    assert job.returncode == 0, job.stderr[-3000:]
+    assert (tmp_path / "run" / "draft" / "model.safetensors").is_file()
+    consolidated = _launch(["-m", "specdec.train.export", f"checkpoint={tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}", f"out={tmp_path / 'consolidated'}"], tmp_path)
+    assert consolidated.returncode == 0, consolidated.stderr[-3000:]
+    assert (tmp_path / "consolidated" / "model.safetensors").is_file()
 
 
 def test_a_checkpoint_is_consolidated_into_the_plain_draft(tmp_path, tiny_target_dir, prompts_file, capsys):  # noqa: F811

@@ -315,3 +315,7 @@ def export_main(argv: list[str] | None = None) -> int:
         print(f"specdec-export: error: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(export_main())
