@@ -27,7 +27,7 @@ from specdec.train.callbacks import AtomicCheckpointIO, StepBatchSampler
 from specdec.train.config import RecipeError
 from specdec.train.export import HubUploadError, export_draft, publish
 from specdec.train.medusa_module import MedusaModule
-from specdec.train.strategies import build_strategy, check_devices, effective_batch_size
+from specdec.train.strategies import build_strategy, check_devices, effective_batch_size, is_sharded
 from specdec.models.target import Target, cache_root, load_target
 
 log = logging.getLogger(__name__)
@@ -62,10 +62,7 @@ def run(cfg: DictConfig, callbacks: list | tuple = ()) -> TrainResult:
     say(f"effective batch: {effective_batch_size(cfg, trainer.world_size)} sequences per optimizer step (data.batch_size {cfg.data.batch_size} x trainer.accumulate_grad_batches {cfg.trainer.accumulate_grad_batches} x {trainer.world_size} ranks)")
     # Step 3: the data the target writes (split across the ranks that are running) and the draft.
     train_ds, val_ds = prepare_data(cfg, target, *distill_ranks(trainer))
-    heads = build_heads(cfg, target)
-    if cfg.method == "medusa2":
-        target.model = add_lora(target.model, cfg)
-    module = MedusaModule(target.model, heads, cfg)
+    heads, module = build_module(cfg, target)
     # Step 4: fit with Lightning.
     loaders = DataLoaders(cfg, train_ds, val_ds, target.tokenizer.pad_token_id)
     start = time.perf_counter()
@@ -114,10 +111,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike | No
     state = consolidated_state(checkpoint)
     # Step 3: rebuild target and draft as training did, load the trained tensors, export.
     target = load_target(cfg.target.name_or_path, cfg.target.revision, cfg.target.gguf_file, cfg.target.dtype)
-    heads = build_heads(cfg, target)
-    if cfg.method == "medusa2":
-        target.model = add_lora(target.model, cfg)
-    module = MedusaModule(target.model, heads, cfg)
+    heads, module = build_module(cfg, target)
     module.on_load_checkpoint(state)  # clear error when tensors are missing
     module.load_state_dict(state["state_dict"], strict=False)
     info = {"steps": state.get("global_step"), "consolidated_from": str(checkpoint)}
@@ -207,6 +201,14 @@ def _prompt_tokens(tokenizer, messages: list) -> int:
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
+def build_module(cfg: DictConfig, target: Target) -> tuple[MedusaHeads, MedusaModule]:
+    """The draft heads and the LightningModule that trains them; Medusa-2 wraps `target.model` with LoRA first."""
+    heads = build_heads(cfg, target)
+    if cfg.method == "medusa2":
+        target.model = add_lora(target.model, cfg)
+    return heads, MedusaModule(target.model, heads, cfg)
+
+
 def build_heads(cfg: DictConfig, target: Target) -> MedusaHeads:
     heads = MedusaHeads(
         MedusaConfig(
@@ -261,7 +263,7 @@ def build_trainer(cfg: DictConfig, extra_callbacks: list | None = None, target_m
     check_devices(t, torch.cuda.is_available())
     out = Path(cfg.output_dir)
     checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", every_n_train_steps=t.checkpoint_every_n_steps, save_last=True, save_top_k=0)
-    plugins = [AtomicCheckpointIO()] if not str(t.strategy).startswith(("deepspeed", "fsdp")) else []
+    plugins = [] if is_sharded(t.strategy) else [AtomicCheckpointIO()]  # sharded strategies write checkpoint folders themselves
     return L.Trainer(
         accelerator=t.accelerator,
         devices=t.devices,

@@ -47,11 +47,16 @@ def build_strategy(trainer_cfg: DictConfig, target=None, staged: bool = False) -
     return name  # other Lightning registry names (ddp_spawn, fsdp_cpu_offload, ...) as Lightning defines them
 
 
+def is_sharded(strategy: str) -> bool:
+    """FSDP and DeepSpeed strategies: GPU-only in Lightning, and they write checkpoints as folders."""
+    return str(strategy).startswith(("fsdp", "deepspeed"))
+
+
 def check_devices(trainer_cfg: DictConfig, cuda_available: bool) -> None:
     """Lightning runs FSDP and DeepSpeed on CUDA GPUs only: say so before any work, with the CPU alternative."""
     name = str(trainer_cfg.strategy)
     on_cpu = trainer_cfg.accelerator == "cpu" or (trainer_cfg.accelerator == "auto" and not cuda_available)
-    if name.startswith(("fsdp", "deepspeed")) and on_cpu:
+    if is_sharded(name) and on_cpu:
         raise RecipeError(f"trainer.strategy={name} needs CUDA GPUs (Lightning runs FSDP and DeepSpeed on GPUs only) and this job has none; use trainer.strategy=ddp for several CPU processes")
 
 
