@@ -64,19 +64,20 @@ class MedusaModule(L.LightningModule):
             return self._training_step(batch, weight)
 
     def _training_step(self, batch: dict, weight: torch.Tensor) -> torch.Tensor:
+        head_counts, kl_count = self._global_label_counts(batch["loss_mask"])
         if self.in_joint_stage():
             # Medusa-2 joint stage: KL to the original model (adapters off) + ramped heads term.
             with torch.no_grad(), self.target.disable_adapter():
                 original = self.hidden_states(batch)
             hidden = self.hidden_states(batch, grad=True)
-            heads = self._head_losses(hidden, batch, weight, self._global_mean(head_label_counts(batch["loss_mask"], self.heads.config.num_heads)))
-            base = kl_to_original(original, hidden, batch["loss_mask"], weight, self._global_mean(batch["loss_mask"][:, 1:].sum().float()))
+            heads = self._head_losses(hidden, batch, weight, head_counts)
+            base = kl_to_original(original, hidden, batch["loss_mask"], weight, kl_count)
             joint_steps = self.trainer.max_steps - self.cfg.medusa2.heads_only_steps
             ramp = heads_ramp(self.global_step - self.cfg.medusa2.heads_only_steps, joint_steps, self.cfg.medusa2.ramp)
             loss = base + self.cfg.medusa2.heads_coefficient * ramp * heads.loss
             self.log("train/base_kl", base.detach())
         else:
-            heads = self._head_losses(self.hidden_states(batch), batch, weight, self._global_mean(head_label_counts(batch["loss_mask"], self.heads.config.num_heads)))
+            heads = self._head_losses(self.hidden_states(batch), batch, weight, head_counts)
             loss = heads.loss
         check_finite(loss, self.global_step)
         self.log("train/loss", loss.detach(), prog_bar=True)
@@ -84,14 +85,17 @@ class MedusaModule(L.LightningModule):
             self.log(f"train/head{k + 1}_loss", value)
         return loss
 
-    def _global_mean(self, counts: torch.Tensor) -> torch.Tensor | None:
-        """Mean of per-rank label counts over all ranks (None on one process: plain per-batch means).
+    def _global_label_counts(self, loss_mask: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """([K] per-head, scalar next-token) label counts averaged over ranks, in one all-reduce;
+        (None, None) on one process, where the losses use plain per-batch means.
 
-        Dividing each rank's summed loss by it makes DDP's gradient average equal the gradient of
+        Dividing each rank's summed loss by them makes DDP's gradient average equal the gradient of
         the global batch's mean loss, whatever the ranks' token counts."""
         if self._trainer is None or self.trainer.world_size == 1:
-            return None
-        return self.trainer.strategy.reduce(counts.to(self.device), reduce_op="mean").clamp(min=1)
+            return None, None
+        counts = torch.cat([head_label_counts(loss_mask, self.heads.config.num_heads), loss_mask[:, 1:].sum().float()[None]])
+        mean = self.trainer.strategy.reduce(counts.to(self.device), reduce_op="mean").clamp(min=1)
+        return mean[:-1], mean[-1]
 
     def _head_losses(self, hidden, batch, weight, denominators=None):
         return medusa_head_losses(
