@@ -54,7 +54,7 @@ def run_cli(argv: list[str], callbacks: list | tuple = ()) -> int:
         if not is_distributed_failure(exc):
             raise
         print(f"specdec-train: error: a training process stopped or stopped answering ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
-              f"Check that rank's log (out of memory, node failure); the last checkpoint is in {cfg.output_dir}/checkpoints, continue with resume=last.", file=sys.stderr)
+              f"Check that rank's log (out of memory, node failure); checkpoints, once written, are in {cfg.output_dir}/checkpoints: continue with resume=last (or start again if none was written yet).", file=sys.stderr)
         return 1
     return 0
 
