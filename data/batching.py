@@ -82,3 +82,12 @@ def split_train_val(
     val_indices = np.sort(order[:val_rows])
     train_indices = np.sort(order[val_rows:])
     return dataset.select(train_indices), dataset.select(val_indices)
+
+
+def label_token_counts(dataset: datasets.Dataset, vocab_size: int) -> torch.Tensor:
+    """[vocab_size] how often each token is a trained-on (loss-masked) token of `dataset`."""
+    counts = torch.zeros(vocab_size, dtype=torch.long)
+    for ids, mask in zip(dataset["input_ids"], dataset["loss_mask"]):
+        ids = torch.as_tensor(ids)
+        counts += torch.bincount(ids[torch.as_tensor(mask).bool()], minlength=vocab_size)[:vocab_size]
+    return counts

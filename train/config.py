@@ -18,7 +18,9 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-METHODS = ("medusa1", "medusa2")
+METHODS = ("medusa1", "medusa2", "eagle1", "eagle3", "chimera")
+FEATURE_METHODS = ("eagle1", "eagle3", "chimera")
+"""Methods whose drafter reads target features (and can train offline from `specdec-prepare`)."""
 
 
 @dataclass
@@ -63,6 +65,14 @@ class DataConfig:
     """Conversations held out for validation (per-head accuracy)."""
     batch_size: int = 4
     """Sequences per training micro-batch (per device)."""
+    features: str = "online"
+    """EAGLE / Chimera: online (the target runs inside every training step) or offline (read the tensors `specdec-prepare` stored in data.features_dir; the target's layers are not loaded)."""
+    features_dir: Optional[str] = None
+    """Where `specdec-prepare` writes the target's features and offline training reads them (default: <output_dir>/features)."""
+    features_dtype: str = "bfloat16"
+    """dtype of stored features: bfloat16, float16 or float32."""
+    features_shard_size: int = 128
+    """Conversations per feature shard file."""
 
 
 @dataclass
@@ -103,6 +113,42 @@ class Medusa2Config:
     """Export the fine-tuned target with LoRA merged into <output_dir>/draft/target."""
     save_adapter: bool = False
     """Also export the LoRA adapter alone (peft format) into <output_dir>/draft/adapter."""
+
+
+@dataclass
+class EagleConfig:
+    ttt_steps: int = 1
+    """Draft steps unrolled in training (training-time test): step i>0 feeds the drafter its own outputs (EAGLE-1: 1; EAGLE-3: 7 in EAGLE, 3 in vLLM's trainer)."""
+    step_decay: float = 0.8
+    """Unrolled step i's loss weight is step_decay**i."""
+    feature_noise: float = 0.0
+    """Half-width of the uniform noise added to the target features the drafter reads (EAGLE-1: 0.1)."""
+    feature_loss_weight: float = 0.0
+    """Weight of the SmoothL1 feature regression (EAGLE-1: 1.0; EAGLE-3 has none)."""
+    ce_loss_weight: float = 1.0
+    """Weight of the soft cross-entropy against the target's distribution (EAGLE-1: 0.1)."""
+    val_steps: int = 4
+    """Draft positions whose accuracy validation measures (unrolled like training)."""
+
+
+@dataclass
+class Eagle3Config:
+    draft_vocab_size: int = 8192
+    """Size of the drafter's own vocabulary: the most frequent tokens of the training data."""
+    min_vocab_coverage: float = 0.9
+    """Warn when the draft vocabulary covers less than this share of the training tokens."""
+    layer_ids: Optional[list[int]] = None
+    """Target hidden states fused as input, as indices into Hugging Face's output_hidden_states (0 = embeddings, i = output of layer i-1); null: EAGLE's [2, L//2, L-3]."""
+
+
+@dataclass
+class ChimeraConfig:
+    num_heads: int = 4
+    """Residual heads (draft positions)."""
+    share_lm_head: bool = True
+    """Heads project W_lm (h + F) with the frozen target lm_head (false: per-head Linear(2H -> V) from [W_lm; W_lm], the paper's heads: V x 2H weights each)."""
+    head_decay: float = 1.0
+    """Head k's loss weight is head_decay**k (the paper sums the heads' losses: 1.0)."""
 
 
 @dataclass
@@ -170,7 +216,7 @@ class HubConfig:
 @dataclass
 class RecipeConfig:
     method: str = "medusa1"
-    """Training method: medusa1 (frozen target) or medusa2 (joint LoRA)."""
+    """Training method: medusa1 (frozen target), medusa2 (joint LoRA), eagle1, eagle3 or chimera (feature-level drafters on the frozen target)."""
     output_dir: str = "runs/medusa1"
     """Where the resolved config, checkpoints, logs and the exported draft go."""
     seed: int = 0
@@ -185,6 +231,12 @@ class RecipeConfig:
     """Medusa heads and their loss."""
     medusa2: Medusa2Config = field(default_factory=Medusa2Config)
     """Joint training settings (method=medusa2 only)."""
+    eagle: EagleConfig = field(default_factory=EagleConfig)
+    """EAGLE-1 / EAGLE-3 drafter loss and training-time test."""
+    eagle3: Eagle3Config = field(default_factory=Eagle3Config)
+    """EAGLE-3 inputs and draft vocabulary."""
+    chimera: ChimeraConfig = field(default_factory=ChimeraConfig)
+    """Chimera heads."""
     optim: OptimConfig = field(default_factory=OptimConfig)
     """Optimizer and learning-rate schedule."""
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -313,12 +365,14 @@ def _check_values(config: DictConfig) -> None:
         "target.dtype": ("float32", "bfloat16", "float16"),
         "hub.format": FORMATS,
         "trainer.fsdp_sharding": ("FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "NO_SHARD"),
+        "data.features": ("online", "offline"),
+        "data.features_dtype": ("bfloat16", "float16", "float32"),
     }
     for key, allowed in choices.items():
         value = OmegaConf.select(config, key)
         if value not in allowed:
             raise RecipeError(f"`{key}` is {value!r}; choose one of {', '.join(allowed)}")
-    positive = ["trainer.max_steps", "data.batch_size", "data.distill_chunk_size", "data.generation_batch_size", "data.max_length", "data.max_new_tokens", "medusa.num_heads", "medusa.num_layers"]
+    positive = ["trainer.max_steps", "data.batch_size", "data.distill_chunk_size", "data.generation_batch_size", "data.max_length", "data.max_new_tokens", "medusa.num_heads", "medusa.num_layers", "data.features_shard_size", "eagle.ttt_steps", "eagle.val_steps", "eagle3.draft_vocab_size", "chimera.num_heads"]
     for key in positive:
         if OmegaConf.select(config, key) < 1:
             raise RecipeError(f"`{key}` must be at least 1")
@@ -326,6 +380,10 @@ def _check_values(config: DictConfig) -> None:
         raise RecipeError("`medusa.top_k` must be within [1, 10] (ranks measured per head)")
     if not 0.0 <= config.medusa.soft_label_weight <= 1.0:
         raise RecipeError("`medusa.soft_label_weight` must be within [0, 1]")
+    if config.data.features == "offline" and config.method not in FEATURE_METHODS:
+        raise RecipeError(f"`data.features=offline` is for {', '.join(FEATURE_METHODS)}; method {config.method} reads the target online")
+    if config.eagle.val_steps < config.eagle.ttt_steps:
+        raise RecipeError(f"`eagle.val_steps` ({config.eagle.val_steps}) must be at least `eagle.ttt_steps` ({config.eagle.ttt_steps})")
     _check_repo_id(config.hub.repo_id)
     check_strategy_name(config.trainer.strategy)
     if config.trainer.timeout_s < 1:

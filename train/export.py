@@ -7,6 +7,7 @@ and `push_to_hub` (upload a folder with a refreshed model card).
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import os
@@ -19,6 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from specdec.models.base import CONFIG_NAME, DraftMismatchError, DraftModel, atomic_write, lm_head_weight, load_draft, read_draft_config
+from specdec.models.decoder import LayerShape
 from specdec.models.medusa import MedusaConfig, MedusaHeads
 from specdec.models.medusa_formats import FORMATS, LAYOUTS, MedusaFormatError, detect_format, export_medusa
 from specdec.train.config import RecipeError, parse_overrides
@@ -28,18 +30,18 @@ FINETUNED_TARGET_DIR = "target"
 ADAPTER_DIR = "adapter"
 
 
-def export_draft(draft: DraftModel, cfg: DictConfig, target: Target, metrics: dict[str, float], train_info: dict, out: Path | None = None) -> Path:
-    """Export the draft (and Medusa-2's fine-tuned target) to `out` (default <output_dir>/draft); returns that folder."""
+def export_draft(draft: DraftModel, cfg: DictConfig, target_info: dict, metrics: dict[str, float], train_info: dict, out: Path | None = None, target: Target | None = None) -> Path:
+    """Export the draft to `out` (default <output_dir>/draft); returns that folder.
+
+    `target_info` describes the target (see `target_record`); Medusa-2 also passes the live
+    `target`, whose fine-tuned weights are exported beside the heads."""
     out = out or Path(cfg.output_dir) / "draft"
+    finetuned = cfg.method == "medusa2" and cfg.medusa2.merge_lora
     extra = {
         "method": cfg.method,
         "target": {
-            "name_or_path": target.name_or_path,
-            "revision": target.revision,
-            "target_id": target.target_id,
-            "hidden_size": target.hidden_size,
-            "vocab_size": target.vocab_size,
-            "finetuned_weights": FINETUNED_TARGET_DIR if cfg.method == "medusa2" and cfg.medusa2.merge_lora else None,
+            **{k: target_info[k] for k in ("name_or_path", "revision", "target_id", "hidden_size", "vocab_size")},
+            "finetuned_weights": FINETUNED_TARGET_DIR if finetuned else None,
         },
         "training": train_info,
         "metrics": metrics,
@@ -50,6 +52,20 @@ def export_draft(draft: DraftModel, cfg: DictConfig, target: Target, metrics: di
         _export_finetuned_target(target, cfg, out)
     write_model_card(out)
     return out
+
+
+def target_record(target: Target) -> dict:
+    """What a draft, a features folder and a report need to know of the target."""
+    return {
+        "name_or_path": target.name_or_path,
+        "revision": target.revision,
+        "target_id": target.target_id,
+        "hidden_size": target.hidden_size,
+        "vocab_size": target.vocab_size,
+        "num_layers": target.model.config.num_hidden_layers,
+        "layer_shape": dataclasses.asdict(LayerShape.from_target_config(target.model.config)),
+        "pad_token_id": target.tokenizer.pad_token_id,
+    }
 
 
 def _export_finetuned_target(target: Target, cfg: DictConfig, out: Path) -> None:

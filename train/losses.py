@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from specdec.models.chimera import ChimeraDrafter, trigram_embeddings
+from specdec.models.decoder import KVCache, additive
 from specdec.models.medusa import MedusaHeads
 
 
@@ -121,11 +123,135 @@ def head_label_counts(loss_mask: torch.Tensor, num_heads: int) -> torch.Tensor:
     return torch.stack([loss_mask[:, k + 2 :].sum() for k in range(num_heads)]).float()
 
 
-def _rank_hits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """[RANKS] counts of labels found at each candidate rank."""
+def _rank_hits(logits: torch.Tensor, labels: torch.Tensor, to_target_ids=None) -> torch.Tensor:
+    """[RANKS] counts of labels found at each candidate rank (`to_target_ids` maps a reduced draft vocabulary)."""
     ranks = min(RANKS, logits.shape[-1])
-    hits = (logits.topk(ranks, dim=-1).indices == labels[:, None]).sum(0).float().cpu()
+    candidates = logits.topk(ranks, dim=-1).indices
+    if to_target_ids is not None:
+        candidates = to_target_ids(candidates)
+    hits = (candidates == labels[:, None]).sum(0).float().cpu()
     return torch.nn.functional.pad(hits, (0, RANKS - ranks))
+
+
+def unrolled_mask(length: int, step: int, dtype: torch.dtype, device) -> torch.Tensor:
+    """Additive mask [T, (step+1) T] for unrolled draft step `step` (training-time test).
+
+    Keys are laid out step by step, T per step, indexed by anchor a. The query of anchor a at
+    step i sees step 0's entries up to a (the real target features of the prefix) and its own
+    chain's entries of steps 1..i, as the drafter's cache holds them at draft time."""
+    prefix = torch.ones(length, length, dtype=torch.bool, device=device).tril()
+    own = torch.eye(length, dtype=torch.bool, device=device)
+    return additive(torch.cat([prefix] + [own] * step, dim=1), dtype)
+
+
+def shift_left(x: torch.Tensor, by: int, fill=0) -> torch.Tensor:
+    """x[:, t + by] at t (dim 1), padded with `fill` at the end."""
+    if by == 0:
+        return x
+    pad = torch.full_like(x[:, :by], fill)
+    return torch.cat([x[:, by:], pad], dim=1)
+
+
+def eagle_losses(
+    draft,
+    features: torch.Tensor,
+    final_hidden: torch.Tensor,
+    input_ids: torch.Tensor,
+    loss_mask: torch.Tensor,
+    embed_weight: torch.Tensor,
+    lm_head_weight: torch.Tensor,
+    *,
+    steps: int = 1,
+    decay: float = 0.8,
+    feature_weight: float = 0.0,
+    ce_weight: float = 1.0,
+    noise: torch.Tensor | None = None,
+    with_accuracy: bool = True,
+    denominators: torch.Tensor | None = None,
+) -> HeadLosses:
+    """EAGLE-1 / EAGLE-3 loss with `steps` unrolled draft steps (training-time test).
+
+    Draft step i (0-based) at anchor a reads token x_{a+i+1} at position a+i; its hidden input is
+    the target features at a for step 0 (`features`, plus `noise` for EAGLE-1) and the drafter's
+    own output of step i-1 after that. It is scored at anchors whose token x_{a+i+2} is an
+    assistant token, with soft CE against the target's distribution there, softmax(W_lm h_{a+i+1})
+    restricted to the drafter's vocabulary, weighted `ce_weight`, plus `feature_weight` *
+    SmoothL1(output, h_{a+i+1}) (EAGLE-1's feature regression, mean over H). Step i is weighted
+    decay**i. `final_hidden` is the target's last hidden state (after the final norm).
+    """
+    length = input_ids.shape[1]
+    positions = torch.arange(length, device=input_ids.device)[None].expand(input_ids.shape[0], -1)
+    vocab_weight = lm_head_weight if getattr(draft, "t2d", None) is None else lm_head_weight[draft.draft_ids()]
+    mapper = None if getattr(draft, "t2d", None) is None else draft.to_target_ids
+    hidden = draft.embed_features(features if noise is None else features + noise)
+    cache, per_step, rank_hits, count = KVCache(), [], [], []
+    for i in range(steps):
+        # Step 1: run draft step i for every anchor at once, attending per `unrolled_mask`.
+        embeds = F.embedding(shift_left(input_ids, i + 1), embed_weight)
+        mask = unrolled_mask(length, i, hidden.dtype, hidden.device)
+        hidden = draft(embeds, hidden, positions + i, mask, cache)
+        # Step 2: score the anchors whose label x_{a+i+2} is an assistant token, against the
+        # target's distribution at a+i+1 over the drafter's vocabulary.
+        select, labels = head_targets(input_ids, loss_mask, i + 2)
+        out = hidden[select]
+        logits = draft.logits(out, lm_head_weight).float()
+        target_h = shift_left(final_hidden, i + 1)[select]
+        with torch.no_grad():
+            teacher = torch.softmax((target_h @ vocab_weight.T).float(), dim=-1)
+        loss = -(teacher * F.log_softmax(logits, dim=-1)).sum() * ce_weight
+        if feature_weight > 0:
+            loss = loss + feature_weight * F.smooth_l1_loss(out.float(), target_h.float(), reduction="none").mean(-1).sum()
+        divisor = denominators[i] if denominators is not None else max(labels.numel(), 1)
+        per_step.append(loss / divisor)
+        if with_accuracy:
+            with torch.no_grad():
+                rank_hits.append(_rank_hits(logits, labels, mapper))
+        count.append(torch.tensor(labels.numel(), dtype=torch.float32))
+    return _weighted(per_step, rank_hits, count, decay, with_accuracy)
+
+
+def chimera_losses(
+    draft: ChimeraDrafter,
+    final_hidden: torch.Tensor,
+    input_ids: torch.Tensor,
+    loss_mask: torch.Tensor,
+    embed_weight: torch.Tensor,
+    lm_head_weight: torch.Tensor | None,
+    *,
+    decay: float = 1.0,
+    with_accuracy: bool = True,
+    denominators: torch.Tensor | None = None,
+) -> HeadLosses:
+    """Chimera loss: sum_k decay**k * CE(head_k, x_{a+k+2}) over anchors a with an assistant label.
+
+    Head k at anchor a runs the full-context layer on the trigram ending at x_{a+k+1} (real tokens:
+    teacher forcing) fused with h_a, at position a+k, attending to the prefix's entries (step 0,
+    every position's own trigram and h) and its own chain; logits come from cat(h_a, F).
+    """
+    length = input_ids.shape[1]
+    positions = torch.arange(length, device=input_ids.device)[None].expand(input_ids.shape[0], -1)
+    trigrams = trigram_embeddings(embed_weight, input_ids)
+    cache, per_head, rank_hits, count = KVCache(), [], [], []
+    for k in range(draft.config.num_heads):
+        # Step 1: head k's context features for every anchor at once.
+        mask = unrolled_mask(length, k, final_hidden.dtype, final_hidden.device)
+        features = draft(shift_left(trigrams, k + 1), final_hidden, positions + k, mask, cache)
+        # Step 2: hard CE against x_{a+k+2} where that is an assistant token.
+        select, labels = head_targets(input_ids, loss_mask, k + 2)
+        logits = draft.head_logits(k, final_hidden[select], features[select], lm_head_weight).float()
+        divisor = denominators[k] if denominators is not None else max(labels.numel(), 1)
+        per_head.append(F.cross_entropy(logits, labels, reduction="sum") / divisor)
+        if with_accuracy:
+            with torch.no_grad():
+                rank_hits.append(_rank_hits(logits, labels))
+        count.append(torch.tensor(labels.numel(), dtype=torch.float32))
+    return _weighted(per_head, rank_hits, count, decay, with_accuracy)
+
+
+def _weighted(per_step: list, rank_hits: list, count: list, decay: float, with_accuracy: bool) -> HeadLosses:
+    losses = torch.stack(per_step)
+    weights = torch.tensor([decay**i for i in range(len(per_step))], dtype=losses.dtype, device=losses.device)
+    return HeadLosses((weights * losses).sum(), losses, torch.stack(rank_hits) if with_accuracy else None, torch.stack(count))
 
 
 def kl_to_original(

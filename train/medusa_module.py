@@ -11,17 +11,11 @@ import contextlib
 import lightning as L
 import torch
 from omegaconf import DictConfig
-from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
 
 from specdec.models.base import final_hidden_states, lm_head_weight
 from specdec.models.medusa import MedusaHeads
 from specdec.train.losses import check_finite, head_label_counts, heads_ramp, kl_to_original, medusa_head_losses
-
-SCHEDULES = {
-    "cosine": get_cosine_schedule_with_warmup,
-    "linear": get_linear_schedule_with_warmup,
-    "constant": lambda opt, warmup, total: get_constant_schedule_with_warmup(opt, warmup),
-}
+from specdec.train.steps import accuracy_metrics, check_trainable_state, keep_trainable_state, optimizer_and_schedule, rank_accuracy
 
 
 @contextlib.contextmanager
@@ -126,19 +120,11 @@ class MedusaModule(L.LightningModule):
 
     def rank_accuracy(self) -> torch.Tensor:
         """[K, RANKS] share of validation labels found at each candidate rank of each head."""
-        hits = torch.stack([v[1] for v in self._val]).sum(0)
-        return hits / torch.stack([v[2] for v in self._val]).sum(0).clamp(min=1)[:, None]
+        return rank_accuracy(self._val)
 
     def validation_metrics(self) -> dict[str, float]:
         """Metrics of the last validation pass: loss and per-head top-1/top-k accuracy."""
-        if not self._val:
-            return {}
-        accuracy = self.rank_accuracy()
-        metrics = {"val/loss": float(torch.stack([v[0] for v in self._val]).mean())}
-        for k in range(accuracy.shape[0]):
-            metrics[f"val/head{k + 1}_top1"] = float(accuracy[k, 0])
-            metrics[f"val/head{k + 1}_top{self.cfg.medusa.top_k}"] = float(accuracy[k, : self.cfg.medusa.top_k].sum())
-        return metrics
+        return accuracy_metrics(self._val, self.cfg.medusa.top_k)
 
     # -- optimisation --
     def configure_optimizers(self):
@@ -146,25 +132,14 @@ class MedusaModule(L.LightningModule):
         lora = [p for n, p in self.target.named_parameters() if p.requires_grad]
         if lora:
             groups.append({"params": lora, "lr": self.cfg.optim.lr})
-        optimizer = torch.optim.AdamW(groups, weight_decay=self.cfg.optim.weight_decay)
-        scheduler = SCHEDULES[self.cfg.optim.schedule](optimizer, self.cfg.optim.warmup_steps, self.trainer.max_steps)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return optimizer_and_schedule(groups, self.cfg.optim, self.trainer.max_steps)
 
     def _heads_lr_scale(self) -> float:
         return self.cfg.medusa2.heads_lr_multiplier if self.joint else 1.0
 
     # -- checkpoints: trainable state only --
-    def trainable_keys(self) -> set[str]:
-        return {n for n, p in self.named_parameters() if p.requires_grad}
-
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        keep = self.trainable_keys()
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        keep_trainable_state(self, checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        missing = self.trainable_keys() - set(checkpoint["state_dict"])
-        if missing:
-            raise RuntimeError(
-                f"checkpoint does not match this recipe: {len(missing)} trainable tensors missing "
-                f"(e.g. {sorted(missing)[0]}). Resume with the recipe and overrides the run was started with."
-            )
+        check_trainable_state(self, checkpoint)

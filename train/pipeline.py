@@ -17,15 +17,21 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from specdec.data.batching import pad_collate, split_train_val
+from specdec.data.batching import label_token_counts, pad_collate, split_train_val
 from specdec.data.chat import tokenize_conversations
 from specdec.data.distill import DistillConfig, self_distill
+from specdec.data.features import FeatureDataset, FeatureStore, feature_collate
 from specdec.data.sources import load_conversations, user_turns
-from specdec.models.medusa import MedusaConfig, MedusaHeads
 from specdec.models.base import lm_head_weight
+from specdec.models.chimera import ChimeraConfig, ChimeraDrafter
+from specdec.models.decoder import LayerShape
+from specdec.models.eagle1 import Eagle1Config, Eagle1Drafter
+from specdec.models.eagle3 import Eagle3Config, Eagle3Drafter, build_draft_vocab, default_layer_ids
+from specdec.models.medusa import MedusaConfig, MedusaHeads
 from specdec.train.callbacks import AtomicCheckpointIO, StepBatchSampler
-from specdec.train.config import RecipeError
-from specdec.train.export import HubUploadError, export_draft, publish
+from specdec.train.config import RecipeConfig, RecipeError
+from specdec.train.drafter_module import DrafterModule
+from specdec.train.export import HubUploadError, export_draft, publish, target_record
 from specdec.train.medusa_module import MedusaModule
 from specdec.train.strategies import build_strategy, check_devices, effective_batch_size, is_sharded
 from specdec.models.target import Target, cache_root, load_target
@@ -56,15 +62,20 @@ def run(cfg: DictConfig, callbacks: list | tuple = ()) -> TrainResult:
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     ckpt_path = resume_path(cfg)
-    # Step 2: the frozen target and the Trainer (which knows this process's rank).
-    target = load_target(cfg.target.name_or_path, cfg.target.revision, cfg.target.gguf_file, cfg.target.dtype)
-    trainer = build_trainer(cfg, list(callbacks), target.model)
+    # Step 2: the frozen target (online) or its stored features (offline), and the Trainer (which knows this process's rank).
+    target, store = load_sources(cfg)
+    trainer = build_trainer(cfg, list(callbacks), target.model if target else None)
     say(f"effective batch: {effective_batch_size(cfg, trainer.world_size)} sequences per optimizer step (data.batch_size {cfg.data.batch_size} x trainer.accumulate_grad_batches {cfg.trainer.accumulate_grad_batches} x {trainer.world_size} ranks)")
-    # Step 3: the data the target writes (split across the ranks that are running) and the draft.
-    train_ds, val_ds = prepare_data(cfg, target, *distill_ranks(trainer))
-    heads, module = build_module(cfg, target)
+    # Step 3: the data the target writes (split across the ranks that are running), or the stored features, and the draft.
+    if store is None:
+        train_rows, val_rows = prepare_data(cfg, target, *distill_ranks(trainer))
+        train_ds, val_ds, record = train_rows, val_rows, target_record(target)
+    else:
+        train_rows, val_rows = split_train_val(store.examples, cfg.data.val_size, cfg.seed)
+        train_ds, val_ds, record = FeatureDataset(store, train_rows), FeatureDataset(store, val_rows), store.target
+    draft, module = build_module(cfg, target, store, train_rows)
     # Step 4: fit with Lightning.
-    loaders = DataLoaders(cfg, train_ds, val_ds, target.tokenizer.pad_token_id)
+    loaders = DataLoaders(cfg, train_ds, val_ds, record["pad_token_id"], offline=store is not None)
     start = time.perf_counter()
     trainer.fit(module, train_dataloaders=loaders.train(trainer), val_dataloaders=loaders.val(), ckpt_path=ckpt_path)
     seconds = time.perf_counter() - start
@@ -72,24 +83,55 @@ def run(cfg: DictConfig, callbacks: list | tuple = ()) -> TrainResult:
     if module.validated_at_step != trainer.global_step:
         trainer.validate(module, dataloaders=loaders.val(), verbose=False)
     metrics = module.validation_metrics()
-    heads.config.head_rank_accuracy = [[round(float(a), 5) for a in row] for row in module.rank_accuracy()]
+    draft.config.head_rank_accuracy = [[round(float(a), 5) for a in row] for row in module.rank_accuracy()]
     if not trainer.is_global_zero:
         return TrainResult(None, metrics, seconds)
-    tokens_per_example = sum(len(x) for x in train_ds["input_ids"]) / max(len(train_ds), 1)
+    tokens_per_example = sum(len(x) for x in train_rows["input_ids"]) / max(len(train_rows), 1)
     info = {
         "steps": trainer.global_step,
-        "train_examples": len(train_ds),
-        "val_examples": len(val_ds),
+        "train_examples": len(train_rows),
+        "val_examples": len(val_rows),
         "train_tokens": int(trainer.global_step * effective_batch_size(cfg, trainer.world_size) * tokens_per_example),
         "seconds": seconds,
+        "features": cfg.data.features,
     }
-    draft_dir = export_draft(heads, cfg, target, metrics, info)
+    draft_dir = export_draft(draft, cfg, record, metrics, info, target=target)
     say(f"draft written to {draft_dir}")
     for name, value in metrics.items():
         say(f"  {name}: {value:.4f}")
     if cfg.hub.repo_id:
-        publish(draft_dir, cfg.hub.format, cfg.hub.repo_id, cfg.hub.private, lm_head=lm_head_weight(target.model))
+        lm_head = lm_head_weight(target.model) if target else store.weights()[1]
+        publish(draft_dir, cfg.hub.format, cfg.hub.repo_id, cfg.hub.private, lm_head=lm_head)
     return TrainResult(draft_dir, metrics, seconds)
+
+
+def load_sources(cfg: DictConfig) -> tuple[Target | None, FeatureStore | None]:
+    """(the target, None) for online training; (None, the checked feature store) for offline training."""
+    if cfg.data.features == "offline":
+        store = FeatureStore(features_dir(cfg))
+        store.check(feature_layer_ids(cfg, store.target["num_layers"]), data_settings(cfg))
+        return None, store
+    return load_target(cfg.target.name_or_path, cfg.target.revision, cfg.target.gguf_file, cfg.target.dtype), None
+
+
+def features_dir(cfg: DictConfig) -> Path:
+    return Path(cfg.data.features_dir or Path(cfg.output_dir) / "features")
+
+
+def feature_layer_ids(cfg: DictConfig, num_layers: int) -> list[int] | None:
+    """Target hidden states the drafter reads besides the last one (EAGLE-3), checked against the target's depth."""
+    if cfg.method != "eagle3":
+        return None
+    ids = list(cfg.eagle3.layer_ids) if cfg.eagle3.layer_ids else default_layer_ids(num_layers)
+    if not all(0 <= i <= num_layers for i in ids):
+        raise RecipeError(f"`eagle3.layer_ids` {ids} must index the target's output_hidden_states, 0..{num_layers} (0 = embeddings, i = output of layer i-1)")
+    return ids
+
+
+def data_settings(cfg: DictConfig) -> dict:
+    """The recipe settings that decide which conversations and tokens stored features belong to."""
+    keys = ("source", "max_samples", "self_distill", "max_new_tokens", "temperature", "top_p", "multi_turn", "max_length")
+    return {**{k: cfg.data[k] for k in keys}, "target": cfg.target.name_or_path, "seed": cfg.seed}
 
 
 def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
@@ -106,16 +148,17 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike | No
     config_file = next((d / "config.yaml" for d in (checkpoint.parent, checkpoint.parent.parent) if (d / "config.yaml").is_file()), None)
     if config_file is None:
         raise FileNotFoundError(f"no config.yaml next to {checkpoint} or its parent: pass a checkpoint inside the output_dir of a specdec-train run")
-    cfg = OmegaConf.load(config_file)
+    cfg = OmegaConf.merge(OmegaConf.structured(RecipeConfig), OmegaConf.load(config_file))
     # Step 2: one full state dict, whatever strategy wrote it.
     state = consolidated_state(checkpoint)
-    # Step 3: rebuild target and draft as training did, load the trained tensors, export.
-    target = load_target(cfg.target.name_or_path, cfg.target.revision, cfg.target.gguf_file, cfg.target.dtype)
-    heads, module = build_module(cfg, target)
+    # Step 3: rebuild target (or its stored features) and draft as training did, load the trained tensors, export.
+    target, store = load_sources(cfg)
+    draft, module = build_module(cfg, target, store)
     module.on_load_checkpoint(state)  # clear error when tensors are missing
     module.load_state_dict(state["state_dict"], strict=False)
     info = {"steps": state.get("global_step"), "consolidated_from": str(checkpoint)}
-    return export_draft(heads, cfg, target, {}, info, out=Path(out) if out else None)
+    record = target_record(target) if target else store.target
+    return export_draft(draft, cfg, record, {}, info, out=Path(out) if out else None, target=target)
 
 
 def consolidated_state(checkpoint: Path) -> dict:
@@ -159,6 +202,11 @@ def distill_ranks(trainer: L.Trainer) -> tuple[int, int]:
 
 def prepare_data(cfg: DictConfig, target: Target, rank: int = 0, world_size: int = 1):
     """Load prompts, let the target answer them (cached; rank `rank` of `world_size` generates its share), tokenize with loss masks, split."""
+    return split_train_val(tokenized_data(cfg, target, rank, world_size), cfg.data.val_size, cfg.seed)
+
+
+def tokenized_data(cfg: DictConfig, target: Target, rank: int = 0, world_size: int = 1):
+    """Every usable conversation of the recipe's data, answered by the target when self-distilling, tokenized with loss masks."""
     conversations = load_conversations(cfg.data.source, on_error=cfg.data.on_error)
     if cfg.data.self_distill:
         conversations = prompts_that_fit(conversations, target.tokenizer, cfg.data.max_length - cfg.data.max_new_tokens)
@@ -179,7 +227,7 @@ def prepare_data(cfg: DictConfig, target: Target, rank: int = 0, world_size: int
     tokenized = tokenize_conversations(target.tokenizer, conversations, cfg.data.max_length)
     if len(tokenized) <= cfg.data.val_size:
         raise RecipeError(f"only {len(tokenized)} usable conversations for data.val_size={cfg.data.val_size}: raise data.max_samples or lower data.val_size")
-    return split_train_val(tokenized, cfg.data.val_size, cfg.seed)
+    return tokenized
 
 
 def prompts_that_fit(conversations: list, tokenizer, budget: int) -> list:
@@ -201,12 +249,43 @@ def _prompt_tokens(tokenizer, messages: list) -> int:
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def build_module(cfg: DictConfig, target: Target) -> tuple[MedusaHeads, MedusaModule]:
-    """The draft heads and the LightningModule that trains them; Medusa-2 wraps `target.model` with LoRA first."""
-    heads = build_heads(cfg, target)
-    if cfg.method == "medusa2":
-        target.model = add_lora(target.model, cfg)
-    return heads, MedusaModule(target.model, heads, cfg)
+def build_module(cfg: DictConfig, target: Target | None, store: FeatureStore | None = None, train_rows=None):
+    """(draft, LightningModule that trains it). Medusa-2 wraps `target.model` with LoRA first; the
+    feature drafters read the live target (online) or `store` (offline). `train_rows` (tokenized
+    training conversations) gives EAGLE-3 its draft vocabulary; without them (rebuilding a draft to
+    load a checkpoint into) the vocabulary comes from the checkpoint."""
+    if cfg.method in ("medusa1", "medusa2"):
+        heads = build_heads(cfg, target)
+        if cfg.method == "medusa2":
+            target.model = add_lora(target.model, cfg)
+        return heads, MedusaModule(target.model, heads, cfg)
+    if target is not None:
+        record, embed, lm_head = target_record(target), target.model.get_input_embeddings().weight, lm_head_weight(target.model)
+    else:
+        (embed, lm_head), record = store.weights(), store.target
+    draft = build_drafter(cfg, record, lm_head, train_rows)
+    if target is not None:
+        return draft, DrafterModule(draft, cfg, target=target.model)
+    return draft, DrafterModule(draft, cfg, embed_weight=embed, lm_head_weight=lm_head)
+
+
+def build_drafter(cfg: DictConfig, record: dict, lm_head: torch.Tensor, train_rows=None):
+    """A fresh EAGLE-1 / EAGLE-3 / Chimera drafter shaped for the target `record`, seeded by the recipe."""
+    torch.manual_seed(cfg.seed)
+    hidden, vocab, shape = record["hidden_size"], record["vocab_size"], LayerShape(**record["layer_shape"])
+    if cfg.method == "eagle1":
+        return Eagle1Drafter(Eagle1Config(hidden, vocab, layer=shape))
+    if cfg.method == "chimera":
+        draft = ChimeraDrafter(ChimeraConfig(hidden, vocab, num_heads=cfg.chimera.num_heads, share_lm_head=cfg.chimera.share_lm_head, layer=shape))
+        draft.init_from_target(lm_head)
+        return draft
+    ids = feature_layer_ids(cfg, record["num_layers"])
+    draft = Eagle3Drafter(Eagle3Config(hidden, vocab, draft_vocab_size=min(cfg.eagle3.draft_vocab_size, vocab), layer_ids=ids, layer=shape))
+    if train_rows is not None:
+        vocab_ids, coverage = build_draft_vocab(label_token_counts(train_rows, vocab), draft.config.draft_vocab_size, cfg.eagle3.min_vocab_coverage)
+        draft.set_vocab(vocab_ids, lm_head)
+        say(f"draft vocabulary: {len(vocab_ids)} tokens cover {coverage:.1%} of the training labels")
+    return draft
 
 
 def build_heads(cfg: DictConfig, target: Target) -> MedusaHeads:
@@ -241,9 +320,10 @@ def add_lora(model, cfg: DictConfig):
 class DataLoaders:
     """Training batches in the resumable order of `StepBatchSampler`; validation in file order."""
 
-    def __init__(self, cfg: DictConfig, train_ds, val_ds, pad_id: int):
+    def __init__(self, cfg: DictConfig, train_ds, val_ds, pad_id: int, offline: bool = False):
         self.cfg, self.train_ds, self.val_ds = cfg, train_ds, val_ds
-        self.collate = lambda examples: pad_collate(examples, pad_id)
+        collate = feature_collate if offline else pad_collate
+        self.collate = lambda examples: collate(examples, pad_id)
 
     def train(self, trainer: L.Trainer) -> DataLoader:
         cfg = self.cfg

@@ -1,0 +1,125 @@
+"""EAGLE-3 drafter (Li et al., 2025): fused multi-layer target features and a reduced draft vocabulary.
+
+Input at position t: target hidden states of three layers, concatenated (3H) and fused by
+fc: Linear(3H -> H) (draft steps after the first feed the drafter's own output hidden state
+instead). The decoder layer's attention reads cat(norm(E(x_{t+1})), norm(h)) (2H); a final norm
+and the drafter's own lm_head: Linear(H -> V_draft) give logits over the draft vocabulary, the
+V_draft tokens most frequent in the training data. `d2t[i]` is the offset target_id - i of draft
+token i and `t2d` the boolean mask of target tokens in the draft vocabulary (the layout SGLang
+and vLLM read). Token embeddings stay the target's and are not stored.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from specdec.models.base import DraftModel, register_draft
+from specdec.models.decoder import DecoderLayer, KVCache, LayerShape
+
+LAYER_ID_CONVENTION = "hf_hidden_states"
+"""`layer_ids` index Hugging Face's `output_hidden_states` tuple: 0 = embeddings, i = output of decoder layer i-1."""
+
+
+def default_layer_ids(num_layers: int) -> list[int]:
+    """EAGLE's low / middle / high choice, [2, L//2, L-3], for a target with `num_layers` = L decoder
+    layers (kept within 0..L for targets shallower than 5 layers)."""
+    return [min(2, num_layers), num_layers // 2, max(num_layers - 3, 0)]
+
+
+@dataclass
+class Eagle3Config:
+    hidden_size: int
+    """Hidden size H of the target."""
+    vocab_size: int
+    """Vocabulary size V of the target."""
+    draft_vocab_size: int
+    """V_draft: size of the drafter's own vocabulary (most frequent training tokens)."""
+    layer_ids: list[int]
+    """Target hidden states fused as input, in the `layer_id_convention` numbering."""
+    layer: LayerShape = None
+    """Shape of the drafter's decoder layer (copied from the target's config)."""
+    layer_id_convention: str = LAYER_ID_CONVENTION
+    """How `layer_ids` count: hf_hidden_states = index into output_hidden_states (0 = embeddings, i = output of layer i-1)."""
+    head_rank_accuracy: list[list[float]] | None = None
+    """Measured on held-out data: [d][r] = share of labels that were the r-th candidate at draft position d+1."""
+
+    def __post_init__(self):
+        if isinstance(self.layer, dict):
+            self.layer = LayerShape(**self.layer)
+
+
+@register_draft
+class Eagle3Drafter(DraftModel):
+    """`forward(embeds, hidden, positions, mask, cache)` -> output hidden [B, T, H] (before the final norm)."""
+
+    draft_type = "eagle3"
+    config_class = Eagle3Config
+    uses_target_lm_head = False
+
+    def __init__(self, config: Eagle3Config):
+        super().__init__(config)
+        h = config.hidden_size
+        self.fc = nn.Linear(len(config.layer_ids) * h, h, bias=False)
+        self.input_layernorm = nn.RMSNorm(h, eps=config.layer.rms_norm_eps)
+        self.hidden_norm = nn.RMSNorm(h, eps=config.layer.rms_norm_eps)
+        self.layer = DecoderLayer(config.layer, attn_input_size=2 * h, input_norm=False)
+        self.norm = nn.RMSNorm(h, eps=config.layer.rms_norm_eps)
+        self.lm_head = nn.Linear(h, config.draft_vocab_size, bias=False)
+        self.register_buffer("d2t", torch.zeros(config.draft_vocab_size, dtype=torch.long))
+        self.register_buffer("t2d", torch.zeros(config.vocab_size, dtype=torch.bool))
+
+    @property
+    def feature_layers(self) -> tuple[int, ...]:
+        return tuple(self.config.layer_ids)
+
+    @torch.no_grad()
+    def set_vocab(self, draft_to_target: torch.Tensor, lm_head_weight: torch.Tensor | None = None) -> None:
+        """Install the draft vocabulary (target ids of draft tokens 0..V_draft-1, ascending) and,
+        given the target lm_head, start the drafter's lm_head from its rows for those tokens."""
+        ids = draft_to_target.to(self.d2t.device)
+        self.d2t.copy_(ids - torch.arange(len(ids), device=ids.device))
+        self.t2d.zero_()
+        self.t2d[ids] = True
+        if lm_head_weight is not None:
+            self.lm_head.weight.copy_(lm_head_weight[ids.to(lm_head_weight.device)])
+
+    def draft_ids(self) -> torch.Tensor:
+        """Target ids of the draft vocabulary, [V_draft]."""
+        return self.d2t + torch.arange(len(self.d2t), device=self.d2t.device)
+
+    def embed_features(self, features: torch.Tensor) -> torch.Tensor:
+        """Concatenated target layer states [.., 3H] -> the drafter's hidden input [.., H]."""
+        return self.fc(features)
+
+    def forward(self, embeds: torch.Tensor, hidden: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        attn_input = torch.cat([self.input_layernorm(embeds), self.hidden_norm(hidden)], dim=-1)
+        return self.layer(hidden, positions, mask, cache, attn_input=attn_input)
+
+    def logits(self, hidden: torch.Tensor, lm_head_weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits over the draft vocabulary [.., V_draft] (the target lm_head is not used)."""
+        return self.lm_head(self.norm(hidden))
+
+    def to_target_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        """Draft-vocabulary indices -> target token ids."""
+        return ids + self.d2t[ids]
+
+
+def build_draft_vocab(token_counts: torch.Tensor, size: int, min_coverage: float = 0.9) -> tuple[torch.Tensor, float]:
+    """The `size` most frequent target tokens (ascending ids) and the share of counted tokens they cover.
+
+    Warns when the coverage is under `min_coverage`: the drafter can never propose the rest."""
+    size = min(size, len(token_counts))
+    top = token_counts.topk(size).indices.sort().values
+    total = float(token_counts.sum())
+    coverage = float(token_counts[top].sum()) / total if total > 0 else 0.0
+    if coverage < min_coverage:
+        warnings.warn(
+            f"the {size}-token draft vocabulary covers only {coverage:.1%} of the training tokens (wanted "
+            f"{min_coverage:.0%}): raise eagle3.draft_vocab_size or train on more data",
+            stacklevel=2,
+        )
+    return top, coverage
