@@ -144,3 +144,15 @@ def final_hidden_states(target: nn.Module, input_ids: torch.Tensor, attention_ma
     Extra keyword arguments (position_ids, past_key_values, ...) go to the target's decoder.
     """
     return target.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
+
+
+def target_states(target: nn.Module, input_ids: torch.Tensor, layer_ids=None, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """(last hidden state after the final norm, features a drafter reads) of the target.
+
+    `layer_ids` None: the features are the last hidden state itself; else the Hugging Face
+    `output_hidden_states` entries with those indices (0 = embeddings, i = output of layer i-1),
+    concatenated (EAGLE-3). Extra keyword arguments go to the target's decoder."""
+    out = target.get_decoder()(input_ids=input_ids, output_hidden_states=layer_ids is not None, **kwargs)
+    if layer_ids is None:
+        return out.last_hidden_state, out.last_hidden_state
+    return out.last_hidden_state, torch.cat([out.hidden_states[i] for i in layer_ids], dim=-1)

@@ -17,10 +17,11 @@ from typing import Callable, Iterable
 import torch
 from transformers import DynamicCache
 
-from specdec.models.base import DraftModel, final_hidden_states, lm_head_weight
+from specdec.models.base import DraftModel, final_hidden_states, lm_head_weight, target_states
+from specdec.models.chimera import ChimeraDrafter
 from specdec.models.medusa import MedusaHeads
 from specdec.runtime.kv import commit_path
-from specdec.runtime.proposers import MedusaProposer
+from specdec.runtime.proposers import ChimeraProposer, Committed, EagleProposer, MedusaProposer
 from specdec.runtime.tree import DraftTree
 from specdec.runtime.verify import SamplingConfig, accept, select_token
 
@@ -73,15 +74,23 @@ class SpeculativeGenerator:
         self.weight = lm_head_weight(target)
 
     @classmethod
-    def from_draft(cls, target, draft: DraftModel, tree: DraftTree | None = None, tokenizer=None) -> "SpeculativeGenerator":
-        """Pair a target with a trained draft (its sizes are checked) and a tree (default: from
-        the draft's measured head accuracies, else a chain)."""
-        draft.check_target(target.config.hidden_size, lm_head_weight(target).shape[0])
-        if not isinstance(draft, MedusaHeads):
+    def from_draft(cls, target, draft: DraftModel, tree: DraftTree | None = None, tokenizer=None, eagle: EagleOptions | None = None) -> "SpeculativeGenerator":
+        """Pair a target with a trained draft (its sizes are checked). Medusa and Chimera verify a
+        static `tree` (default: from the draft's measured accuracies, else a chain); EAGLE drafts
+        a chain or a dynamic tree as `eagle` says."""
+        weight = lm_head_weight(target)
+        draft.check_target(target.config.hidden_size, weight.shape[0])
+        draft = draft.to(weight.device).eval()
+        if isinstance(draft, MedusaHeads):
+            proposer = MedusaProposer(draft, weight, tree or default_tree(draft))
+        elif isinstance(draft, ChimeraDrafter):
+            proposer = ChimeraProposer(draft, target.get_input_embeddings().weight, weight, tree or default_tree(draft))
+        elif draft.draft_type in ("eagle1", "eagle3"):
+            eagle = eagle or EagleOptions()
+            proposer = EagleProposer(draft, target.get_input_embeddings().weight, weight, eagle.depth, eagle.top_k, eagle.total_tokens)
+        else:
             raise ValueError(f"no proposer for draft type {draft.draft_type!r}")
-        draft = draft.to(lm_head_weight(target).device).eval()
-        tree = tree or default_tree(draft)
-        return cls(target, MedusaProposer(draft, lm_head_weight(target), tree), tokenizer=tokenizer)
+        return cls(target, proposer, tokenizer=tokenizer)
 
     @torch.no_grad()
     def generate(
@@ -99,30 +108,35 @@ class SpeculativeGenerator:
         generator = _generator(seed, self.weight.device)
         start = _now(self.weight)
         # Step 1: prefill; the target's own next token becomes the first root.
-        cache, hidden, root = _prefill(self.target, self.weight, input_ids, sampling, generator)
+        layers = self.proposer.feature_layers
+        cache = DynamicCache(config=self.target.config)
+        hidden, features = target_states(self.target, input_ids, layers, past_key_values=cache, use_cache=True)
+        root = select_token(hidden[0, -1] @ self.weight.T, sampling, generator)
+        committed = Committed(hidden[0], features[0], torch.cat([input_ids[0, 1:], torch.tensor([root], device=self.weight.device)]))
+        self.proposer.reset(input_ids)
         result = GenerationResult([], "max_new_tokens", 1, draft_depth=self.proposer.tree.depth, prefill_s=_now(self.weight) - start)
         past_len = input_ids.shape[1]
         new = [root]
         while not self._finish(result, new, max_new_tokens, stop_strings, on_tokens):
-            # Step 2: draft a tree from the last hidden state.
+            # Step 2: draft a tree from the target's newly committed states.
             t0 = _now(self.weight)
-            proposal = self.proposer.propose(hidden)
+            proposal = self.proposer.propose(committed)
             t1 = _now(self.weight)
             # Step 3: verify root + all candidates in ONE target forward (tree mask, per-node positions).
             tree = proposal.tree
             block = torch.cat([torch.tensor([root], device=self.weight.device), torch.as_tensor(proposal.tokens, device=self.weight.device)])[None]
             mask = tree.attention_mask(past_len, self.weight.dtype, self.weight.device)
-            states = final_hidden_states(
-                self.target, block, attention_mask=mask, position_ids=tree.position_ids(past_len, self.weight.device), past_key_values=cache, use_cache=True
-            )[0]
-            logits = states @ self.weight.T
+            states, features = target_states(
+                self.target, block, layers, attention_mask=mask, position_ids=tree.position_ids(past_len, self.weight.device), past_key_values=cache, use_cache=True
+            )
+            logits = states[0] @ self.weight.T
             # Step 4: accept the longest verified path; commit exactly its KV entries.
             path, root, tokens = accept(tree, block[0], logits, sampling, proposal.draft_probs, generator)
             commit_path(cache, past_len, path)
             t2 = _now(self.weight)
             past_len += len(path)
-            hidden = states[path[-1]]
             new = [tokens[n] for n in path[1:]] + [root]
+            committed = Committed(states[0, path], features[0, path], torch.tensor(new, device=self.weight.device))
             result.target_forwards += 1
             result.accepted_lengths.append(len(path) - 1)
             result.draft_s.append(t1 - t0)
@@ -163,6 +177,18 @@ def plain_generate(
         result.target_forwards += 1
     result.total_s = _now(weight) - start
     return result
+
+
+@dataclass
+class EagleOptions:
+    """How an EAGLE drafter proposes."""
+
+    depth: int = 5
+    """Draft tokens per path (chain length, or tree depth)."""
+    top_k: int = 1
+    """1: a chain; more: EAGLE-2's dynamic tree, expanding the top_k best nodes into top_k children per depth."""
+    total_tokens: int = 0
+    """Nodes verified per step in tree mode (0: every drafted node, at most 60)."""
 
 
 def _prefill(target, weight, input_ids, sampling, generator):

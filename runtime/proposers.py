@@ -1,18 +1,36 @@
-"""Proposers turn the target's state into draft candidates laid out as a tree.
+"""Proposers turn the target's states into draft candidates laid out as a tree.
 
-The contract is one method, `propose(hidden) -> Proposal`, where `hidden` is the target's last
-hidden state at the last committed position. A proposer also has a `tree` attribute (its
-layout; a dynamic proposer may return another tree per step in the Proposal).
+The contract: `reset(prompt_ids)` before a new sequence, then `propose(committed) -> Proposal`
+after the prefill and after every verification step, where `committed` holds the target's states
+at the positions just committed and the token that follows each. A proposer has a `tree`
+attribute (its layout; a dynamic proposer returns another tree per step in the Proposal) and
+`feature_layers` (the target hidden states it reads besides the last one, or None).
 """
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
+from specdec.models.chimera import ChimeraDrafter
+from specdec.models.decoder import KVCache, causal_mask
 from specdec.models.medusa import MedusaHeads
 from specdec.runtime.tree import DraftTree
+
+
+@dataclass
+class Committed:
+    """What the target just committed: n positions and the token after each."""
+
+    hidden: torch.Tensor
+    """[n, H] the target's last hidden state (after the final norm) at those positions."""
+    features: torch.Tensor
+    """[n, F] the states the drafter reads there (`hidden` itself unless the drafter fuses other layers)."""
+    tokens: torch.Tensor
+    """[n] the token following each position; the last is the root of the next draft (not yet in the target's cache)."""
 
 
 @dataclass
@@ -38,11 +56,202 @@ class MedusaProposer:
         self._needed = tree.ranks_needed()
         # Node i's token sits at this index of the concatenated per-depth top-k lists.
         offsets = [sum(self._needed[:d]) for d in range(len(self._needed))]
-        self._gather = torch.tensor([offsets[len(p) - 1] + p[-1] for p in tree.paths], device=lm_head_weight.device)
+        self._gather = tree_gather(tree, lm_head_weight.device)
+
+    feature_layers = None
+
+    def reset(self, prompt_ids: torch.Tensor) -> None:
+        """Nothing to forget: the heads read only the latest hidden state."""
 
     @torch.no_grad()
-    def propose(self, hidden: torch.Tensor) -> Proposal:
+    def propose(self, committed: Committed) -> Proposal:
+        hidden = committed.hidden[-1]
         # Step 1: top candidates of each head that the tree uses (kept on the device: no host sync).
         top = [self.heads.project(d, self.heads.head_features(d, hidden), self.lm_head_weight).topk(k).indices for d, k in enumerate(self._needed)]
         # Step 2: node token = the candidate of its rank at its depth.
         return Proposal(self.tree, torch.cat(top)[self._gather])
+
+
+def tree_gather(tree: DraftTree, device) -> torch.Tensor:
+    """Index of every node's token in the concatenation of the per-depth top-k candidate lists."""
+    needed = tree.ranks_needed()
+    offsets = [sum(needed[:d]) for d in range(len(needed))]
+    return torch.tensor([offsets[len(p) - 1] + p[-1] for p in tree.paths], device=device)
+
+
+class DraftState:
+    """A drafter's KV cache over the committed sequence; speculative entries are dropped before the next extension."""
+
+    def __init__(self):
+        self.cache, self.length = KVCache(), 0
+
+    def extend(self, model, embeds: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """Run `model(embeds, hidden)` over n committed entries [n, ...] at the next positions; returns its outputs [n, H]."""
+        self.cache.crop(self.length)
+        n = embeds.shape[0]
+        positions = torch.arange(self.length, self.length + n, device=embeds.device)[None]
+        out = model(embeds[None], hidden[None], positions, causal_mask(n, self.length, hidden.dtype, hidden.device), self.cache)[0]
+        self.length += n
+        return out
+
+    def step(self, model, embeds: torch.Tensor, hidden: torch.Tensor, position: int, ancestors: torch.Tensor | None = None) -> torch.Tensor:
+        """One speculative step for k queries [k, ...] at `position`; query i sees the committed
+        entries, the speculative entries marked in `ancestors[i]` ([k, speculative], None: all) and itself."""
+        k = embeds.shape[0]
+        visible = torch.ones(k, len(self.cache) + k, dtype=torch.bool, device=embeds.device)
+        if ancestors is not None:
+            visible[:, self.length : len(self.cache)] = ancestors
+        visible[:, len(self.cache) :] = torch.eye(k, dtype=torch.bool, device=embeds.device)
+        mask = torch.zeros(visible.shape, dtype=hidden.dtype, device=hidden.device).masked_fill(~visible, torch.finfo(hidden.dtype).min)
+        positions = torch.full((1, k), position, device=embeds.device)
+        return model(embeds[None], hidden[None], positions, mask, self.cache)[0]
+
+
+class EagleProposer:
+    """EAGLE-1 / EAGLE-3 drafting with the drafter's own KV cache kept across steps.
+
+    `top_k=1` drafts a chain of `depth` tokens. `top_k>1` grows EAGLE-2's dynamic tree: at each
+    depth the `top_k` best nodes by cumulative log-probability are expanded into their `top_k`
+    best children, and the `total_tokens` best nodes overall are verified.
+    """
+
+    def __init__(self, draft, embed_weight: torch.Tensor, lm_head_weight: torch.Tensor, depth: int = 5, top_k: int = 1, total_tokens: int = 0):
+        if depth < 1 or top_k < 1:
+            raise ValueError(f"depth ({depth}) and top_k ({top_k}) must be at least 1")
+        self.draft, self.embed_weight, self.lm_head_weight = draft, embed_weight, lm_head_weight
+        self.depth, self.top_k = depth, top_k
+        self.total_tokens = total_tokens or (depth if top_k == 1 else min(top_k + (depth - 1) * top_k * top_k, 60))
+        self.tree = DraftTree.chain(depth)
+        self.feature_layers = getattr(draft, "feature_layers", None)
+        self.state = DraftState()
+
+    def reset(self, prompt_ids: torch.Tensor) -> None:
+        self.state = DraftState()
+
+    def _embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, self.embed_weight)
+
+    def _log_probs(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(self.draft.logits(hidden, self.lm_head_weight).float(), dim=-1)
+
+    @torch.no_grad()
+    def propose(self, committed: Committed) -> Proposal:
+        # Step 1: extend the drafter's cache with the committed (feature, next token) pairs.
+        hidden = self.state.extend(self.draft, self._embed(committed.tokens), self.draft.embed_features(committed.features))[-1:]
+        anchor = self.state.length - 1
+        if self.top_k == 1:
+            return self._chain(hidden, anchor)
+        return self._tree(hidden, anchor)
+
+    def _chain(self, hidden: torch.Tensor, anchor: int) -> Proposal:
+        tokens = []
+        for d in range(self.depth):
+            # Step 2: the drafter's top token, fed back with its own output state.
+            token = self.draft.to_target_ids(self.draft.logits(hidden, self.lm_head_weight).argmax(-1))
+            tokens.append(token)
+            if d + 1 < self.depth:
+                hidden = self.state.step(self.draft, self._embed(token), hidden, anchor + d + 1)
+        return Proposal(self.tree, torch.cat(tokens))
+
+    def _tree(self, hidden: torch.Tensor, anchor: int) -> Proposal:
+        # Step 2: depth 1: the top_k children of the root.
+        nodes: list[tuple[float, int, int]] = []  # (cumulative log-prob, parent node or -1, target token id)
+        self._parent_hidden: dict[int, torch.Tensor] = {}  # node -> the drafter state it was predicted from
+        frontier = self._children(hidden, torch.zeros(1), [-1], nodes)
+        expanded: list[int] = []  # node of each speculative cache entry, in cache order
+        for d in range(1, self.depth):
+            # Step 3: expand the best top_k nodes of the last depth: one drafter step for all of them.
+            best = heapq.nlargest(self.top_k, frontier, key=lambda n: nodes[n][0])
+            ancestors = torch.tensor([[self._is_ancestor(e, n, nodes) for e in expanded] for n in best], dtype=torch.bool).reshape(len(best), len(expanded))
+            inputs = torch.stack([self._parent_hidden[n] for n in best])
+            tokens = torch.tensor([nodes[n][2] for n in best], device=inputs.device)
+            out = self.state.step(self.draft, self._embed(tokens), inputs, anchor + d, ancestors.to(inputs.device))
+            expanded += best
+            frontier = self._children(out, torch.tensor([nodes[n][0] for n in best]), best, nodes)
+        # Step 4: keep the best total_tokens nodes (parents rank above their children) as a tree.
+        keep = sorted(range(len(nodes)), key=lambda n: (-nodes[n][0], self._depth(n, nodes)))[: self.total_tokens]
+        return self._as_proposal(keep, nodes)
+
+    def _children(self, hidden: torch.Tensor, scores: torch.Tensor, parents: list[int], nodes: list) -> list[int]:
+        """Append the top_k children of each row of `hidden` to `nodes`; return their indices."""
+        log_p = self._log_probs(hidden)
+        top = log_p.topk(min(self.top_k, log_p.shape[-1]), dim=-1)
+        ids = self.draft.to_target_ids(top.indices).tolist()
+        cumulative = (scores[:, None] + top.values.cpu()).tolist()
+        new = []
+        for row, parent in enumerate(parents):
+            for value, token in zip(cumulative[row], ids[row]):
+                nodes.append((value, parent, token))
+                self._parent_hidden[len(nodes) - 1] = hidden[row]
+                new.append(len(nodes) - 1)
+        return new
+
+    def _is_ancestor(self, candidate: int, node: int, nodes: list) -> bool:
+        while node >= 0:
+            if node == candidate:
+                return True
+            node = nodes[node][1]
+        return False
+
+    def _depth(self, node: int, nodes: list) -> int:
+        depth = 0
+        while node >= 0:
+            depth, node = depth + 1, nodes[node][1]
+        return depth
+
+    def _as_proposal(self, keep: list[int], nodes: list) -> Proposal:
+        children: dict[int, list[int]] = {}
+        for n in keep:
+            children.setdefault(nodes[n][1], []).append(n)
+        path: dict[int, tuple[int, ...]] = {}
+        for n in sorted(keep, key=lambda n: self._depth(n, nodes)):
+            parent = nodes[n][1]
+            siblings = sorted(children[parent], key=lambda s: (-nodes[s][0], s))
+            path[n] = (path[parent] if parent >= 0 else ()) + (siblings.index(n),)
+        tree = DraftTree.from_paths(path.values())
+        by_path = {p: nodes[n][2] for n, p in path.items()}
+        return Proposal(tree, torch.tensor([by_path[p] for p in tree.paths], device=self.embed_weight.device))
+
+
+class ChimeraProposer:
+    """Chimera drafting laid out as a Medusa-style tree: head d's top candidates at depth d, the
+    heads run in turn along the previous head's argmax, over the drafter's own KV cache."""
+
+    def __init__(self, draft: ChimeraDrafter, embed_weight: torch.Tensor, lm_head_weight: torch.Tensor, tree: DraftTree):
+        if tree.depth > draft.config.num_heads:
+            raise ValueError(f"tree depth {tree.depth} exceeds the draft's {draft.config.num_heads} heads")
+        self.draft, self.embed_weight, self.lm_head_weight, self.tree = draft, embed_weight, lm_head_weight, tree
+        self._needed = tree.ranks_needed()
+        self._gather = tree_gather(tree, embed_weight.device)
+        self.state, self.history = DraftState(), None
+
+    feature_layers = None
+
+    def reset(self, prompt_ids: torch.Tensor) -> None:
+        self.state, self.history = DraftState(), prompt_ids.reshape(-1)[:1]
+
+    @torch.no_grad()
+    def propose(self, committed: Committed) -> Proposal:
+        # Step 1: extend the cache with the committed entries (trigram ending at each next token, fused with h).
+        ids = torch.cat([self.history, committed.tokens])
+        trigrams = self._trigrams(ids, len(committed.tokens))
+        features = self.state.extend(self.draft, trigrams, committed.hidden)[-1:]
+        self.history = ids[-2:]
+        anchor, h = self.state.length - 1, committed.hidden[-1:]
+        # Step 2: head d's candidates; the next head reads the argmax appended to the sequence.
+        top, tail = [], ids[-2:]
+        for d, k in enumerate(self._needed):
+            logits = self.draft.head_logits(d, h, features, self.lm_head_weight)
+            top.append(logits[0].topk(k).indices)
+            if d + 1 < len(self._needed):
+                tail = torch.cat([tail, logits[0].argmax()[None]])[-3:]
+                features = self.state.step(self.draft, self._trigrams(tail, 1), h, anchor + d + 1)
+        return Proposal(self.tree, torch.cat(top)[self._gather])
+
+    def _trigrams(self, ids: torch.Tensor, count: int) -> torch.Tensor:
+        """[count, 3H] trigram embeddings of the last `count` tokens of `ids` (zeros before the sequence start)."""
+        window = ids[-(count + 2) :]
+        pad = count + 2 - len(window)
+        embeds = F.embedding(window, self.embed_weight)
+        embeds = torch.cat([embeds.new_zeros(pad, embeds.shape[-1]), embeds])
+        return torch.cat([embeds[:-2], embeds[1:-1], embeds[2:]], dim=-1)

@@ -84,7 +84,12 @@ class OracleProposer:
         self.rng, self.hit_rate, self.position = random.Random(seed), hit_rate, 0
         self.generator = None
 
-    def propose(self, hidden):
+    feature_layers = None
+
+    def reset(self, prompt_ids):
+        pass
+
+    def propose(self, committed):
         # The generator calls propose once per step; it tells us how far it got through `done`.
         done = self.generator.done
         tokens = []

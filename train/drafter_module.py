@@ -11,20 +11,9 @@ import lightning as L
 import torch
 from omegaconf import DictConfig
 
+from specdec.models.base import target_states
 from specdec.train.losses import chimera_losses, check_finite, eagle_losses, head_label_counts
 from specdec.train.steps import accuracy_metrics, check_trainable_state, keep_trainable_state, optimizer_and_schedule, rank_accuracy
-
-
-def target_states(target: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, layer_ids) -> tuple[torch.Tensor, torch.Tensor]:
-    """(features the drafter reads, last hidden state after the final norm) of the frozen target.
-
-    `layer_ids` None: the features are the last hidden state itself; else the Hugging Face
-    `output_hidden_states` entries with those indices, concatenated (EAGLE-3)."""
-    with torch.no_grad():
-        out = target.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=layer_ids is not None)
-    if layer_ids is None:
-        return out.last_hidden_state, out.last_hidden_state
-    return torch.cat([out.hidden_states[i] for i in layer_ids], dim=-1), out.last_hidden_state
 
 
 class DrafterModule(L.LightningModule):
@@ -54,7 +43,9 @@ class DrafterModule(L.LightningModule):
     def states(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         if self.target is None:
             return batch["features"].float(), batch["final_hidden"].float()
-        return target_states(self.target, batch["input_ids"], batch["attention_mask"], getattr(self.draft, "feature_layers", None))
+        with torch.no_grad():
+            final, features = target_states(self.target, batch["input_ids"], getattr(self.draft, "feature_layers", None), attention_mask=batch["attention_mask"])
+        return features, final
 
     def num_positions(self, training: bool) -> int:
         if self.cfg.method == "chimera":
