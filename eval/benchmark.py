@@ -10,6 +10,7 @@ are those of BENCHMARK.md: `mean_accepted_tokens`, `acceptance_by_depth`, `token
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import statistics
@@ -22,8 +23,8 @@ import torch
 import transformers
 from tqdm.auto import tqdm
 
-from specdec.models.medusa import MedusaHeads
-from specdec.runtime.generator import DEFAULT_TREE_SIZE, SpeculativeGenerator, default_eos_ids, default_tree, plain_generate
+from specdec.models.base import DraftModel
+from specdec.runtime.generator import EagleOptions, SpeculativeGenerator, default_eos_ids, plain_generate
 from specdec.runtime.tree import DraftTree
 from specdec.runtime.verify import SamplingConfig
 
@@ -91,28 +92,15 @@ def load_questions(path_or_name: str | Path, max_questions: int | None = None) -
     return questions
 
 
-def build_tree(draft: MedusaHeads, kind: str = "default", size: int | None = None) -> DraftTree:
-    """The draft tree to verify: `default` (the `size`-node tree with the largest expected
-    acceptance under the draft's measured head accuracies) or `chain` (top-1 at `size` depths,
-    all heads by default). `tuned` is chosen by measurement instead: see `tune_tree`."""
-    if kind == "default":
-        return default_tree(draft, size or DEFAULT_TREE_SIZE)
-    if kind == "chain":
-        depth = size or draft.config.num_heads
-        if depth > draft.config.num_heads:
-            raise ValueError(f"tree=chain tree_size={depth} is deeper than the draft's {draft.config.num_heads} heads")
-        return DraftTree.chain(depth)
-    raise ValueError(f"unknown tree {kind!r}: choose one of {', '.join(TREE_KINDS)}")
-
-
 def evaluate(
     target,
     tokenizer,
-    draft: MedusaHeads,
+    draft: DraftModel,
     questions: list[dict],
     max_new_tokens: int = 256,
     temperature: float = 0.0,
     tree: DraftTree | None = None,
+    eagle: EagleOptions | None = None,
     prompt_lookup_tokens: int = 10,
     baselines: bool = True,
     progress: bool = True,
@@ -126,7 +114,7 @@ def evaluate(
     plain decoders sample (seeded) and `lossless_match` is None.
     """
     # Step 1: one generator for all questions, and a short warm-up of every decoder.
-    generator = SpeculativeGenerator.from_draft(target, draft, tree=tree, tokenizer=tokenizer)
+    generator = SpeculativeGenerator.from_draft(target, draft, tree=tree, tokenizer=tokenizer, eagle=eagle)
     sampling = SamplingConfig(temperature=temperature)
     eos = sorted(default_eos_ids(target, tokenizer))
     run = _runner(target, tokenizer, generator, sampling, eos, prompt_lookup_tokens, baselines, seed)
@@ -276,7 +264,7 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 def _setting(target, generator, questions, max_new_tokens, temperature, prompt_lookup_tokens, baselines, seed) -> dict:
     """What was measured, where: enough to compare runs."""
-    tree = generator.proposer.tree
+    tree, eagle = generator.proposer.tree, getattr(generator.proposer, "options", None)
     return {
         "num_questions": len(questions),
         "max_new_tokens": max_new_tokens,
@@ -284,9 +272,10 @@ def _setting(target, generator, questions, max_new_tokens, temperature, prompt_l
         "prompt_lookup_tokens": prompt_lookup_tokens,
         "baselines": baselines,
         "seed": seed,
-        "tree_size": tree.size,
+        "tree_size": eagle.total_tokens if eagle else tree.size,
         "tree_depth": tree.depth,
-        "tree_paths": [list(p) for p in tree.paths],
+        "tree_paths": None if eagle and eagle.top_k > 1 else [list(p) for p in tree.paths],
+        "eagle": dataclasses.asdict(eagle) if eagle else None,
         "device": str(target.device),
         "dtype": str(target.dtype).replace("torch.", ""),
         "torch_threads": torch.get_num_threads(),

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import torch
 
-from specdec.eval.benchmark import TREE_KINDS, build_tree, evaluate, load_questions, prompt_ids
+from specdec.eval.benchmark import TREE_KINDS, evaluate, load_questions, prompt_ids
 from specdec.runtime.autotune import tune_tree
+from specdec.runtime.generator import choose_layout
 from specdec.runtime.options import UsageError, parse_options, target_source
 from specdec.eval.report import flat_summary, format_table, plot, write_json
 from specdec.models.base import load_draft, read_draft_config
@@ -31,6 +32,8 @@ OPTIONS = {
     "target": (str, None),
     "tree": (str, "default"),
     "tree_size": (int, None),
+    "depth": (int, 5),
+    "tree_top_k": (int, 4),
     "prompt_lookup_tokens": (int, 10),
     "baselines": (bool, True),
     "seed": (int, 0),
@@ -62,7 +65,7 @@ def run(options: dict) -> int:
     target = load_target(source)
     questions = load_questions(options["bench"], options["max_questions"])
     # Step 2: the benchmark itself.
-    tree, tree_speeds = _pick_tree(options, target, draft, questions)
+    (tree, eagle), tree_speeds = _pick_tree(options, target, draft, questions)
     result = evaluate(
         target.model,
         target.tokenizer,
@@ -71,11 +74,12 @@ def run(options: dict) -> int:
         max_new_tokens=options["max_new_tokens"],
         temperature=options["temperature"],
         tree=tree,
+        eagle=eagle,
         prompt_lookup_tokens=options["prompt_lookup_tokens"],
         baselines=options["baselines"],
         seed=options["seed"],
     )
-    result["setting"].update(draft=str(draft_dir), bench=str(options["bench"]), target=source, tree_kind=options["tree"], tree_paths=[list(p) for p in tree.paths])
+    result["setting"].update(draft=str(draft_dir), bench=str(options["bench"]), target=source, tree_kind=options["tree"])
     if tree_speeds:
         result["setting"]["tree_tokens_per_s_by_size"] = tree_speeds
     # Step 3: reports (always written, lossless failure or not).
@@ -90,13 +94,14 @@ def run(options: dict) -> int:
 
 
 def _pick_tree(options: dict, target, draft, questions: list[dict]):
-    """The tree to evaluate; `tuned` measures tokens/s per tree size on the first two questions."""
+    """The layout to evaluate, (tree, EAGLE options); `tuned` measures tokens/s per candidate on the first two questions."""
     if options["tree"] != "tuned":
-        return build_tree(draft, options["tree"], options["tree_size"]), None
+        return choose_layout(draft, options["tree"], options["tree_size"], options["depth"], options["tree_top_k"]), None
     calibration = [prompt_ids(target.tokenizer, q) for q in questions[:2]]
-    tree, speeds = tune_tree(target.model, draft, calibration)
-    print("tree size -> tokens/s: " + ", ".join(f"{size}: {speed:.1f}" for size, speed in speeds.items()) + f" (picked {tree.size})")
-    return tree, speeds
+    layout, speeds = tune_tree(target.model, draft, calibration, depth=options["depth"], top_k=options["tree_top_k"])
+    best = max(speeds, key=speeds.get)
+    print("tree -> tokens/s: " + ", ".join(f"{label}: {speed:.1f}" for label, speed in speeds.items()) + f" (picked {best})")
+    return layout, speeds
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,34 +11,45 @@ import statistics
 
 import torch
 
-from specdec.models.medusa import MedusaHeads
-from specdec.runtime.generator import SpeculativeGenerator, default_tree
+from specdec.models.base import DraftModel
+from specdec.runtime.generator import EagleOptions, SpeculativeGenerator, default_tree
 from specdec.runtime.tree import DraftTree
 
 CANDIDATE_SIZES = (1, 2, 4, 8, 16, 32)
+EAGLE_TREE_SIZES = (4, 8, 16, 32)
+"""Node counts tried for EAGLE-2's dynamic tree (besides chains of 1..depth tokens)."""
 
 
 def tune_tree(
     target,
-    draft: MedusaHeads,
+    draft: DraftModel,
     prompts: list[torch.Tensor],
     sizes: tuple[int, ...] = CANDIDATE_SIZES,
     max_new_tokens: int = 48,
-) -> tuple[DraftTree, dict[int, float]]:
-    """Return the fastest tree and {size: median tokens/s over the prompts}."""
+    depth: int = 5,
+    top_k: int = 4,
+) -> tuple[tuple[DraftTree | None, EagleOptions | None], dict]:
+    """Return the fastest layout (tree, EAGLE options) and {candidate: median tokens/s over the prompts}.
+
+    Medusa / Chimera: the best tree of each of `sizes` nodes. EAGLE: chains of 1..`depth` tokens
+    and dynamic trees of EAGLE_TREE_SIZES nodes (`depth` deep, `top_k` wide)."""
     if not prompts:
         raise ValueError("tune_tree needs at least one calibration prompt")
-    speeds: dict[int, float] = {}
-    trees: dict[int, DraftTree] = {}
-    for size in sizes:
-        # Step 1: the best tree of this size by measured head accuracies (a chain when there are none).
-        tree = default_tree(draft, size)
-        if tree in trees.values():  # a chain stops growing at the number of heads
-            continue
-        generator = SpeculativeGenerator.from_draft(target, draft, tree)
-        # Step 2: warm up once, then time each calibration prompt.
+    # Step 1: the candidates.
+    if draft.draft_type in ("eagle1", "eagle3"):
+        candidates = {f"chain-{d}": (None, EagleOptions(depth=d)) for d in range(1, depth + 1)}
+        candidates |= {f"tree-{n}": (None, EagleOptions(depth=depth, top_k=top_k, total_tokens=n)) for n in EAGLE_TREE_SIZES}
+    else:
+        candidates = {}
+        for size in sizes:
+            tree = default_tree(draft, size)
+            if all(tree != t for t, _ in candidates.values()):  # a chain stops growing at the number of heads
+                candidates[size] = (tree, None)
+    # Step 2: warm up each once, then time each calibration prompt.
+    speeds = {}
+    for label, (tree, eagle) in candidates.items():
+        generator = SpeculativeGenerator.from_draft(target, draft, tree, eagle=eagle)
         generator.generate(prompts[0], 4)
-        speeds[size] = statistics.median(generator.generate(p, max_new_tokens).tokens_per_s for p in prompts)
-        trees[size] = tree
+        speeds[label] = statistics.median(generator.generate(p, max_new_tokens).tokens_per_s for p in prompts)
     best = max(speeds, key=speeds.get)
-    return trees[best], speeds
+    return candidates[best], speeds

@@ -11,8 +11,7 @@ import torch
 from specdec.models.base import load_draft, read_draft_config
 from specdec.models.target import load_target
 from specdec.runtime.options import UsageError, parse_options, target_source
-from specdec.runtime.generator import DEFAULT_TREE_SIZE, SpeculativeGenerator, default_tree
-from specdec.runtime.tree import DraftTree
+from specdec.runtime.generator import SpeculativeGenerator, choose_layout
 from specdec.runtime.verify import SamplingConfig
 
 OPTIONS = {
@@ -24,8 +23,10 @@ OPTIONS = {
     "top_p": (float, 1.0),
     "top_k": (int, 0),
     "typical": (bool, False),
-    "tree_size": (int, DEFAULT_TREE_SIZE),
+    "tree_size": (int, None),
     "chain": (bool, False),
+    "depth": (int, 5),
+    "tree_top_k": (int, 4),
     "stop": (str, None),
     "seed": (int, 0),
     "threads": (int, None),
@@ -61,8 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         raise SystemExit(f"specdec-generate: {exc}") from None
     target = load_target(source)
-    tree = DraftTree.chain(draft.config.num_heads) if options["chain"] else default_tree(draft, options["tree_size"])
-    generator = SpeculativeGenerator.from_draft(target.model, draft, tree, tokenizer=target.tokenizer)
+    tree, eagle = choose_layout(draft, "chain" if options["chain"] else "default", options["tree_size"], options["depth"], options["tree_top_k"])
+    generator = SpeculativeGenerator.from_draft(target.model, draft, tree, tokenizer=target.tokenizer, eagle=eagle)
     # Step 2: stream the answer as tokens are committed.
     ids = target.tokenizer.apply_chat_template([{"role": "user", "content": options["prompt"]}], add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
     printer = _StreamPrinter(target.tokenizer)
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         "tokens_per_s": round(result.tokens_per_s, 2),
         "stop_reason": result.stop_reason,
         "verification": sampling.mode + ("" if sampling.lossless else " (lossy)"),
-        "tree_nodes": tree.size,
+        "tree_nodes": tree.size if tree else eagle.total_tokens or eagle.depth,
     }
     print("\n" + json.dumps(stats), file=sys.stderr)
     return 0

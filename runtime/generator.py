@@ -21,7 +21,7 @@ from specdec.models.base import DraftModel, final_hidden_states, lm_head_weight,
 from specdec.models.chimera import ChimeraDrafter
 from specdec.models.medusa import MedusaHeads
 from specdec.runtime.kv import commit_path
-from specdec.runtime.proposers import ChimeraProposer, Committed, EagleProposer, MedusaProposer
+from specdec.runtime.proposers import ChimeraProposer, Committed, EagleOptions, EagleProposer, MedusaProposer
 from specdec.runtime.tree import DraftTree
 from specdec.runtime.verify import SamplingConfig, accept, select_token
 
@@ -86,8 +86,7 @@ class SpeculativeGenerator:
         elif isinstance(draft, ChimeraDrafter):
             proposer = ChimeraProposer(draft, target.get_input_embeddings().weight, weight, tree or default_tree(draft))
         elif draft.draft_type in ("eagle1", "eagle3"):
-            eagle = eagle or EagleOptions()
-            proposer = EagleProposer(draft, target.get_input_embeddings().weight, weight, eagle.depth, eagle.top_k, eagle.total_tokens)
+            proposer = EagleProposer(draft, target.get_input_embeddings().weight, weight, eagle or EagleOptions())
         else:
             raise ValueError(f"no proposer for draft type {draft.draft_type!r}")
         return cls(target, proposer, tokenizer=tokenizer)
@@ -179,18 +178,6 @@ def plain_generate(
     return result
 
 
-@dataclass
-class EagleOptions:
-    """How an EAGLE drafter proposes."""
-
-    depth: int = 5
-    """Draft tokens per path (chain length, or tree depth)."""
-    top_k: int = 1
-    """1: a chain; more: EAGLE-2's dynamic tree, expanding the top_k best nodes into top_k children per depth."""
-    total_tokens: int = 0
-    """Nodes verified per step in tree mode (0: every drafted node, at most 60)."""
-
-
 def _prefill(target, weight, input_ids, sampling, generator):
     """Run the prompt into a fresh cache; return (cache, last hidden state, the target's next token)."""
     cache = DynamicCache(config=target.config)
@@ -198,7 +185,28 @@ def _prefill(target, weight, input_ids, sampling, generator):
     return cache, hidden, select_token(hidden @ weight.T, sampling, generator)
 
 
-def default_tree(draft: MedusaHeads, size: int = DEFAULT_TREE_SIZE) -> DraftTree:
+def choose_layout(draft: DraftModel, kind: str = "default", size: int | None = None, depth: int = 5, top_k: int = 4) -> tuple[DraftTree | None, EagleOptions | None]:
+    """What to verify per step, as (static tree for Medusa / Chimera, options for EAGLE).
+
+    `kind` chain: top-1 tokens only (`size` positions: all heads, or `depth` for EAGLE).
+    `kind` default: Medusa / Chimera verify the `size`-node tree best under the draft's measured
+    accuracies; EAGLE grows EAGLE-2's dynamic tree of `size` nodes, `depth` deep, expanding
+    `top_k` nodes by `top_k` children per depth."""
+    if kind not in ("default", "chain"):
+        raise ValueError(f"unknown tree {kind!r}: choose default or chain (or tuned, which measures)")
+    if draft.draft_type in ("eagle1", "eagle3"):
+        if kind == "chain":
+            return None, EagleOptions(depth=size or depth)
+        return None, EagleOptions(depth=depth, top_k=top_k, total_tokens=size or DEFAULT_TREE_SIZE)
+    if kind == "chain":
+        length = size or draft.config.num_heads
+        if length > draft.config.num_heads:
+            raise ValueError(f"tree=chain tree_size={length} is deeper than the draft's {draft.config.num_heads} heads")
+        return DraftTree.chain(length), None
+    return default_tree(draft, size or DEFAULT_TREE_SIZE), None
+
+
+def default_tree(draft: MedusaHeads | ChimeraDrafter, size: int = DEFAULT_TREE_SIZE) -> DraftTree:
     """The `size`-node tree with the largest expected acceptance under the draft's measured
     per-rank head accuracies (config `head_rank_accuracy`); without them, a chain."""
     accuracy = draft.config.head_rank_accuracy

@@ -107,21 +107,37 @@ class DraftState:
         return model(embeds[None], hidden[None], positions, mask, self.cache)[0]
 
 
+@dataclass
+class EagleOptions:
+    """How an EAGLE drafter proposes."""
+
+    depth: int = 5
+    """Draft tokens per path (chain length, or tree depth)."""
+    top_k: int = 1
+    """1: a chain; more: EAGLE-2's dynamic tree, expanding the top_k best nodes into top_k children per depth."""
+    total_tokens: int = 0
+    """Nodes verified per step in tree mode (0: every drafted node, at most 60)."""
+
+    def __post_init__(self):
+        if self.depth < 1 or self.top_k < 1 or self.total_tokens < 0:
+            raise ValueError(f"EAGLE drafting needs depth >= 1, top_k >= 1 and total_tokens >= 0 (got {self.depth}, {self.top_k}, {self.total_tokens})")
+        if self.total_tokens == 0:
+            self.total_tokens = self.depth if self.top_k == 1 else min(self.top_k + (self.depth - 1) * self.top_k**2, 60)
+
+
 class EagleProposer:
     """EAGLE-1 / EAGLE-3 drafting with the drafter's own KV cache kept across steps.
 
     `top_k=1` drafts a chain of `depth` tokens. `top_k>1` grows EAGLE-2's dynamic tree: at each
     depth the `top_k` best nodes by cumulative log-probability are expanded into their `top_k`
-    best children, and the `total_tokens` best nodes overall are verified.
+    best children, and the `total_tokens` best nodes overall are verified (reranked by
+    cumulative log-probability; `tree` is then only the nominal depth-`depth` chain).
     """
 
-    def __init__(self, draft, embed_weight: torch.Tensor, lm_head_weight: torch.Tensor, depth: int = 5, top_k: int = 1, total_tokens: int = 0):
-        if depth < 1 or top_k < 1:
-            raise ValueError(f"depth ({depth}) and top_k ({top_k}) must be at least 1")
-        self.draft, self.embed_weight, self.lm_head_weight = draft, embed_weight, lm_head_weight
-        self.depth, self.top_k = depth, top_k
-        self.total_tokens = total_tokens or (depth if top_k == 1 else min(top_k + (depth - 1) * top_k * top_k, 60))
-        self.tree = DraftTree.chain(depth)
+    def __init__(self, draft, embed_weight: torch.Tensor, lm_head_weight: torch.Tensor, options: EagleOptions):
+        self.draft, self.embed_weight, self.lm_head_weight, self.options = draft, embed_weight, lm_head_weight, options
+        self.depth, self.top_k, self.total_tokens = options.depth, options.top_k, options.total_tokens
+        self.tree = DraftTree.chain(options.depth)
         self.feature_layers = getattr(draft, "feature_layers", None)
         self.state = DraftState()
 

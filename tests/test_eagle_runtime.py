@@ -109,7 +109,7 @@ def _reference_chain(model, draft, ids, depth):
 def test_chain_with_cache_equals_recomputation_and_the_training_unroll(lively, kind):
     draft = drafts(lively)[kind]
     ids = torch.randint(3, VOCAB, (1, 12), generator=torch.Generator().manual_seed(3))
-    proposer = EagleProposer(draft, lively.get_input_embeddings().weight, lively.lm_head.weight, depth=4)
+    proposer = EagleProposer(draft, lively.get_input_embeddings().weight, lively.lm_head.weight, EagleOptions(depth=4))
     proposer.reset(ids)
     drafted = proposer.propose(_committed(lively, draft, ids)).tokens.tolist()
     # Step 1: the cached chain equals the no-cache recomputation.
@@ -132,7 +132,7 @@ def test_chain_with_cache_equals_recomputation_and_the_training_unroll(lively, k
 def test_dynamic_tree_children_are_the_drafters_top_k_along_each_path(lively):
     draft = drafts(lively)["eagle3"]
     ids = torch.randint(3, VOCAB, (1, 10), generator=torch.Generator().manual_seed(4))
-    proposer = EagleProposer(draft, lively.get_input_embeddings().weight, lively.lm_head.weight, depth=4, top_k=3, total_tokens=20)
+    proposer = EagleProposer(draft, lively.get_input_embeddings().weight, lively.lm_head.weight, EagleOptions(depth=4, top_k=3, total_tokens=20))
     proposer.reset(ids)
     proposal = proposer.propose(_committed(lively, draft, ids))
     tree, tokens = proposal.tree, [None] + proposal.tokens.tolist()

@@ -175,3 +175,24 @@ def test_eval_help_lists_every_option(capsys):
     assert eval_main(["--help"]) == 0
     usage = capsys.readouterr().out
     assert all(f"{key}=" in usage for key in OPTIONS)
+
+
+@pytest.mark.parametrize("tree", ["chain", "default", "tuned"])
+def test_cli_evaluates_an_eagle3_draft_losslessly(tmp_path, tiny_target_dir, tiny_llama, bench_file, capsys, tree):
+    from specdec.models.decoder import LayerShape
+    from specdec.models.eagle3 import Eagle3Config, Eagle3Drafter
+
+    draft = Eagle3Drafter(Eagle3Config(32, 320, 64, [0, 1, 2], layer=LayerShape.from_target_config(tiny_llama.config)))
+    draft.set_vocab(torch.arange(64) * 5, tiny_llama.lm_head.weight)
+    folder = draft.save_pretrained(tmp_path / "eagle3", extra={"method": "eagle3", "target": {"name_or_path": str(tiny_target_dir)}})
+    out = tmp_path / "eagle.json"
+    argv = [f"draft={folder}", f"bench={bench_file}", f"max_new_tokens={MAX_NEW}", f"out={out}", f"tree={tree}", "depth=3", "tree_top_k=2", "baselines=false"]
+    assert cli.main(argv) == 0
+    result = json.loads(out.read_text())
+    assert result["overall"]["lossless_match"] == 1.0
+    eagle = result["setting"]["eagle"]
+    assert eagle["depth"] <= 3 and (tree != "chain" or eagle["top_k"] == 1)
+    if tree == "tuned":
+        assert set(result["setting"]["tree_tokens_per_s_by_size"]) == {"chain-1", "chain-2", "chain-3", "tree-4", "tree-8", "tree-16", "tree-32"}
+    else:
+        assert result["setting"]["tree_size"] == (3 if tree == "chain" else 8)

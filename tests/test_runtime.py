@@ -281,8 +281,8 @@ def test_tune_tree_measures_each_size_and_returns_the_fastest(lively):
     from specdec.runtime.autotune import tune_tree
 
     draft = _accurate_heads()
-    tree, speeds = tune_tree(lively, draft, [torch.tensor([[5, 6, 7]])], sizes=(1, 3, 6), max_new_tokens=6)
-    assert set(speeds) == {1, 3, 6} and all(s > 0 for s in speeds.values())
+    (tree, eagle), speeds = tune_tree(lively, draft, [torch.tensor([[5, 6, 7]])], sizes=(1, 3, 6), max_new_tokens=6)
+    assert set(speeds) == {1, 3, 6} and all(s > 0 for s in speeds.values()) and eagle is None
     assert tree.size == max(speeds, key=speeds.get)
     assert tree == DraftTree.from_accuracies(draft.config.head_rank_accuracy, tree.size)
 
