@@ -210,7 +210,7 @@ class HubConfig:
     private: bool = False
     """Create the Hub repo as private (an existing repo keeps its visibility)."""
     format: str = "specdec"
-    """Layout uploaded: specdec (the draft folder), medusa, vllm or tensorrt_llm (written to <output_dir>/export_<format> first)."""
+    """Layout uploaded: specdec (the draft folder); Medusa drafts: medusa, vllm or tensorrt_llm; EAGLE-3: sglang or speculators; EAGLE-1: eagle (written to <output_dir>/export_<format> first)."""
 
 
 @dataclass
@@ -354,7 +354,7 @@ def _short_omegaconf_error(exc: OmegaConfBaseException) -> str:
 
 
 def _check_values(config: DictConfig) -> None:
-    from specdec.models.medusa_formats import FORMATS
+    from specdec.train.export import ALL_FORMATS
 
     choices = {
         "method": METHODS,
@@ -363,7 +363,7 @@ def _check_values(config: DictConfig) -> None:
         "trainer.logger": ("csv", "wandb", "none"),
         "medusa2.ramp": ("sine", "linear", "none"),
         "target.dtype": ("float32", "bfloat16", "float16"),
-        "hub.format": FORMATS,
+        "hub.format": ALL_FORMATS,
         "trainer.fsdp_sharding": ("FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "NO_SHARD"),
         "data.features": ("online", "offline"),
         "data.features_dtype": ("bfloat16", "float16", "float32"),

@@ -1,8 +1,8 @@
 """Write the trained draft to `<output_dir>/draft/`: config.json, model.safetensors, the resolved
 recipe, a model card, and for Medusa-2 the fine-tuned target (LoRA merged) and/or the adapter.
 
-Also: `specdec-export` (the draft in a serving engine's layout, see specdec.models.medusa_formats)
-and `push_to_hub` (upload a folder with a refreshed model card).
+Also: `specdec-export` (the draft in a serving engine's layout, see specdec.models.medusa_formats
+and specdec.models.eagle_formats) and `push_to_hub` (upload a folder with a refreshed model card).
 """
 
 from __future__ import annotations
@@ -21,13 +21,24 @@ from omegaconf import DictConfig, OmegaConf
 
 from specdec.models.base import CONFIG_NAME, DraftMismatchError, DraftModel, atomic_write, lm_head_weight, load_draft, read_draft_config
 from specdec.models.decoder import LayerShape
-from specdec.models.medusa import MedusaConfig, MedusaHeads
+from specdec.models.medusa import MedusaHeads
+from specdec.models.eagle_formats import EAGLE_FORMATS, EagleFormatError, detect_eagle_format, export_eagle
+from specdec.models.eagle_formats import formats_for as eagle_formats_for
 from specdec.models.medusa_formats import FORMATS, LAYOUTS, MedusaFormatError, detect_format, export_medusa
 from specdec.train.config import RecipeError, parse_overrides
 from specdec.models.target import Target, TargetLoadError, load_target
 
 FINETUNED_TARGET_DIR = "target"
 ADAPTER_DIR = "adapter"
+ALL_FORMATS = FORMATS + EAGLE_FORMATS
+"""Every layout specdec-export writes (hub.format choices): Medusa's (incl. specdec) then EAGLE's."""
+
+
+def draft_formats(draft_type: str) -> tuple[str, ...]:
+    """The layouts that hold a `draft_type` draft: Medusa's for Medusa heads, the EAGLE ones that fit, and specdec for every draft."""
+    if draft_type == MedusaHeads.draft_type:
+        return FORMATS
+    return (*eagle_formats_for(draft_type), "specdec")
 
 
 def export_draft(draft: DraftModel, cfg: DictConfig, target_info: dict, metrics: dict[str, float], train_info: dict, out: Path | None = None, target: Target | None = None) -> Path:
@@ -40,7 +51,7 @@ def export_draft(draft: DraftModel, cfg: DictConfig, target_info: dict, metrics:
     extra = {
         "method": cfg.method,
         "target": {
-            **{k: target_info[k] for k in ("name_or_path", "revision", "target_id", "hidden_size", "vocab_size")},
+            **{k: target_info.get(k) for k in ("name_or_path", "revision", "target_id", "hidden_size", "vocab_size", "max_position_embeddings", "architectures")},
             "finetuned_weights": FINETUNED_TARGET_DIR if finetuned else None,
         },
         "training": train_info,
@@ -65,6 +76,8 @@ def target_record(target: Target) -> dict:
         "num_layers": target.model.config.num_hidden_layers,
         "layer_shape": dataclasses.asdict(LayerShape.from_target_config(target.model.config)),
         "pad_token_id": target.tokenizer.pad_token_id,
+        "max_position_embeddings": getattr(target.model.config, "max_position_embeddings", None),
+        "architectures": getattr(target.model.config, "architectures", None),
     }
 
 
@@ -87,8 +100,15 @@ LAYOUT_USE = {
     "medusa": "A FasterDecoding/Medusa heads folder (`config.json` + `medusa_lm_head.safetensors`); TensorRT-LLM reads it with `examples/medusa/convert_checkpoint.py --medusa_model_dir PATH`.",
     "vllm": 'vLLM: `LLM(model=BASE_MODEL, speculative_config={{"model": "PATH", "num_speculative_tokens": {heads}}})`.',
     "tensorrt_llm": "The Medusa part of a TensorRT-LLM checkpoint (`rank0.safetensors`, tp=1): add the base model's converted weights, then `trtllm-build`.",
+    "sglang": "SGLang: `python -m sglang.launch_server --model-path BASE_MODEL --speculative-algorithm EAGLE3 --speculative-draft-model-path PATH` "
+    "(tune with --speculative-num-steps, --speculative-eagle-topk, --speculative-num-draft-tokens). SafeAILab/EAGLE loads it too: "
+    '`EaModel.from_pretrained(base_model_path=BASE_MODEL, ea_model_path="PATH", use_eagle3=True)` (it always fuses the inputs of layers 2, L//2, L-3).',
+    "speculators": 'vLLM: `LLM(model=BASE_MODEL, speculative_config={{"method": "eagle3", "model": "PATH", "num_speculative_tokens": {tokens}}})`, '
+    "or `vllm serve PATH`, which serves the verifier named in config.json with this drafter.",
+    "eagle": 'SafeAILab/EAGLE: `EaModel.from_pretrained(base_model_path=BASE_MODEL, ea_model_path="PATH", use_eagle3=False)` '
+    "(EAGLE-1 weights; EAGLE-2's dynamic tree comes from its total_token / depth / top_k arguments).",
 }
-"""How each layout is loaded, for the model card (str.format with `heads`)."""
+"""How each layout is loaded, for the model card (str.format with `heads` and `tokens`)."""
 
 
 class HubUploadError(RuntimeError):
@@ -98,13 +118,12 @@ class HubUploadError(RuntimeError):
 def model_card(config: dict, eval_results: dict | None = None) -> str:
     """The README of a draft or export folder (also the Hub model card), from its parsed config.json."""
     # Step 1: what the folder holds and what it was trained for.
-    layout = detect_format(config)
-    fields = LAYOUTS[layout]
+    layout = detect_eagle_format(config) or detect_format(config)
     target = config.get("target") or {}
-    base = target.get("name_or_path") or config.get("base_model_name_or_path") or "unknown"
-    method = config.get("method", "medusa")
+    base = target.get("name_or_path") or config.get("base_model_name_or_path") or ((config.get("speculators_config") or {}).get("verifier") or {}).get("name_or_path") or "unknown"
+    kind, summary, heads, tokens = _draft_summary(config, layout)
+    method = config.get("method", "medusa" if kind == "Medusa" else config.get("draft_type", layout))
     hub_base = f"base_model: {base}\n" if _is_hub_id(base) else ""
-    heads, layers = config.get(fields["num_heads"]), config.get(fields["num_layers"])
     train = config.get("training") or {}
     # Step 2: metric tables (training-time validation, then the evaluator's numbers).
     sections = [_metrics_table("Held-out metrics (self-distilled validation split)", config.get("metrics") or {})]
@@ -113,21 +132,39 @@ def model_card(config: dict, eval_results: dict | None = None) -> str:
     finetuned = f"\nThe heads were trained with a LoRA-fine-tuned target (`{target['finetuned_weights']}/` of the specdec draft folder): serve them with it.\n" if target.get("finetuned_weights") else ""
     return f"""---
 library_name: specdec
-tags: [speculative-decoding, medusa, {method}]
+tags: [speculative-decoding, {kind.split('-')[0].lower()}, {method}]
 {hub_base}---
-# {method} Medusa draft for `{base}` ({layout} layout)
+# {method} {kind} draft for `{base}` ({layout} layout)
 
 Trained with specdec `{method}` against the frozen target
-`{base}` (hidden size {target.get('hidden_size', config.get('hidden_size'))}, vocabulary {target.get('vocab_size', config.get('vocab_size'))}): {heads} heads of {layers} ResBlock(s).
+`{base}` (hidden size {target.get('hidden_size', config.get('hidden_size'))}, vocabulary {target.get('vocab_size', config.get('vocab_size'))}): {summary}.
 {finetuned}
 Training: {train.get('steps')} optimizer steps on {train.get('train_examples')} self-distilled
 conversations ({train.get('train_tokens')} tokens seen), {train.get('seconds', 0):.0f} s.
 
 {chr(10).join(sections)}
 ## Use
-{LAYOUT_USE[layout].format(heads=heads)}
+{LAYOUT_USE[layout].format(heads=heads, tokens=tokens)}
 The resolved training recipe is in `recipe.yaml`.
 """
+
+
+def _draft_summary(config: dict, layout: str) -> tuple[str, str, int | None, int]:
+    """(kind, one-line description, Medusa head count, speculative tokens) of a draft or export config."""
+    draft_type = config.get("draft_type") or {"sglang": "eagle3", "speculators": "eagle3", "eagle": "eagle1"}.get(layout, "medusa")
+    proposals = (config.get("speculators_config") or {}).get("proposal_methods") or [{}]
+    tokens = proposals[0].get("speculative_tokens", 3)
+    if draft_type == "eagle3":
+        ids = config.get("layer_ids") or (config.get("specdec_layer_ids") or {}).get("hf_hidden_states")
+        summary = f"one decoder layer fusing the target hidden states {ids} (Hugging Face output_hidden_states numbering), {config.get('draft_vocab_size')}-token draft vocabulary"
+        return "EAGLE-3", summary, None, tokens
+    if draft_type == "eagle1":
+        return "EAGLE-1", "one decoder layer predicting the target's next last-layer feature, token logits through the target's lm_head", None, tokens
+    if draft_type != "medusa":
+        return draft_type, f"a {draft_type} draft", None, tokens
+    fields = LAYOUTS[layout] if layout in LAYOUTS else LAYOUTS["specdec"]
+    heads, layers = config.get(fields["num_heads"]), config.get(fields["num_layers"])
+    return "Medusa", f"{heads} heads of {layers} ResBlock(s)", heads, tokens
 
 
 def write_model_card(folder) -> Path:
@@ -192,31 +229,42 @@ def _upload_failure(folder: Path, repo_id: str, private: bool, exc: BaseExceptio
 
 
 def export_folder(draft_dir, fmt: str, out=None, target: str | None = None, lm_head: torch.Tensor | None = None) -> Path:
-    """Write the Medusa draft in `draft_dir` in layout `fmt` to `out`; returns the folder.
+    """Write the draft in `draft_dir` in layout `fmt` to `out`; returns the folder.
 
     `out` defaults to the draft itself for `specdec` and to `<draft_dir>/../export_<fmt>`
-    otherwise. The target lm_head (needed when the heads share it) is `lm_head`, else loaded from
-    `target`, else from the target recorded in the draft (its fine-tuned copy for Medusa-2).
+    otherwise. Medusa: the target lm_head (needed when the heads share it) is `lm_head`, else
+    loaded from `target`, else from the target recorded in the draft (its fine-tuned copy for
+    Medusa-2). EAGLE: `target` (a model id or folder; only its config.json is read, and checked
+    against the draft) supplies max_position_embeddings and architectures for the config.
     """
-    # Step 1: the draft, and the provenance its config.json carries.
+    # Step 1: the draft, the layouts that hold it, and the provenance its config.json carries.
     draft_dir = Path(draft_dir)
-    heads = load_draft(draft_dir)
-    if not isinstance(heads, MedusaHeads):
-        raise MedusaFormatError(f"{draft_dir} holds a {heads.draft_type} draft; only Medusa heads have serving-engine layouts")
+    draft = load_draft(draft_dir)
+    fits = draft_formats(draft.draft_type)
+    error = EagleFormatError if fmt in EAGLE_FORMATS else MedusaFormatError
+    if fmt not in fits:
+        hint = " (vLLM loads EAGLE-3 drafts from the speculators layout)" if fmt == "vllm" and "speculators" in fits else ""
+        raise error(f"{draft_dir} holds a {draft.draft_type} draft, which the {fmt} layout cannot hold; formats that fit it: {', '.join(fits)}{hint}")
     config = read_draft_config(draft_dir)
-    own = {"draft_type", "specdec_version", *MedusaConfig.__dataclass_fields__}
+    own = {"draft_type", "specdec_version", *type(draft).config_class.__dataclass_fields__}
     provenance = {k: v for k, v in config.items() if k not in own}
     out = Path(out) if out else (draft_dir if fmt == "specdec" else draft_dir.parent / f"export_{fmt}")
     if out.resolve() == draft_dir.resolve():
         if fmt != "specdec":
-            raise MedusaFormatError(f"out={out} is the draft folder itself; pick another folder for the {fmt} layout")
+            raise error(f"out={out} is the draft folder itself; pick another folder for the {fmt} layout")
         return out
-    # Step 2: the target lm_head, when the layout needs it or a target is named (checked against the draft).
-    if lm_head is None and (target or (heads.config.share_lm_head and fmt != "specdec")):
-        lm_head = _target_lm_head(draft_dir, config, target, heads)
-    # Step 3: the layout, then the files that travel with it (and Medusa-2's target for specdec).
+    # Step 2: the layout (Medusa: with the target lm_head when it needs one or a target is named, checked against the draft).
     base = (config.get("target") or {}).get("name_or_path", "")
-    export_medusa(heads, out, fmt, lm_head_weight=lm_head, base_model=base, extra_config=provenance)
+    if isinstance(draft, MedusaHeads):
+        if lm_head is None and (target or (draft.config.share_lm_head and fmt != "specdec")):
+            lm_head = _target_lm_head(draft_dir, config, target, draft)
+        export_medusa(draft, out, fmt, lm_head_weight=lm_head, base_model=base, extra_config=provenance)
+    elif fmt == "specdec":
+        draft.save_pretrained(out, extra=provenance)
+    else:
+        facts = _target_facts(config, target, draft)
+        export_eagle(draft, out, fmt, base_model=target or base, extra_config=provenance, max_position_embeddings=facts["max_position_embeddings"], verifier_architectures=facts["architectures"])
+    # Step 3: the files that travel with it (and Medusa-2's target for specdec).
     for entry in draft_dir.iterdir():
         if entry.name in SIDE_FILES:
             shutil.copy2(entry, out / entry.name)
@@ -224,6 +272,24 @@ def export_folder(draft_dir, fmt: str, out=None, target: str | None = None, lm_h
             shutil.copytree(entry, out / entry.name, dirs_exist_ok=True)
     write_model_card(out)
     return out
+
+
+def _target_facts(config: dict, target: str | None, draft: DraftModel) -> dict:
+    """max_position_embeddings and architectures of the target: read from `target`'s config.json
+    when named (its sizes checked against the draft), else as the draft recorded them (if it did)."""
+    recorded = config.get("target") or {}
+    facts = {"max_position_embeddings": recorded.get("max_position_embeddings"), "architectures": recorded.get("architectures") or ["LlamaForCausalLM"]}
+    if not target:
+        return facts
+    from transformers import AutoConfig
+
+    try:
+        target_config = AutoConfig.from_pretrained(target)
+    except (OSError, ValueError) as exc:
+        raise TargetLoadError(f"cannot read the config of target {target!r} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); pass a model id or a folder with config.json") from exc
+    text = target_config.get_text_config()
+    draft.check_target(text.hidden_size, text.vocab_size)
+    return {"max_position_embeddings": getattr(text, "max_position_embeddings", None), "architectures": list(target_config.architectures or facts["architectures"])}
 
 
 def _target_lm_head(draft_dir: Path, config: dict, target: str | None, heads: MedusaHeads) -> torch.Tensor:
@@ -249,15 +315,18 @@ def publish(draft_dir, fmt: str, repo_id: str, private: bool = False, lm_head: t
 EXPORT_USAGE = f"""usage: specdec-export draft=DIR format=FORMAT [out=DIR] [target=NAME_OR_PATH] [push=true repo_id=ORG/NAME [private=true]]
        specdec-export checkpoint=PATH [out=DIR]
 
-Writes a trained Medusa draft in a serving engine's layout and optionally uploads it.
+Writes a trained draft in a serving engine's layout and optionally uploads it.
   draft     the draft folder specdec-train wrote (<output_dir>/draft)
   checkpoint  a training checkpoint (.ckpt file, or a sharded DeepSpeed / FSDP checkpoint folder):
             consolidated on this machine into a plain draft folder at `out`
             (default: <output_dir>/draft)
-  format    {', '.join(FORMATS)}
+  format    Medusa drafts: {', '.join(FORMATS)}
+            EAGLE-3 drafts: sglang (SGLang / EAGLE repo), speculators (vLLM), specdec
+            EAGLE-1 drafts: eagle (SafeAILab/EAGLE ea_model folder), specdec
   out       where to write (default: <draft>/../export_<format>; the draft itself for specdec)
-  target    target whose lm_head fills the per-head projections of shared-lm_head drafts
-            (default: the target recorded in the draft's config.json); checked against the draft
+  target    target whose lm_head fills the per-head projections of shared-lm_head Medusa drafts
+            (default: the target recorded in the draft's config.json); checked against the draft.
+            EAGLE layouts read only its config.json (max_position_embeddings, architectures)
   push      upload `out` to the Hugging Face Hub (default: true when repo_id is given)
   repo_id   Hub model repo, ORG/NAME (created if missing; token from HF_TOKEN or `hf auth login`)
   private   create the repo as private (default: false)
@@ -284,10 +353,10 @@ def parse_export_args(argv: list[str]) -> dict:
     for key in ("draft", "format"):
         if not args.get(key):
             raise RecipeError(f"missing {key}=...; see `specdec-export --help`")
-    if args["format"] not in FORMATS:
-        close = difflib.get_close_matches(args["format"], FORMATS, n=1)
+    if args["format"] not in ALL_FORMATS:
+        close = difflib.get_close_matches(args["format"], ALL_FORMATS, n=1)
         hint = f" Did you mean `{close[0]}`?" if close else ""
-        raise RecipeError(f"unknown format {args['format']!r}.{hint} Choose one of {', '.join(FORMATS)}")
+        raise RecipeError(f"unknown format {args['format']!r}.{hint} Choose one of {', '.join(ALL_FORMATS)}")
     if not (Path(args["draft"]) / CONFIG_NAME).is_file():
         raise RecipeError(f"no draft at {args['draft']}: {CONFIG_NAME} is missing. Pass the draft/ folder that specdec-train wrote (<output_dir>/draft)")
     args["push"] = _bool(args, "push", "true" if args.get("repo_id") else "false")
@@ -327,7 +396,7 @@ def export_main(argv: list[str] | None = None) -> int:
         print(f"{args['format']} layout written to {folder}")
         if args["push"]:
             print(f"uploaded: {push_to_hub(folder, args['repo_id'], private=args['private'])}")
-    except (FileNotFoundError, TargetLoadError, DraftMismatchError, MedusaFormatError, HubUploadError) as exc:
+    except (FileNotFoundError, TargetLoadError, DraftMismatchError, MedusaFormatError, EagleFormatError, HubUploadError) as exc:
         print(f"specdec-export: error: {exc}", file=sys.stderr)
         return 1
     return 0
