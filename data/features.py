@@ -164,8 +164,9 @@ class FeatureStore:
         return self.manifest["target"]
 
     def check(self, layer_ids: list[int] | None, data_settings: dict[str, Any]) -> None:
-        """Refuse features stored for other layers or other data than the recipe asks for."""
-        if self.manifest["layer_ids"] != layer_ids:
+        """Refuse features stored for other layers or other data than the recipe asks for (a drafter
+        that reads only the last hidden state can use any store: every store has it)."""
+        if layer_ids is not None and self.manifest["layer_ids"] != layer_ids:
             raise FeatureStoreError(f"{self.dir} stores target layers {self.manifest['layer_ids']} but this recipe reads {layer_ids}: rerun `specdec-prepare` with this recipe")
         differing = sorted(k for k in data_settings if self.manifest["data"].get(k) != data_settings[k])
         if differing:
@@ -213,6 +214,4 @@ def feature_collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor
     for name in ("final_hidden", "features"):
         if name in examples[0]:
             batch[name] = torch.stack([torch.nn.functional.pad(e[name], (0, 0, 0, width - e[name].shape[0])) for e in examples])
-    if "features" not in batch:
-        batch["features"] = batch["final_hidden"]
     return batch

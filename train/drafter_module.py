@@ -29,6 +29,7 @@ class DrafterModule(L.LightningModule):
         if target is None:
             self.register_buffer("embed_weight", embed_weight, persistent=False)
             self.register_buffer("lm_head_weight", lm_head_weight, persistent=False)
+        self.reads_layers = getattr(draft, "feature_layers", None) is not None
         self.strict_loading = False  # checkpoints hold trainable state only
         self._val: list[tuple] = []
         self.validated_at_step = -1
@@ -42,7 +43,8 @@ class DrafterModule(L.LightningModule):
 
     def states(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         if self.target is None:
-            return batch["features"].float(), batch["final_hidden"].float()
+            final = batch["final_hidden"].float()
+            return (batch["features"].float() if self.reads_layers else final), final
         with torch.no_grad():
             final, features = target_states(self.target, batch["input_ids"], getattr(self.draft, "feature_layers", None), attention_mask=batch["attention_mask"])
         return features, final
