@@ -26,8 +26,8 @@ LAYER_ID_CONVENTION = "hf_hidden_states"
 
 def default_layer_ids(num_layers: int) -> list[int]:
     """EAGLE's low / middle / high choice, [2, L//2, L-3], for a target with `num_layers` = L decoder
-    layers (kept within 0..L for targets shallower than 5 layers)."""
-    return [min(2, num_layers), num_layers // 2, max(num_layers - 3, 0)]
+    layers (kept within 0..L, ascending and distinct, for targets shallower than 6 layers)."""
+    return sorted({min(2, num_layers), num_layers // 2, max(num_layers - 3, 0)})
 
 
 @dataclass

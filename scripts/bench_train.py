@@ -1,7 +1,8 @@
 """Training benchmark (see ../shared/BENCHMARK.md): tokens/s, peak RSS, and the ratio of a
-training step's time to a frozen-target forward on the same batch, for Medusa-1 and Medusa-2.
+training step's time to a frozen-target forward on the same batch, for online training.
 
     python scripts/bench_train.py [--steps 12] [--out bench/train_medusa.json]
+    python scripts/bench_train.py --methods eagle1,eagle3,chimera --out bench/train_eagle.json
 
 Each method runs in its own process (so peak RSS is its own) through the real `specdec-train`
 pipeline, with a callback that times every optimizer step and then, outside the timed region,
@@ -29,6 +30,9 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "train" 
 METHODS = {
     "medusa1": {},
     "medusa2": {"medusa2.heads_only_steps": "0"},  # time the joint (LoRA + heads) step
+    "eagle1": {},
+    "eagle3": {},
+    "chimera": {},
 }
 
 
@@ -98,7 +102,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=384)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--methods", default="medusa1,medusa2", help=f"comma-separated, of {', '.join(METHODS)}")
     parser.add_argument("--out", default="bench/train_medusa.json")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one method in this process
     args = parser.parse_args()
