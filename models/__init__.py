@@ -1,5 +1,8 @@
 """Draft models: one file per draft type, the `DraftModel` contract and the registry.
 
 Nothing here knows about training loops, data or the runtime; `specdec.models` imports
-none of the other specdec packages.
+none of the other specdec packages. Importing the package registers every draft type, so
+`load_draft` reads any of them.
 """
+
+from specdec.models import chimera, eagle1, eagle3, medusa  # noqa: F401  (register the draft types)
