@@ -53,6 +53,25 @@ def test_two_process_ddp_matches_one_process_with_the_same_effective_batch(tmp_p
         torch.testing.assert_close(two[key], one[key], atol=2e-4, rtol=1e-3)
 
 
+def test_two_process_ddp_offline_eagle3_matches_one_process(tmp_path, tiny_target_dir, prompts_file):  # noqa: F811
+    """The feature drafters under DDP: offline EAGLE-3 (stored features, training-time test) on 2
+    processes ends with the weights of 1 process at the same effective batch."""
+    from specdec.train.prepare import main as prepare
+
+    common = {"trainer.accelerator": "cpu", "trainer.num_threads": 1, "trainer.logger": "none", "optim.lr": 0.003, "eagle3.draft_vocab_size": 96,
+              "data.features": "offline", "data.features_dtype": "float32", "data.features_dir": tmp_path / "features", "data.cache_dir": tmp_path / "cache"}
+    single = tiny_overrides(tmp_path / "one", tiny_target_dir, prompts_file, **common, **{"data.batch_size": 4})
+    assert prepare(["recipe=eagle3", *_cli_args(single)]) == 0
+    one = load_file(run(load_recipe("eagle3", single)).draft_dir / "model.safetensors")
+    double = tiny_overrides(tmp_path / "two", tiny_target_dir, prompts_file, **common, **{"data.batch_size": 2, "trainer.devices": 2, "trainer.strategy": "ddp"})
+    job = _launch(["-m", "specdec.train.cli", "recipe=eagle3", *_cli_args(double)], tmp_path)
+    assert job.returncode == 0, job.stderr[-3000:]
+    two = load_file(tmp_path / "two" / "run" / "draft" / "model.safetensors")
+    assert one.keys() == two.keys()
+    for key in one:
+        torch.testing.assert_close(two[key].float(), one[key].float(), atol=2e-4, rtol=1e-3)
+
+
 KILL_SCRIPT = textwrap.dedent(
     """
     import os, sys
