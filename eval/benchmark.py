@@ -63,8 +63,9 @@ def bench_path(path_or_name: str | Path) -> Path:
     return path
 
 
-def load_questions(path_or_name: str | Path, max_questions: int | None = None) -> list[dict]:
-    """Questions of an MT-Bench-shaped JSONL file (`question_id`, `category`, `turns`).
+def load_questions(path_or_name: str | Path, max_questions: int | None = None, per_category: int | None = None) -> list[dict]:
+    """Questions of an MT-Bench-shaped JSONL file (`question_id`, `category`, `turns`): the first
+    `per_category` of each category (all by default), then the first `max_questions` of those.
 
     Records without a non-empty `turns` list are skipped with one warning that counts them;
     a line that is not JSON is an error naming the line.
@@ -82,7 +83,10 @@ def load_questions(path_or_name: str | Path, max_questions: int | None = None) -
         if not isinstance(turns, list) or not turns or not isinstance(turns[0], str):
             skipped.append(number)
             continue
-        questions.append({"question_id": record.get("question_id", number), "category": record.get("category", "all"), "turns": turns})
+        category = record.get("category", "all")
+        if per_category is not None and sum(q["category"] == category for q in questions) >= per_category:
+            continue
+        questions.append({"question_id": record.get("question_id", number), "category": category, "turns": turns})
         if max_questions is not None and len(questions) >= max_questions:
             break
     if skipped:

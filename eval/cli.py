@@ -25,6 +25,7 @@ OPTIONS = {
     "draft": (str, None),
     "bench": (str, "mt-bench"),
     "max_questions": (int, None),
+    "per_category": (int, None),
     "max_new_tokens": (int, 256),
     "temperature": (float, 0.0),
     "out": (str, None),
@@ -63,7 +64,7 @@ def run(options: dict) -> int:
     draft = load_draft(draft_dir)
     source = options["target"] or target_source(draft_dir, config)
     target = load_target(source)
-    questions = load_questions(options["bench"], options["max_questions"])
+    questions = load_questions(options["bench"], options["max_questions"], options["per_category"])
     # Step 2: the benchmark itself.
     (tree, eagle), tree_speeds = _pick_tree(options, target, draft, questions)
     result = evaluate(

@@ -196,3 +196,11 @@ def test_cli_evaluates_an_eagle3_draft_losslessly(tmp_path, tiny_target_dir, tin
         assert set(result["setting"]["tree_tokens_per_s_by_size"]) == {"chain-1", "chain-2", "chain-3", "tree-4", "tree-8", "tree-16", "tree-32"}
     else:
         assert result["setting"]["tree_size"] == (3 if tree == "chain" else 8)
+
+
+def test_load_questions_per_category_takes_the_first_of_each(tmp_path):
+    path = tmp_path / "q.jsonl"
+    rows = [{"question_id": i, "category": "ab"[i % 2], "turns": [f"q{i}"]} for i in range(7)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert [q["question_id"] for q in load_questions(path, per_category=2)] == [0, 1, 2, 3]
+    assert [q["question_id"] for q in load_questions(path, max_questions=3, per_category=2)] == [0, 1, 2]
