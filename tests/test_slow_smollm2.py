@@ -97,3 +97,40 @@ def test_greedy_speculative_equals_plain_greedy_on_the_real_target(smollm2, brie
             reasons.add(spec.stop_reason)
     assert accepted > 0  # drafts were accepted, so committed tree paths were exercised
     assert reasons == {"eos", "max_new_tokens"}  # both edges were crossed
+
+
+def test_eagle3_on_the_real_target_learns_decodes_losslessly_and_exports_for_engines(tmp_path, smollm2):
+    """EAGLE-3 with the real 30-layer target: EAGLE's layers [2, 15, 27], a trained drafter that
+    beats the untrained one, lossless chain and dynamic-tree decoding, and both engine layouts
+    read back with identical logits."""
+    from specdec.models.eagle_formats import export_eagle, load_eagle_export
+    from specdec.runtime.generator import EagleOptions
+
+    common = {
+        "data.source": "smollm2-selfdistill",
+        "data.self_distill": "false",
+        "data.max_samples": "96",
+        "data.val_size": "16",
+        "data.max_length": "256",
+        "eagle3.draft_vocab_size": "4096",
+        "trainer.val_every_n_steps": "30",
+        "trainer.checkpoint_every_n_steps": "30",
+        "trainer.enable_progress_bar": "false",
+        "trainer.logger": "none",
+        "optim.warmup_steps": "4",
+    }
+    untrained = run(load_recipe("eagle3", {**common, "output_dir": str(tmp_path / "a"), "trainer.max_steps": "1", "optim.lr": "0"}))
+    trained = run(load_recipe("eagle3", {**common, "output_dir": str(tmp_path / "b"), "trainer.max_steps": "30", "optim.lr": "3e-3"}))
+    assert trained.metrics["val/head1_top1"] > untrained.metrics["val/head1_top1"] + 0.05
+    draft = load_draft(trained.draft_dir)
+    assert draft.config.layer_ids == [2, 15, 27] and draft.config.layer_id_convention == "hf_hidden_states"
+    ids = smollm2.tokenizer.apply_chat_template([{"role": "user", "content": "Write a short poem about the sea."}], add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+    reference = plain_generate(smollm2.model, ids, 48, tokenizer=smollm2.tokenizer).tokens
+    for options in (EagleOptions(depth=3), EagleOptions(depth=4, top_k=3, total_tokens=10)):
+        result = SpeculativeGenerator.from_draft(smollm2.model, draft, eagle=options, tokenizer=smollm2.tokenizer).generate(ids, 48)
+        assert result.tokens == reference
+    hidden = torch.randn(1, 5, 3 * 576)
+    for fmt in ("sglang", "speculators"):
+        back = load_eagle_export(export_eagle(draft, tmp_path / fmt, fmt, base_model="smollm2-135m", max_position_embeddings=8192), fmt)
+        assert torch.equal(back.d2t, draft.d2t)
+        torch.testing.assert_close(back.logits(back.embed_features(hidden)), draft.logits(draft.embed_features(hidden)), rtol=0, atol=0)
