@@ -42,7 +42,6 @@ class Eagle1Drafter(DraftModel):
     config_class = Eagle1Config
     feature_layers = None
     """Target states the drafter reads: None = the last hidden state (after the final norm)."""
-    uses_target_lm_head = True
 
     def __init__(self, config: Eagle1Config):
         super().__init__(config)

@@ -58,7 +58,6 @@ class Eagle3Drafter(DraftModel):
 
     draft_type = "eagle3"
     config_class = Eagle3Config
-    uses_target_lm_head = False
 
     def __init__(self, config: Eagle3Config):
         super().__init__(config)

@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 from specdec.models.base import target_states
 from specdec.train.losses import chimera_losses, check_finite, eagle_losses, head_label_counts
-from specdec.train.steps import accuracy_metrics, check_trainable_state, keep_trainable_state, optimizer_and_schedule, rank_accuracy
+from specdec.train.steps import accuracy_metrics, check_trainable_state, keep_trainable_state, log_validation, optimizer_and_schedule, rank_accuracy
 
 
 class DrafterModule(L.LightningModule):
@@ -97,8 +97,7 @@ class DrafterModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self.validated_at_step = self.global_step
-        for name, value in self.validation_metrics().items():
-            self.log(name, value, prog_bar=name.endswith("head1_top1"), sync_dist=True)
+        log_validation(self, self.validation_metrics())
 
     def rank_accuracy(self) -> torch.Tensor:
         return rank_accuracy(self._val)

@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from specdec.models.base import final_hidden_states, lm_head_weight
 from specdec.models.medusa import MedusaHeads
 from specdec.train.losses import check_finite, head_label_counts, heads_ramp, kl_to_original, medusa_head_losses
-from specdec.train.steps import accuracy_metrics, check_trainable_state, keep_trainable_state, optimizer_and_schedule, rank_accuracy
+from specdec.train.steps import accuracy_metrics, check_trainable_state, keep_trainable_state, log_validation, optimizer_and_schedule, rank_accuracy
 
 
 @contextlib.contextmanager
@@ -115,8 +115,7 @@ class MedusaModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self.validated_at_step = self.global_step
-        for name, value in self.validation_metrics().items():
-            self.log(name, value, prog_bar=name.endswith("head1_top1"), sync_dist=True)
+        log_validation(self, self.validation_metrics())
 
     def rank_accuracy(self) -> torch.Tensor:
         """[K, RANKS] share of validation labels found at each candidate rank of each head."""

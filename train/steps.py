@@ -39,6 +39,12 @@ def accuracy_metrics(records: list[tuple], top_k: int) -> dict[str, float]:
     return metrics
 
 
+def log_validation(module, metrics: dict[str, float]) -> None:
+    """Log a validation pass's metrics (averaged over ranks), head-1 top-1 on the progress bar."""
+    for name, value in metrics.items():
+        module.log(name, value, prog_bar=name.endswith("head1_top1"), sync_dist=True)
+
+
 def trainable_keys(module: torch.nn.Module) -> set[str]:
     """Trainable parameters plus the draft's own saved buffers (EAGLE-3's vocabulary maps); never the target's."""
     params = {n for n, p in module.named_parameters() if p.requires_grad}
