@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import tempfile
+import typing
 from importlib import metadata
 from pathlib import Path
 from typing import Any, ClassVar
@@ -89,10 +90,20 @@ class DraftModel(nn.Module):
     def from_pretrained(cls, directory: str | os.PathLike) -> "DraftModel":
         """Rebuild the exact module saved by `save_pretrained` (use `load_draft` for any type)."""
         config = read_draft_config(directory)
-        fields = {f.name for f in dataclasses.fields(cls.config_class)}
-        model = cls(cls.config_class(**{k: v for k, v in config.items() if k in fields}))
+        model = cls(config_from_dict(cls.config_class, config))
         model.load_state_dict(load_file(Path(directory) / WEIGHTS_NAME))
         return model
+
+
+def config_from_dict(config_class: type, values: dict[str, Any]) -> Any:
+    """A config dataclass from a config.json dict: unknown keys ignored, nested dataclass fields (a drafter's LayerShape) rebuilt."""
+    hints = typing.get_type_hints(config_class)
+    kwargs = {}
+    for f in dataclasses.fields(config_class):
+        if f.name in values:
+            value, kind = values[f.name], hints[f.name]
+            kwargs[f.name] = kind(**value) if dataclasses.is_dataclass(kind) and isinstance(value, dict) else value
+    return config_class(**kwargs)
 
 
 def read_draft_config(directory: str | os.PathLike) -> dict[str, Any]:
@@ -143,7 +154,7 @@ def final_hidden_states(target: nn.Module, input_ids: torch.Tensor, attention_ma
 
     Extra keyword arguments (position_ids, past_key_values, ...) go to the target's decoder.
     """
-    return target.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
+    return target_states(target, input_ids, attention_mask=attention_mask, **kwargs)[0]
 
 
 def target_states(target: nn.Module, input_ids: torch.Tensor, layer_ids=None, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:

@@ -37,10 +37,6 @@ class ChimeraConfig:
     head_rank_accuracy: list[list[float]] | None = None
     """Measured on held-out data: [d][r] = share of labels that were the r-th candidate of head d+1 (builds draft trees)."""
 
-    def __post_init__(self):
-        if isinstance(self.layer, dict):
-            self.layer = LayerShape(**self.layer)
-
 
 @register_draft
 class ChimeraDrafter(DraftModel):
@@ -84,15 +80,9 @@ class ChimeraDrafter(DraftModel):
         return (hidden + features) @ lm_head_weight.T
 
 
-def trigram_embeddings(embed_weight: torch.Tensor, ids: torch.Tensor, history: torch.Tensor | None = None) -> torch.Tensor:
-    """[B, T, 3H]: at each position the embeddings of the token two back, one back and itself.
-
-    `history` [B, 2] holds the two tokens before `ids` (a runtime continuing a sequence); without
-    it the sequence start is padded with zero vectors."""
+def trigram_embeddings(embed_weight: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """[B, T, 3H]: at each position the embeddings of the token two back, one back and itself
+    (zero vectors before the start of `ids`)."""
     e = F.embedding(ids, embed_weight)
-    if history is None:
-        before = torch.zeros(e.shape[0], 2, e.shape[2], dtype=e.dtype, device=e.device)
-    else:
-        before = F.embedding(history, embed_weight)
-    full = torch.cat([before, e], dim=1)
+    full = torch.cat([e.new_zeros(e.shape[0], 2, e.shape[2]), e], dim=1)
     return torch.cat([full[:, :-2], full[:, 1:-1], full[:, 2:]], dim=-1)

@@ -71,11 +71,6 @@ class KVCache:
         if self.keys is not None and length < len(self):
             self.keys, self.values = self.keys[:, :, :length], self.values[:, :, :length]
 
-    def keep(self, index: torch.Tensor) -> None:
-        """Keep only the entries at `index` (in that order)."""
-        if self.keys is not None:
-            self.keys, self.values = self.keys[:, :, index], self.values[:, :, index]
-
 
 def rope(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
     """Rotary position embedding (rotate-half layout, as Llama) of x [B, heads, T, D] at positions [B, T]."""

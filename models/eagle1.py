@@ -29,10 +29,6 @@ class Eagle1Config:
     head_rank_accuracy: list[list[float]] | None = None
     """Measured on held-out data: [d][r] = share of labels that were the r-th candidate at draft position d+1."""
 
-    def __post_init__(self):
-        if isinstance(self.layer, dict):
-            self.layer = LayerShape(**self.layer)
-
 
 @register_draft
 class Eagle1Drafter(DraftModel):
@@ -60,4 +56,9 @@ class Eagle1Drafter(DraftModel):
         return hidden @ lm_head_weight.T
 
     def to_target_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        """Draft-vocabulary indices -> target token ids (the same: EAGLE-1 drafts over the full vocabulary)."""
         return ids
+
+    def vocab_rows(self, lm_head_weight: torch.Tensor) -> torch.Tensor:
+        """The target lm_head rows of the draft vocabulary (all of them)."""
+        return lm_head_weight

@@ -47,10 +47,6 @@ class Eagle3Config:
     head_rank_accuracy: list[list[float]] | None = None
     """Measured on held-out data: [d][r] = share of labels that were the r-th candidate at draft position d+1."""
 
-    def __post_init__(self):
-        if isinstance(self.layer, dict):
-            self.layer = LayerShape(**self.layer)
-
 
 @register_draft
 class Eagle3Drafter(DraftModel):
@@ -101,6 +97,10 @@ class Eagle3Drafter(DraftModel):
     def logits(self, hidden: torch.Tensor, lm_head_weight: torch.Tensor | None = None) -> torch.Tensor:
         """Logits over the draft vocabulary [.., V_draft] (the target lm_head is not used)."""
         return self.lm_head(self.norm(hidden))
+
+    def vocab_rows(self, lm_head_weight: torch.Tensor) -> torch.Tensor:
+        """The target lm_head rows of the draft vocabulary, [V_draft, H]."""
+        return lm_head_weight[self.draft_ids()]
 
     def to_target_ids(self, ids: torch.Tensor) -> torch.Tensor:
         """Draft-vocabulary indices -> target token ids."""

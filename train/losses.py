@@ -181,8 +181,7 @@ def eagle_losses(
     """
     length = input_ids.shape[1]
     positions = torch.arange(length, device=input_ids.device)[None].expand(input_ids.shape[0], -1)
-    vocab_weight = lm_head_weight if getattr(draft, "t2d", None) is None else lm_head_weight[draft.draft_ids()]
-    mapper = None if getattr(draft, "t2d", None) is None else draft.to_target_ids
+    vocab_weight = draft.vocab_rows(lm_head_weight)
     hidden = draft.embed_features(features if noise is None else features + noise)
     cache, per_step, rank_hits, count = KVCache(), [], [], []
     for i in range(steps):
@@ -205,7 +204,7 @@ def eagle_losses(
         per_step.append(loss / divisor)
         if with_accuracy:
             with torch.no_grad():
-                rank_hits.append(_rank_hits(logits, labels, mapper))
+                rank_hits.append(_rank_hits(logits, labels, draft.to_target_ids))
         count.append(torch.tensor(labels.numel(), dtype=torch.float32))
     return _weighted(per_step, rank_hits, count, decay, with_accuracy)
 
