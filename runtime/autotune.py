@@ -13,6 +13,7 @@ import torch
 
 from specdec.models.base import DraftModel
 from specdec.runtime.generator import EagleOptions, SpeculativeGenerator, default_tree
+from specdec.runtime.proposers import EAGLE_DRAFT_TYPES
 from specdec.runtime.tree import DraftTree
 
 CANDIDATE_SIZES = (1, 2, 4, 8, 16, 32)
@@ -36,7 +37,7 @@ def tune_tree(
     if not prompts:
         raise ValueError("tune_tree needs at least one calibration prompt")
     # Step 1: the candidates.
-    if draft.draft_type in ("eagle1", "eagle3"):
+    if draft.draft_type in EAGLE_DRAFT_TYPES:
         candidates = {f"chain-{d}": (None, EagleOptions(depth=d)) for d in range(1, depth + 1)}
         candidates |= {f"tree-{n}": (None, EagleOptions(depth=depth, top_k=top_k, total_tokens=n)) for n in EAGLE_TREE_SIZES}
     else:

@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         "tokens_per_s": round(result.tokens_per_s, 2),
         "stop_reason": result.stop_reason,
         "verification": sampling.mode + ("" if sampling.lossless else " (lossy)"),
-        "tree_nodes": tree.size if tree else eagle.total_tokens or eagle.depth,
+        "tree_nodes": tree.size if tree else eagle.total_tokens,
     }
     print("\n" + json.dumps(stats), file=sys.stderr)
     return 0

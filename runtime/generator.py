@@ -21,7 +21,7 @@ from specdec.models.base import DraftModel, final_hidden_states, lm_head_weight,
 from specdec.models.chimera import ChimeraDrafter
 from specdec.models.medusa import MedusaHeads
 from specdec.runtime.kv import commit_path
-from specdec.runtime.proposers import ChimeraProposer, Committed, EagleOptions, EagleProposer, MedusaProposer
+from specdec.runtime.proposers import EAGLE_DRAFT_TYPES, ChimeraProposer, Committed, EagleOptions, EagleProposer, MedusaProposer
 from specdec.runtime.tree import DraftTree
 from specdec.runtime.verify import SamplingConfig, accept, select_token
 
@@ -85,7 +85,7 @@ class SpeculativeGenerator:
             proposer = MedusaProposer(draft, weight, tree or default_tree(draft))
         elif isinstance(draft, ChimeraDrafter):
             proposer = ChimeraProposer(draft, target.get_input_embeddings().weight, weight, tree or default_tree(draft))
-        elif draft.draft_type in ("eagle1", "eagle3"):
+        elif draft.draft_type in EAGLE_DRAFT_TYPES:
             proposer = EagleProposer(draft, target.get_input_embeddings().weight, weight, eagle or EagleOptions())
         else:
             raise ValueError(f"no proposer for draft type {draft.draft_type!r}")
@@ -108,10 +108,8 @@ class SpeculativeGenerator:
         start = _now(self.weight)
         # Step 1: prefill; the target's own next token becomes the first root.
         layers = self.proposer.feature_layers
-        cache = DynamicCache(config=self.target.config)
-        hidden, features = target_states(self.target, input_ids, layers, past_key_values=cache, use_cache=True)
-        root = select_token(hidden[0, -1] @ self.weight.T, sampling, generator)
-        committed = Committed(hidden[0], features[0], torch.cat([input_ids[0, 1:], torch.tensor([root], device=self.weight.device)]))
+        cache, hidden, features, root = _prefill(self.target, self.weight, input_ids, sampling, generator, layers)
+        committed = Committed(hidden, features, torch.cat([input_ids[0, 1:], torch.tensor([root], device=self.weight.device)]))
         self.proposer.reset(input_ids)
         result = GenerationResult([], "max_new_tokens", 1, draft_depth=self.proposer.tree.depth, prefill_s=_now(self.weight) - start)
         past_len = input_ids.shape[1]
@@ -166,7 +164,7 @@ def plain_generate(
     input_ids = _single_sequence(input_ids).to(weight.device)
     generator = _generator(seed, weight.device)
     start = _now(weight)
-    cache, hidden, token = _prefill(target, weight, input_ids, sampling, generator)
+    cache, _, _, token = _prefill(target, weight, input_ids, sampling, generator)
     result = GenerationResult([], "max_new_tokens", 1, prefill_s=_now(weight) - start)
     while not _append_and_check(result, [token], max_new_tokens, eos, stop_strings, tokenizer, on_tokens):
         t0 = _now(weight)
@@ -178,11 +176,12 @@ def plain_generate(
     return result
 
 
-def _prefill(target, weight, input_ids, sampling, generator):
-    """Run the prompt into a fresh cache; return (cache, last hidden state, the target's next token)."""
+def _prefill(target, weight, input_ids, sampling, generator, layer_ids=None):
+    """Run the prompt into a fresh cache; return (cache, last hidden states [T, H], drafter
+    features [T, F] (see `target_states`), the target's next token)."""
     cache = DynamicCache(config=target.config)
-    hidden = final_hidden_states(target, input_ids, past_key_values=cache, use_cache=True)[0, -1]
-    return cache, hidden, select_token(hidden @ weight.T, sampling, generator)
+    hidden, features = target_states(target, input_ids, layer_ids, past_key_values=cache, use_cache=True)
+    return cache, hidden[0], features[0], select_token(hidden[0, -1] @ weight.T, sampling, generator)
 
 
 def choose_layout(draft: DraftModel, kind: str = "default", size: int | None = None, depth: int = 5, top_k: int = 4) -> tuple[DraftTree | None, EagleOptions | None]:
@@ -194,7 +193,7 @@ def choose_layout(draft: DraftModel, kind: str = "default", size: int | None = N
     `top_k` nodes by `top_k` children per depth."""
     if kind not in ("default", "chain"):
         raise ValueError(f"unknown tree {kind!r}: choose default or chain (or tuned, which measures)")
-    if draft.draft_type in ("eagle1", "eagle3"):
+    if draft.draft_type in EAGLE_DRAFT_TYPES:
         if kind == "chain":
             return None, EagleOptions(depth=size or depth)
         return None, EagleOptions(depth=depth, top_k=top_k, total_tokens=size or DEFAULT_TREE_SIZE)

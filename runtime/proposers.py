@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from specdec.models.chimera import ChimeraDrafter
-from specdec.models.decoder import KVCache, causal_mask
+from specdec.models.chimera import ChimeraDrafter, trigram_embeddings
+from specdec.models.decoder import KVCache, additive, causal_mask
 from specdec.models.medusa import MedusaHeads
 from specdec.runtime.tree import DraftTree
 
@@ -54,8 +54,6 @@ class MedusaProposer:
             )
         self.heads, self.lm_head_weight, self.tree = heads, lm_head_weight, tree
         self._needed = tree.ranks_needed()
-        # Node i's token sits at this index of the concatenated per-depth top-k lists.
-        offsets = [sum(self._needed[:d]) for d in range(len(self._needed))]
         self._gather = tree_gather(tree, lm_head_weight.device)
 
     feature_layers = None
@@ -102,7 +100,7 @@ class DraftState:
         if ancestors is not None:
             visible[:, self.length : len(self.cache)] = ancestors
         visible[:, len(self.cache) :] = torch.eye(k, dtype=torch.bool, device=embeds.device)
-        mask = torch.zeros(visible.shape, dtype=hidden.dtype, device=hidden.device).masked_fill(~visible, torch.finfo(hidden.dtype).min)
+        mask = additive(visible, hidden.dtype)
         positions = torch.full((1, k), position, device=embeds.device)
         return model(embeds[None], hidden[None], positions, mask, self.cache)[0]
 
@@ -125,6 +123,10 @@ class EagleOptions:
             self.total_tokens = self.depth if self.top_k == 1 else min(self.top_k + (self.depth - 1) * self.top_k**2, 60)
 
 
+EAGLE_DRAFT_TYPES = ("eagle1", "eagle3")
+"""Draft types drafted autoregressively by `EagleProposer` (laid out by `EagleOptions`)."""
+
+
 class EagleProposer:
     """EAGLE-1 / EAGLE-3 drafting with the drafter's own KV cache kept across steps.
 
@@ -136,9 +138,8 @@ class EagleProposer:
 
     def __init__(self, draft, embed_weight: torch.Tensor, lm_head_weight: torch.Tensor, options: EagleOptions):
         self.draft, self.embed_weight, self.lm_head_weight, self.options = draft, embed_weight, lm_head_weight, options
-        self.depth, self.top_k, self.total_tokens = options.depth, options.top_k, options.total_tokens
         self.tree = DraftTree.chain(options.depth)
-        self.feature_layers = getattr(draft, "feature_layers", None)
+        self.feature_layers = draft.feature_layers
         self.state = DraftState()
 
     def reset(self, prompt_ids: torch.Tensor) -> None:
@@ -147,86 +148,86 @@ class EagleProposer:
     def _embed(self, ids: torch.Tensor) -> torch.Tensor:
         return F.embedding(ids, self.embed_weight)
 
-    def _log_probs(self, hidden: torch.Tensor) -> torch.Tensor:
-        return torch.log_softmax(self.draft.logits(hidden, self.lm_head_weight).float(), dim=-1)
-
     @torch.no_grad()
     def propose(self, committed: Committed) -> Proposal:
         # Step 1: extend the drafter's cache with the committed (feature, next token) pairs.
         hidden = self.state.extend(self.draft, self._embed(committed.tokens), self.draft.embed_features(committed.features))[-1:]
         anchor = self.state.length - 1
-        if self.top_k == 1:
+        if self.options.top_k == 1:
             return self._chain(hidden, anchor)
         return self._tree(hidden, anchor)
 
     def _chain(self, hidden: torch.Tensor, anchor: int) -> Proposal:
         tokens = []
-        for d in range(self.depth):
+        for d in range(self.options.depth):
             # Step 2: the drafter's top token, fed back with its own output state.
             token = self.draft.to_target_ids(self.draft.logits(hidden, self.lm_head_weight).argmax(-1))
             tokens.append(token)
-            if d + 1 < self.depth:
+            if d + 1 < self.options.depth:
                 hidden = self.state.step(self.draft, self._embed(token), hidden, anchor + d + 1)
         return Proposal(self.tree, torch.cat(tokens))
 
     def _tree(self, hidden: torch.Tensor, anchor: int) -> Proposal:
         # Step 2: depth 1: the top_k children of the root.
-        nodes: list[tuple[float, int, int]] = []  # (cumulative log-prob, parent node or -1, target token id)
-        self._parent_hidden: dict[int, torch.Tensor] = {}  # node -> the drafter state it was predicted from
-        frontier = self._children(hidden, torch.zeros(1), [-1], nodes)
+        nodes: list[_Node] = []
+        frontier = self._children(hidden, [None], nodes)
         expanded: list[int] = []  # node of each speculative cache entry, in cache order
-        for d in range(1, self.depth):
-            # Step 3: expand the best top_k nodes of the last depth: one drafter step for all of them.
-            best = heapq.nlargest(self.top_k, frontier, key=lambda n: nodes[n][0])
-            ancestors = torch.tensor([[self._is_ancestor(e, n, nodes) for e in expanded] for n in best], dtype=torch.bool).reshape(len(best), len(expanded))
-            inputs = torch.stack([self._parent_hidden[n] for n in best])
-            tokens = torch.tensor([nodes[n][2] for n in best], device=inputs.device)
+        for d in range(1, self.options.depth):
+            # Step 3: expand the best top_k nodes of the last depth: one drafter step for all of them,
+            # each seeing the cache entries of its own ancestors.
+            best = heapq.nlargest(self.options.top_k, frontier, key=lambda n: nodes[n].score)
+            ancestors = torch.tensor([[e in nodes[n].ancestors for e in expanded] for n in best], dtype=torch.bool).reshape(len(best), len(expanded))
+            inputs = torch.stack([nodes[n].source for n in best])
+            tokens = torch.tensor([nodes[n].token for n in best], device=inputs.device)
             out = self.state.step(self.draft, self._embed(tokens), inputs, anchor + d, ancestors.to(inputs.device))
             expanded += best
-            frontier = self._children(out, torch.tensor([nodes[n][0] for n in best]), best, nodes)
-        # Step 4: keep the best total_tokens nodes (parents rank above their children) as a tree.
-        keep = sorted(range(len(nodes)), key=lambda n: (-nodes[n][0], self._depth(n, nodes)))[: self.total_tokens]
+            frontier = self._children(out, best, nodes)
+        # Step 4: keep the best total_tokens nodes (a parent ranks above its children) as a tree.
+        keep = sorted(range(len(nodes)), key=lambda n: (-nodes[n].score, len(nodes[n].ancestors)))[: self.options.total_tokens]
         return self._as_proposal(keep, nodes)
 
-    def _children(self, hidden: torch.Tensor, scores: torch.Tensor, parents: list[int], nodes: list) -> list[int]:
-        """Append the top_k children of each row of `hidden` to `nodes`; return their indices."""
-        log_p = self._log_probs(hidden)
-        top = log_p.topk(min(self.top_k, log_p.shape[-1]), dim=-1)
-        ids = self.draft.to_target_ids(top.indices).tolist()
-        cumulative = (scores[:, None] + top.values.cpu()).tolist()
+    def _children(self, hidden: torch.Tensor, parents: list[int | None], nodes: list[_Node]) -> list[int]:
+        """Append the top_k children of each row of `hidden` (the drafter state after `parents[row]`) to `nodes`; return their indices."""
+        log_p = torch.log_softmax(self.draft.logits(hidden, self.lm_head_weight).float(), dim=-1)
+        top = log_p.topk(min(self.options.top_k, log_p.shape[-1]), dim=-1)
+        ids, values = self.draft.to_target_ids(top.indices).tolist(), top.values.tolist()
         new = []
         for row, parent in enumerate(parents):
-            for value, token in zip(cumulative[row], ids[row]):
-                nodes.append((value, parent, token))
-                self._parent_hidden[len(nodes) - 1] = hidden[row]
+            base, lineage = (0.0, ()) if parent is None else (nodes[parent].score, nodes[parent].ancestors + (parent,))
+            for value, token in zip(values[row], ids[row]):
+                nodes.append(_Node(base + value, parent, token, lineage, hidden[row]))
                 new.append(len(nodes) - 1)
         return new
 
-    def _is_ancestor(self, candidate: int, node: int, nodes: list) -> bool:
-        while node >= 0:
-            if node == candidate:
-                return True
-            node = nodes[node][1]
-        return False
-
-    def _depth(self, node: int, nodes: list) -> int:
-        depth = 0
-        while node >= 0:
-            depth, node = depth + 1, nodes[node][1]
-        return depth
-
-    def _as_proposal(self, keep: list[int], nodes: list) -> Proposal:
-        children: dict[int, list[int]] = {}
+    def _as_proposal(self, keep: list[int], nodes: list[_Node]) -> Proposal:
+        # Step 5: a node's path is its parent's path plus its rank among its kept siblings.
+        children: dict[int | None, list[int]] = {}
         for n in keep:
-            children.setdefault(nodes[n][1], []).append(n)
+            children.setdefault(nodes[n].parent, []).append(n)
         path: dict[int, tuple[int, ...]] = {}
-        for n in sorted(keep, key=lambda n: self._depth(n, nodes)):
-            parent = nodes[n][1]
-            siblings = sorted(children[parent], key=lambda s: (-nodes[s][0], s))
-            path[n] = (path[parent] if parent >= 0 else ()) + (siblings.index(n),)
+        for n in sorted(keep, key=lambda n: len(nodes[n].ancestors)):
+            parent = nodes[n].parent
+            siblings = sorted(children[parent], key=lambda s: (-nodes[s].score, s))
+            path[n] = (() if parent is None else path[parent]) + (siblings.index(n),)
         tree = DraftTree.from_paths(path.values())
-        by_path = {p: nodes[n][2] for n, p in path.items()}
+        by_path = {p: nodes[n].token for n, p in path.items()}
         return Proposal(tree, torch.tensor([by_path[p] for p in tree.paths], device=self.embed_weight.device))
+
+
+@dataclass
+class _Node:
+    """A candidate of EAGLE-2's dynamic tree."""
+
+    score: float
+    """Cumulative draft log-probability of the path to this node."""
+    parent: int | None
+    """Index of the parent node (None: a child of the root)."""
+    token: int
+    """Target token id."""
+    ancestors: tuple[int, ...]
+    """Indices of every ancestor node, root's child first (its length is the node's depth - 1)."""
+    source: torch.Tensor
+    """The drafter state this node was predicted from (its input when the node is expanded)."""
 
 
 class ChimeraProposer:
@@ -266,8 +267,4 @@ class ChimeraProposer:
 
     def _trigrams(self, ids: torch.Tensor, count: int) -> torch.Tensor:
         """[count, 3H] trigram embeddings of the last `count` tokens of `ids` (zeros before the sequence start)."""
-        window = ids[-(count + 2) :]
-        pad = count + 2 - len(window)
-        embeds = F.embedding(window, self.embed_weight)
-        embeds = torch.cat([embeds.new_zeros(pad, embeds.shape[-1]), embeds])
-        return torch.cat([embeds[:-2], embeds[1:-1], embeds[2:]], dim=-1)
+        return trigram_embeddings(self.embed_weight, ids[-(count + 2) :][None])[0, -count:]
