@@ -29,7 +29,6 @@ class DrafterModule(L.LightningModule):
         if target is None:
             self.register_buffer("embed_weight", embed_weight, persistent=False)
             self.register_buffer("lm_head_weight", lm_head_weight, persistent=False)
-        self.reads_layers = getattr(draft, "feature_layers", None) is not None
         self.strict_loading = False  # checkpoints hold trainable state only
         self._val: list[tuple] = []
         self.validated_at_step = -1
@@ -42,11 +41,12 @@ class DrafterModule(L.LightningModule):
         return self.target.get_input_embeddings().weight, self.target.get_output_embeddings().weight
 
     def states(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features the drafter reads, the target's last hidden state) of a batch."""
         if self.target is None:
             final = batch["final_hidden"].float()
-            return (batch["features"].float() if self.reads_layers else final), final
+            return (final if self.draft.feature_layers is None else batch["features"].float()), final
         with torch.no_grad():
-            final, features = target_states(self.target, batch["input_ids"], getattr(self.draft, "feature_layers", None), attention_mask=batch["attention_mask"])
+            final, features = target_states(self.target, batch["input_ids"], self.draft.feature_layers, attention_mask=batch["attention_mask"])
         return features, final
 
     def num_positions(self, training: bool) -> int:

@@ -63,17 +63,18 @@ def run(cfg: DictConfig, callbacks: list | tuple = ()) -> TrainResult:
     (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     ckpt_path = resume_path(cfg)
     # Step 2: the frozen target (online) or its stored features (offline), and the Trainer (which knows this process's rank).
-    target, store = load_sources(cfg)
+    target, store, record = load_sources(cfg)
     trainer = build_trainer(cfg, list(callbacks), target.model if target else None)
     say(f"effective batch: {effective_batch_size(cfg, trainer.world_size)} sequences per optimizer step (data.batch_size {cfg.data.batch_size} x trainer.accumulate_grad_batches {cfg.trainer.accumulate_grad_batches} x {trainer.world_size} ranks)")
     # Step 3: the data the target writes (split across the ranks that are running), or the stored features, and the draft.
     if store is None:
         train_rows, val_rows = prepare_data(cfg, target, *distill_ranks(trainer))
-        train_ds, val_ds, record = train_rows, val_rows, target_record(target)
+        train_ds, val_ds = train_rows, val_rows
     else:
         train_rows, val_rows = split_train_val(store.examples, cfg.data.val_size, cfg.seed)
-        train_ds, val_ds, record = FeatureDataset(store, train_rows), FeatureDataset(store, val_rows), store.target
-    draft, module = build_module(cfg, target, store, train_rows)
+        layers = feature_layer_ids(cfg, record["num_layers"]) is not None
+        train_ds, val_ds = FeatureDataset(store, train_rows, layers), FeatureDataset(store, val_rows, layers)
+    draft, module = build_module(cfg, target, record, store, train_rows)
     # Step 4: fit with Lightning.
     loaders = DataLoaders(cfg, train_ds, val_ds, record["pad_token_id"], offline=store is not None)
     start = time.perf_counter()
@@ -100,18 +101,20 @@ def run(cfg: DictConfig, callbacks: list | tuple = ()) -> TrainResult:
     for name, value in metrics.items():
         say(f"  {name}: {value:.4f}")
     if cfg.hub.repo_id:
-        lm_head = lm_head_weight(target.model) if target else store.weights()[1]
+        lm_head = lm_head_weight(target.model) if target else module.lm_head_weight
         publish(draft_dir, cfg.hub.format, cfg.hub.repo_id, cfg.hub.private, lm_head=lm_head)
     return TrainResult(draft_dir, metrics, seconds)
 
 
-def load_sources(cfg: DictConfig) -> tuple[Target | None, FeatureStore | None]:
-    """(the target, None) for online training; (None, the checked feature store) for offline training."""
+def load_sources(cfg: DictConfig) -> tuple[Target | None, FeatureStore | None, dict]:
+    """(the target, None, its record) for online training; (None, the checked feature store, the
+    record it keeps of the target) for offline training. See `target_record`."""
     if cfg.data.features == "offline":
         store = FeatureStore(features_dir(cfg))
         store.check(feature_layer_ids(cfg, store.target["num_layers"]), data_settings(cfg))
-        return None, store
-    return load_target(cfg.target.name_or_path, cfg.target.revision, cfg.target.gguf_file, cfg.target.dtype), None
+        return None, store, store.target
+    target = load_target(cfg.target.name_or_path, cfg.target.revision, cfg.target.gguf_file, cfg.target.dtype)
+    return target, None, target_record(target)
 
 
 def features_dir(cfg: DictConfig) -> Path:
@@ -152,12 +155,11 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike | No
     # Step 2: one full state dict, whatever strategy wrote it.
     state = consolidated_state(checkpoint)
     # Step 3: rebuild target (or its stored features) and draft as training did, load the trained tensors, export.
-    target, store = load_sources(cfg)
-    draft, module = build_module(cfg, target, store)
+    target, store, record = load_sources(cfg)
+    draft, module = build_module(cfg, target, record, store)
     module.on_load_checkpoint(state)  # clear error when tensors are missing
     module.load_state_dict(state["state_dict"], strict=False)
     info = {"steps": state.get("global_step"), "consolidated_from": str(checkpoint)}
-    record = target_record(target) if target else store.target
     return export_draft(draft, cfg, record, {}, info, out=Path(out) if out else None, target=target)
 
 
@@ -249,9 +251,10 @@ def _prompt_tokens(tokenizer, messages: list) -> int:
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def build_module(cfg: DictConfig, target: Target | None, store: FeatureStore | None = None, train_rows=None):
-    """(draft, LightningModule that trains it). Medusa-2 wraps `target.model` with LoRA first; the
-    feature drafters read the live target (online) or `store` (offline). `train_rows` (tokenized
+def build_module(cfg: DictConfig, target: Target | None, record: dict, store: FeatureStore | None = None, train_rows=None):
+    """(draft, LightningModule that trains it) for the target described by `record`. Medusa-2 wraps
+    `target.model` with LoRA first; the feature drafters read the live target (online) or `store`
+    (offline). `train_rows` (tokenized
     training conversations) gives EAGLE-3 its draft vocabulary; without them (rebuilding a draft to
     load a checkpoint into) the vocabulary comes from the checkpoint."""
     if cfg.method in ("medusa1", "medusa2"):
@@ -260,12 +263,10 @@ def build_module(cfg: DictConfig, target: Target | None, store: FeatureStore | N
             target.model = add_lora(target.model, cfg)
         return heads, MedusaModule(target.model, heads, cfg)
     if target is not None:
-        record, embed, lm_head = target_record(target), target.model.get_input_embeddings().weight, lm_head_weight(target.model)
-    else:
-        (embed, lm_head), record = store.weights(), store.target
-    draft = build_drafter(cfg, record, lm_head, train_rows)
-    if target is not None:
+        draft = build_drafter(cfg, record, lm_head_weight(target.model), train_rows)
         return draft, DrafterModule(draft, cfg, target=target.model)
+    embed, lm_head = store.weights()
+    draft = build_drafter(cfg, record, lm_head, train_rows)
     return draft, DrafterModule(draft, cfg, embed_weight=embed, lm_head_weight=lm_head)
 
 
