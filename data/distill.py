@@ -144,7 +144,7 @@ def self_distill(
     # Step 4: rank 0 assembles the shards and saves the data set atomically; the other ranks wait for it.
     if rank == 0:
         rows = [conversation for chunk in range(chunks) for conversation in _read_shard(_shard_path(shard_dir, chunk))]
-        _save_dataset_atomically(datasets.Dataset.from_dict({"conversations": rows}), dataset_dir)
+        save_dataset_atomically(datasets.Dataset.from_dict({"conversations": rows}), dataset_dir)
     elif _wait_for_paths([dataset_dir], wait_timeout_s):
         raise DistillTimeoutError(
             f"rank {rank} waited {wait_timeout_s:g} s for rank 0 to write the self-distilled data set {dataset_dir}. "
@@ -301,7 +301,7 @@ def _read_shard(path: Path) -> list[list[dict]]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
-def _save_dataset_atomically(dataset: datasets.Dataset, target: Path) -> None:
+def save_dataset_atomically(dataset: datasets.Dataset, target: Path) -> None:
     """Save with ``save_to_disk`` into a temporary folder next to ``target``, then rename it."""
     tmp_dir = Path(tempfile.mkdtemp(prefix=".dataset-", dir=target.parent))
     try:

@@ -15,6 +15,7 @@ Shards are written atomically and skipped when already present, so an interrupte
 
 from __future__ import annotations
 
+import bisect
 import json
 import shutil
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from specdec.data.batching import pad_collate
+from specdec.data.distill import save_dataset_atomically
 from specdec.data.sources import DataError
 
 MANIFEST = "manifest.json"
@@ -95,8 +97,9 @@ def prepare_features(
         raise FeatureStoreError(f"{out_dir} holds features of other data, another target or other settings; delete it or choose another data.features_dir")
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     if not (out_dir / EXAMPLES).is_dir():
-        examples.select_columns(["input_ids", "loss_mask", "row"]).save_to_disk(str(out_dir / EXAMPLES))
-    _save_weights(model, out_dir / WEIGHTS)
+        save_dataset_atomically(examples.select_columns(["input_ids", "loss_mask", "row"]), out_dir / EXAMPLES)
+    if not (out_dir / WEIGHTS).is_file():
+        _save_weights(model, out_dir / WEIGHTS)
     # Step 3: the shards, skipping those already written.
     for entry, rows in zip(tqdm(manifest["shards"], desc="target features", unit="shard"), shards):
         if (out_dir / entry["file"]).is_file():
@@ -157,7 +160,7 @@ class FeatureStore:
             raise FeatureStoreError(f"{self.dir} is incomplete ({len(missing)} shard(s) missing, e.g. {(missing or [WEIGHTS])[0]}): rerun `specdec-prepare`, which resumes where it stopped")
         self.examples = datasets.load_from_disk(str(self.dir / EXAMPLES))
         self._starts = [s["rows"][0] for s in self.manifest["shards"]]
-        self._open: dict[int, Any] = {}
+        self._open: dict[int, tuple[Any, list[int]]] = {}  # shard -> (open file, its offsets)
 
     @property
     def target(self) -> dict[str, Any]:
@@ -178,33 +181,35 @@ class FeatureStore:
         embed = tensors["embed_tokens"].float()
         return embed, tensors["lm_head"].float() if "lm_head" in tensors else embed
 
-    def states(self, row: int) -> dict[str, torch.Tensor]:
-        """`final_hidden` [T, H] (and `features` [T, k*H] when layers were stored) of one conversation."""
-        shard = max(i for i, start in enumerate(self._starts) if start <= row)
-        handle = self._shard(shard)
-        offsets = handle.get_tensor("offsets")
+    def states(self, row: int, layers: bool = True) -> dict[str, torch.Tensor]:
+        """`final_hidden` [T, H] of one conversation, and `features` [T, k*H] when `layers` and the store has them."""
+        shard = bisect.bisect_right(self._starts, row) - 1
+        handle, offsets = self._shard(shard)
         local = row - self._starts[shard]
-        begin, end = int(offsets[local]), int(offsets[local + 1])
-        return {name: handle.get_slice(name)[begin:end] for name in ("final_hidden", "features") if name in handle.keys()}
+        begin, end = offsets[local], offsets[local + 1]
+        names = ("final_hidden", "features") if layers else ("final_hidden",)
+        return {name: handle.get_slice(name)[begin:end] for name in names if name in handle.keys()}
 
-    def _shard(self, index: int):
+    def _shard(self, index: int) -> tuple[Any, list[int]]:
         if index not in self._open:
-            self._open[index] = safe_open(str(self.dir / self.manifest["shards"][index]["file"]), framework="pt")
+            handle = safe_open(str(self.dir / self.manifest["shards"][index]["file"]), framework="pt")
+            self._open[index] = (handle, handle.get_tensor("offsets").tolist())
         return self._open[index]
 
 
 class FeatureDataset(torch.utils.data.Dataset):
-    """Rows of a split of `store.examples` with their stored target states attached."""
+    """Rows of a split of `store.examples` with their stored target states attached (the fused
+    layers only when `layers`: a drafter reading the last hidden state alone skips them)."""
 
-    def __init__(self, store: FeatureStore, rows: datasets.Dataset):
-        self.store, self.rows = store, rows
+    def __init__(self, store: FeatureStore, rows: datasets.Dataset, layers: bool = True):
+        self.store, self.rows, self.layers = store, rows, layers
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, index: int) -> dict:
         example = self.rows[index]
-        return {**example, **self.store.states(example["row"])}
+        return {**example, **self.store.states(example["row"], self.layers)}
 
 
 def feature_collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:

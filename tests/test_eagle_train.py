@@ -171,3 +171,12 @@ def test_trained_draft_decodes_losslessly_and_exports(tmp_path, tiny_target_dir,
     fmt = {"eagle1": "eagle", "eagle3": "specdec", "chimera": "specdec"}[method]  # engines need >= 4 target layers for EAGLE-3 (tests/test_eagle_formats.py)
     assert export_main([f"draft={result.draft_dir}", f"format={fmt}", f"out={tmp_path / 'export'}"]) == 0
     assert (tmp_path / "export" / "config.json").is_file() and os.listdir(tmp_path / "export")
+
+
+def test_one_eagle3_store_serves_the_drafters_that_read_only_the_last_hidden_state(tmp_path, tiny_target_dir, prompts_file):
+    values = overrides(tmp_path, tiny_target_dir, prompts_file)
+    assert prepare_main(["recipe=eagle3", *_args(values)]) == 0
+    online = run(load_recipe("eagle1", {**values, "output_dir": str(tmp_path / "online")}))
+    offline = run(load_recipe("eagle1", {**values, "data.features": "offline", "output_dir": str(tmp_path / "offline")}))
+    assert _loss_curve(tmp_path / "offline") == pytest.approx(_loss_curve(tmp_path / "online"), rel=1e-4)
+    assert offline.metrics["val/loss"] == pytest.approx(online.metrics["val/loss"], rel=1e-4)
