@@ -17,6 +17,7 @@ from specdec.models.eagle1 import Eagle1Config, Eagle1Drafter
 from specdec.models.eagle3 import Eagle3Config, Eagle3Drafter
 from specdec.models.eagle_formats import EAGLE_FORMATS, EagleFormatError, export_eagle, load_eagle_export
 from specdec.models.medusa import MedusaConfig, MedusaHeads
+from specdec.models.target import EMBEDDED_HUB_ID, EMBEDDED_NAME
 from specdec.train.export import ALL_FORMATS, export_main
 
 H, V, VD, T = 32, 320, 64, 5
@@ -304,6 +305,18 @@ def test_cli_speculators_reads_the_named_target_config(eagle3_dir, tmp_path):
     assert config["speculators_config"]["verifier"] == {"name_or_path": str(target), "architectures": ["LlamaForCausalLM"]}
     assert '"method": "eagle3"' in (out / "README.md").read_text()
     assert all(torch.equal(load_eagle_export(out).state_dict()[k], v) for k, v in load_draft(eagle3_dir).state_dict().items())
+
+
+def test_cli_speculators_names_the_embedded_target_by_its_hub_id(tmp_path):
+    draft_dir = tmp_path / "run" / "draft"
+    eagle3().save_pretrained(draft_dir, extra={"method": "eagle3", "target": {"name_or_path": EMBEDDED_NAME, "hidden_size": H, "vocab_size": V, "max_position_embeddings": MAX_POS}})
+    assert export_main([f"draft={draft_dir}", "format=speculators"]) == 0
+    out = draft_dir.parent / "export_speculators"
+    config = config_of(out)
+    assert config["speculators_config"]["verifier"]["name_or_path"] == EMBEDDED_HUB_ID  # vLLM and speculators resolve it; the alias they do not
+    assert config["target"]["name_or_path"] == EMBEDDED_NAME
+    card = (out / "README.md").read_text()
+    assert f'LLM(model="{EMBEDDED_HUB_ID}"' in card and "`speculators_config.verifier.name_or_path` in config.json" in card
 
 
 def test_cli_named_target_of_another_size_fails(eagle3_dir, tmp_path, capsys):

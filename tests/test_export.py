@@ -14,10 +14,12 @@ from safetensors.torch import load_file
 from specdec.models.base import DraftMismatchError, load_draft
 from specdec.models.medusa import MedusaConfig, MedusaHeads
 from specdec.models.medusa_formats import FORMATS, MedusaFormatError, export_medusa, load_medusa_export
+from specdec.models.target import EMBEDDED_GGUF, EMBEDDED_HUB_ID, EMBEDDED_NAME
+from specdec.runtime.options import target_source
 from specdec.train import export as export_module
 from specdec.train.cli import main as train_main
 from specdec.train.config import RecipeError, load_recipe
-from specdec.train.export import HubUploadError, export_main, push_to_hub
+from specdec.train.export import HubUploadError, engine_target_name, export_main, push_to_hub
 from specdec.train.pipeline import run
 from test_train import prompts_file, tiny_overrides  # noqa: F401  (fixture + helper of the tiny training run)
 
@@ -135,6 +137,37 @@ def test_cli_exports_each_format_loadable_with_the_target_lm_head(draft_dir, tin
     assert "val/head1_top1" in card and "eval/acceptance_length" in card and f"({fmt} layout)" in card
     assert json.loads((out / "config.json").read_text())["metrics"] == METRICS
     assert (out / "recipe.yaml").is_file() and (out / "eval_results.json").is_file()
+
+
+def test_engine_target_name(tmp_path, monkeypatch):
+    assert EMBEDDED_GGUF.startswith(EMBEDDED_HUB_ID.split("/")[1] + ".")  # the Hub model the embedded GGUF copies
+    assert engine_target_name(EMBEDDED_NAME) == EMBEDDED_HUB_ID
+    assert engine_target_name("org/model") == "org/model"
+    (tmp_path / "target").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert engine_target_name("target") == str(tmp_path.resolve() / "target")
+
+
+def test_engines_get_the_hub_id_of_the_embedded_target_and_specdec_keeps_the_alias(tmp_path):
+    draft = tmp_path / "run" / "draft"
+    random_heads(share=False).save_pretrained(draft, extra={"method": "medusa1", "target": {"name_or_path": EMBEDDED_NAME, "hidden_size": H, "vocab_size": V}})
+    assert export_main([f"draft={draft}", "format=medusa"]) == 0
+    out = tmp_path / "run" / "export_medusa"
+    config = json.loads((out / "config.json").read_text())
+    assert config["base_model_name_or_path"] == EMBEDDED_HUB_ID  # what FasterDecoding/Medusa and vLLM resolve
+    assert config["target"]["name_or_path"] == EMBEDDED_NAME and config["target"]["engine_name_or_path"] == EMBEDDED_HUB_ID
+    assert target_source(out, config) == target_source(draft, json.loads((draft / "config.json").read_text())) == EMBEDDED_NAME  # specdec-eval/-generate load the embedded copy
+    card = (out / "README.md").read_text()
+    assert f"base_model: {EMBEDDED_HUB_ID}\n" in card and f"Serving engines load the target `{EMBEDDED_HUB_ID}` (`base_model_name_or_path` in config.json)" in card
+    assert "Q4_1" in card
+
+
+def test_engines_get_a_local_target_as_an_absolute_path(draft_dir, tmp_path, tiny_target_dir):
+    out = tmp_path / "vllm"
+    assert export_main([f"draft={draft_dir}", "format=vllm", f"out={out}"]) == 0
+    card = (out / "README.md").read_text()
+    assert f'LLM(model="{tiny_target_dir.resolve()}"' in card and "a local path" in card and "base_model:" not in card
+    assert json.loads((out / "config.json").read_text())["target"]["engine_name_or_path"] == str(tiny_target_dir.resolve())
 
 
 def test_cli_default_out_is_next_to_the_draft(draft_dir):

@@ -26,7 +26,7 @@ from specdec.models.eagle_formats import EAGLE_FORMATS, EagleFormatError, detect
 from specdec.models.eagle_formats import formats_for as eagle_formats_for
 from specdec.models.medusa_formats import FORMATS, LAYOUTS, MedusaFormatError, detect_format, export_medusa
 from specdec.train.config import RecipeError, parse_overrides
-from specdec.models.target import Target, TargetLoadError, load_target
+from specdec.models.target import EMBEDDED_HUB_ID, EMBEDDED_NAME, Target, TargetLoadError, load_target
 
 FINETUNED_TARGET_DIR = "target"
 ADAPTER_DIR = "adapter"
@@ -98,17 +98,17 @@ SIDE_FILES = ("recipe.yaml", EVAL_RESULTS)
 LAYOUT_USE = {
     "specdec": '`from specdec.models.base import load_draft; draft = load_draft("PATH")` (`check_target()` guards the pairing).',
     "medusa": "A FasterDecoding/Medusa heads folder (`config.json` + `medusa_lm_head.safetensors`); TensorRT-LLM reads it with `examples/medusa/convert_checkpoint.py --medusa_model_dir PATH`.",
-    "vllm": 'vLLM: `LLM(model=BASE_MODEL, speculative_config={{"model": "PATH", "num_speculative_tokens": {heads}}})`.',
+    "vllm": 'vLLM: `LLM(model="{base}", speculative_config={{"model": "PATH", "num_speculative_tokens": {heads}}})`.',
     "tensorrt_llm": "The Medusa part of a TensorRT-LLM checkpoint (`rank0.safetensors`, tp=1): add the base model's converted weights, then `trtllm-build`.",
-    "sglang": "SGLang: `python -m sglang.launch_server --model-path BASE_MODEL --speculative-algorithm EAGLE3 --speculative-draft-model-path PATH` "
+    "sglang": "SGLang: `python -m sglang.launch_server --model-path {base} --speculative-algorithm EAGLE3 --speculative-draft-model-path PATH` "
     "(tune with --speculative-num-steps, --speculative-eagle-topk, --speculative-num-draft-tokens). SafeAILab/EAGLE loads it too: "
-    '`EaModel.from_pretrained(base_model_path=BASE_MODEL, ea_model_path="PATH", use_eagle3=True)` (it always fuses the inputs of layers 2, L//2, L-3).',
-    "speculators": 'vLLM: `LLM(model=BASE_MODEL, speculative_config={{"method": "eagle3", "model": "PATH", "num_speculative_tokens": {tokens}}})`, '
+    '`EaModel.from_pretrained(base_model_path="{base}", ea_model_path="PATH", use_eagle3=True)` (it always fuses the inputs of layers 2, L//2, L-3).',
+    "speculators": 'vLLM: `LLM(model="{base}", speculative_config={{"method": "eagle3", "model": "PATH", "num_speculative_tokens": {tokens}}})`, '
     "or `vllm serve PATH`, which serves the verifier named in config.json with this drafter.",
-    "eagle": 'SafeAILab/EAGLE: `EaModel.from_pretrained(base_model_path=BASE_MODEL, ea_model_path="PATH", use_eagle3=False)` '
+    "eagle": 'SafeAILab/EAGLE: `EaModel.from_pretrained(base_model_path="{base}", ea_model_path="PATH", use_eagle3=False)` '
     "(EAGLE-1 weights; EAGLE-2's dynamic tree comes from its total_token / depth / top_k arguments).",
 }
-"""How each layout is loaded, for the model card (str.format with `heads` and `tokens`)."""
+"""How each layout is loaded, for the model card (str.format with `heads`, `tokens` and `base`, the target engines load)."""
 
 
 class HubUploadError(RuntimeError):
@@ -123,7 +123,8 @@ def model_card(config: dict, eval_results: dict | None = None) -> str:
     base = target.get("name_or_path") or config.get("base_model_name_or_path") or ((config.get("speculators_config") or {}).get("verifier") or {}).get("name_or_path") or "unknown"
     kind, summary, heads, tokens = _draft_summary(config, layout)
     method = config.get("method", "medusa" if kind == "Medusa" else config.get("draft_type", layout))
-    hub_base = f"base_model: {base}\n" if _is_hub_id(base) else ""
+    engine = target.get("engine_name_or_path")
+    hub_base = f"base_model: {engine or base}\n" if _is_hub_id(engine or base) else ""
     train = config.get("training") or {}
     # Step 2: metric tables (training-time validation, then the evaluator's numbers).
     sections = [_metrics_table("Held-out metrics (self-distilled validation split)", config.get("metrics") or {})]
@@ -144,9 +145,39 @@ conversations ({train.get('train_tokens')} tokens seen), {train.get('seconds', 0
 
 {chr(10).join(sections)}
 ## Use
-{LAYOUT_USE[layout].format(heads=heads, tokens=tokens)}
-The resolved training recipe is in `recipe.yaml`.
+{LAYOUT_USE[layout].format(heads=heads, tokens=tokens, base=engine or "BASE_MODEL")}
+{_engine_target_note(base, engine, layout)}The resolved training recipe is in `recipe.yaml`.
 """
+
+
+ENGINE_TARGET_FIELD = {"medusa": "`base_model_name_or_path` in config.json", "speculators": "`speculators_config.verifier.name_or_path` in config.json"}
+"""Layout -> the config field that names the target for engines (the other layouts take it on the command line)."""
+
+
+def engine_target_name(name_or_path: str) -> str:
+    """The target as a serving engine must be told it: the Hub id of the embedded target for its
+    alias, an existing local folder or file as an absolute path, anything else (a Hub id) unchanged."""
+    if name_or_path == EMBEDDED_NAME:
+        return EMBEDDED_HUB_ID
+    path = Path(name_or_path).expanduser()
+    return str(path.resolve()) if path.exists() else name_or_path
+
+
+def _engine_target_note(trained: str, engine: str | None, layout: str) -> str:
+    """The model card's line on which target the engine commands (and config field) name, and why."""
+    if not engine or layout == "specdec":
+        return ""
+    where = ENGINE_TARGET_FIELD.get(layout, "in the command above")
+    if trained == EMBEDDED_NAME:
+        why = (
+            f"the Hub id of specdec's embedded target `{EMBEDDED_NAME}`, an alias no engine resolves. The draft was trained against the "
+            "embedded Q4_1 GGUF copy (dequantized), so acceptance with the Hub's full-precision weights can differ slightly"
+        )
+    elif Path(engine).is_absolute():
+        why = "a local path, as the draft was trained with it (or as passed to specdec-export); on another machine put the target's Hub id or path there"
+    else:
+        why = "the Hub id the draft was trained with (or as passed to specdec-export)"
+    return f"Serving engines load the target `{engine}` ({where}): {why}.\n"
 
 
 def _draft_summary(config: dict, layout: str) -> tuple[str, str, int | None, int]:
@@ -253,8 +284,11 @@ def export_folder(draft_dir, fmt: str, out=None, target: str | None = None, lm_h
         if fmt != "specdec":
             raise error(f"out={out} is the draft folder itself; pick another folder for the {fmt} layout")
         return out
-    # Step 2: the layout (Medusa: with the target lm_head when it needs one or a target is named, checked against the draft).
-    base = (config.get("target") or {}).get("name_or_path", "")
+    # Step 2: the layout, naming the target as engines resolve it (Medusa: with the target lm_head when it needs one or a target is named, checked against the draft).
+    name = _target_name(draft_dir, config, target)
+    base = engine_target_name(name) if name else ""
+    if base:
+        provenance["target"] = {**(provenance.get("target") or {}), "engine_name_or_path": base}
     if isinstance(draft, MedusaHeads):
         if lm_head is None and (target or (draft.config.share_lm_head and fmt != "specdec")):
             lm_head = _target_lm_head(draft_dir, config, target, draft)
@@ -263,7 +297,7 @@ def export_folder(draft_dir, fmt: str, out=None, target: str | None = None, lm_h
         draft.save_pretrained(out, extra=provenance)
     else:
         facts = _target_facts(config, target, draft)
-        export_eagle(draft, out, fmt, base_model=target or base, extra_config=provenance, max_position_embeddings=facts["max_position_embeddings"], verifier_architectures=facts["architectures"])
+        export_eagle(draft, out, fmt, base_model=base, extra_config=provenance, max_position_embeddings=facts["max_position_embeddings"], verifier_architectures=facts["architectures"])
     # Step 3: the files that travel with it (and Medusa-2's target for specdec).
     for entry in draft_dir.iterdir():
         if entry.name in SIDE_FILES:
@@ -292,14 +326,20 @@ def _target_facts(config: dict, target: str | None, draft: DraftModel) -> dict:
     return {"max_position_embeddings": getattr(text, "max_position_embeddings", None), "architectures": list(target_config.architectures or facts["architectures"])}
 
 
+def _target_name(draft_dir: Path, config: dict, target: str | None) -> str | None:
+    """The target a draft goes with: `target` when named, else the Medusa-2 fine-tuned copy inside the draft folder, else the recorded one."""
+    recorded = config.get("target") or {}
+    finetuned = recorded.get("finetuned_weights")
+    return target or (str(draft_dir / finetuned) if finetuned else recorded.get("name_or_path"))
+
+
 def _target_lm_head(draft_dir: Path, config: dict, target: str | None, heads: MedusaHeads) -> torch.Tensor:
     """Load the target (named, the Medusa-2 fine-tuned copy, or the recorded one) and return its lm_head."""
     recorded = config.get("target") or {}
-    finetuned = recorded.get("finetuned_weights")
-    name = target or (str(draft_dir / finetuned) if finetuned else recorded.get("name_or_path"))
+    name = _target_name(draft_dir, config, target)
     if not name:
         raise TargetLoadError(f"{draft_dir / CONFIG_NAME} records no target; pass target=NAME_OR_PATH")
-    loaded = load_target(name, None if target or finetuned else recorded.get("revision"))
+    loaded = load_target(name, None if target or recorded.get("finetuned_weights") else recorded.get("revision"))
     heads.check_target(loaded.hidden_size, loaded.vocab_size)
     return lm_head_weight(loaded.model).detach()
 
@@ -313,13 +353,16 @@ def publish(draft_dir, fmt: str, repo_id: str, private: bool = False, lm_head: t
 
 
 EXPORT_USAGE = f"""usage: specdec-export draft=DIR format=FORMAT [out=DIR] [target=NAME_OR_PATH] [push=true repo_id=ORG/NAME [private=true]]
-       specdec-export checkpoint=PATH [out=DIR]
+       specdec-export checkpoint=PATH [out=DIR] [trusted=true]
 
 Writes a trained draft in a serving engine's layout and optionally uploads it.
   draft     the draft folder specdec-train wrote (<output_dir>/draft)
   checkpoint  a training checkpoint (.ckpt file, or a sharded DeepSpeed / FSDP checkpoint folder):
             consolidated on this machine into a plain draft folder at `out`
             (default: <output_dir>/draft)
+  trusted   true to read a sharded checkpoint folder (DeepSpeed's and torch.distributed.checkpoint's
+            readers unpickle, which runs code a crafted folder holds: only for folders your own run wrote);
+            a .ckpt file is always read without running code
   format    Medusa drafts: {', '.join(FORMATS)}
             EAGLE-3 drafts: sglang (SGLang / EAGLE repo), speculators (vLLM), specdec
             EAGLE-1 drafts: eagle (SafeAILab/EAGLE ea_model folder), specdec
@@ -331,7 +374,7 @@ Writes a trained draft in a serving engine's layout and optionally uploads it.
   repo_id   Hub model repo, ORG/NAME (created if missing; token from HF_TOKEN or `hf auth login`)
   private   create the repo as private (default: false)
 """
-EXPORT_KEYS = ("draft", "checkpoint", "format", "out", "target", "push", "repo_id", "private")
+EXPORT_KEYS = ("draft", "checkpoint", "trusted", "format", "out", "target", "push", "repo_id", "private")
 
 
 def parse_export_args(argv: list[str]) -> dict:
@@ -346,9 +389,10 @@ def parse_export_args(argv: list[str]) -> dict:
             hint = f" Did you mean `{close[0]}`?" if close else ""
             raise RecipeError(f"unknown key `{key}`.{hint} Valid keys: {', '.join(EXPORT_KEYS)}")
     if "checkpoint" in args:
-        extra = sorted(set(args) - {"checkpoint", "out"})
+        extra = sorted(set(args) - {"checkpoint", "out", "trusted"})
         if extra:
-            raise RecipeError(f"checkpoint=... takes only out=...; export the consolidated draft in a second call (got {', '.join(extra)})")
+            raise RecipeError(f"checkpoint=... takes only out=... and trusted=...; export the consolidated draft in a second call (got {', '.join(extra)})")
+        args["trusted"] = _bool(args, "trusted", "false")
         return args
     for key in ("draft", "format"):
         if not args.get(key):
@@ -390,13 +434,13 @@ def export_main(argv: list[str] | None = None) -> int:
         if "checkpoint" in args:
             from specdec.train.pipeline import export_checkpoint
 
-            print(f"draft written to {export_checkpoint(args['checkpoint'], args.get('out'))}")
+            print(f"draft written to {export_checkpoint(args['checkpoint'], args.get('out'), args['trusted'])}")
             return 0
         folder = export_folder(args["draft"], args["format"], args.get("out"), args.get("target"))
         print(f"{args['format']} layout written to {folder}")
         if args["push"]:
             print(f"uploaded: {push_to_hub(folder, args['repo_id'], private=args['private'])}")
-    except (FileNotFoundError, TargetLoadError, DraftMismatchError, MedusaFormatError, EagleFormatError, HubUploadError) as exc:
+    except (RecipeError, FileNotFoundError, TargetLoadError, DraftMismatchError, MedusaFormatError, EagleFormatError, HubUploadError) as exc:
         print(f"specdec-export: error: {exc}", file=sys.stderr)
         return 1
     return 0
