@@ -6,11 +6,15 @@ vocabulary projection Linear(H, V) without bias. Key names and config fields fol
 - `medusa`: FasterDecoding/Medusa `medusa/model/medusa_model.py` (`MedusaConfig` fields
   medusa_num_heads, medusa_num_layers, base_model_name_or_path; `medusa_head` is a ModuleList of
   Sequential(ResBlock x L, Linear(H, V, bias=False)), so keys are `{h}.{l}.linear.*` and
-  `{h}.{L}.weight`) and `medusa/train/train_legacy.py` (saves `medusa_head.state_dict()`); the
-  file name `medusa_lm_head.safetensors` is the one NVIDIA/TensorRT-LLM
-  `tensorrt_llm/models/medusa/weight.py` (`load_medusa_hf`) reads. Note: upstream's MedusaModel
-  repeats ONE ResBlock instance L times, so with num_layers > 1 only loaders that read each
-  `{h}.{l}` key separately (TensorRT-LLM's converter, our loader) reproduce our heads.
+  `{h}.{L}.weight`) and `medusa/train/train_legacy.py` (saves `medusa_head.state_dict()`).
+  `MedusaModel.from_pretrained` reads only `medusa_lm_head.pt` (torch.load, then
+  load_state_dict(strict=False), so names must be exact); NVIDIA/TensorRT-LLM
+  `tensorrt_llm/models/medusa/weight.py` (`load_medusa_hf`) reads that file, else
+  `medusa_lm_head.safetensors`, and `examples/medusa/convert_checkpoint.py` takes the head count
+  from `--num_medusa_heads` (default 4), not from config.json. We write both files, same tensors.
+  Note: upstream's MedusaModel repeats ONE ResBlock instance L times, so with num_layers > 1 only
+  loaders that read each `{h}.{l}` key separately (TensorRT-LLM's converter, our loader)
+  reproduce our heads.
 - `vllm`: vllm-project/vllm `vllm/model_executor/models/medusa.py` (`blocks.{h}.layers.{l}`,
   bias only when `config.medusa_fc_bias`, `lm_heads.{h}.weight`) and
   `vllm/transformers_utils/configs/medusa.py` (`model_type: medusa`, hidden_size, vocab_size,
@@ -27,6 +31,7 @@ vocabulary projection Linear(H, V) without bias. Key names and config fields fol
 from __future__ import annotations
 
 import json
+import pickle
 import warnings
 from pathlib import Path
 
@@ -46,6 +51,11 @@ LAYOUTS = {
     "tensorrt_llm": {"weights": "rank0.safetensors", "block": "medusa_heads.{h}.medusa_layers.{l}.linear.{p}", "lm_head": "medusa_heads.{h}.lm_head.weight", "num_heads": "num_medusa_heads", "num_layers": "num_medusa_layers"},
     "specdec": {"weights": "model.safetensors", "block": "blocks.{h}.{l}.linear.{p}", "lm_head": "lm_heads.{h}.weight", "num_heads": "num_heads", "num_layers": "num_layers"},
 }
+
+
+MEDUSA_PT_FILE = "medusa_lm_head.pt"
+"""The `medusa` layout's second weights file (a plain tensor dict saved with torch.save): the only one
+FasterDecoding/Medusa reads. We read it back (weights_only=True) only when the safetensors file is absent."""
 
 
 class MedusaFormatError(ValueError):
@@ -101,6 +111,8 @@ def export_medusa(heads: MedusaHeads, out_dir, fmt: str, lm_head_weight: torch.T
     # Step 3: weights then config, each atomically.
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(out_dir / LAYOUTS[fmt]["weights"], lambda p: save_file(tensors, p, metadata={"format": "pt"}))
+    if fmt == "medusa":
+        atomic_write(out_dir / MEDUSA_PT_FILE, lambda p: torch.save(tensors, p))
     atomic_write(out_dir / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(config, indent=2) + "\n"))
     return out_dir
 
@@ -134,9 +146,12 @@ def load_medusa_export(directory, fmt: str | None = None) -> MedusaHeads:
     # Step 2: counts from the config, shapes from the first projection, tensors renamed to ours.
     layout = LAYOUTS[fmt]
     weights_path = directory / layout["weights"]
+    if fmt == "medusa" and not weights_path.is_file():
+        weights_path = directory / MEDUSA_PT_FILE
     if not weights_path.is_file() or layout["num_heads"] not in config:
-        raise MedusaFormatError(f"{directory} is not a {fmt} Medusa export: it needs {layout['weights']} and `{layout['num_heads']}` in config.json")
-    tensors = load_file(weights_path)
+        also = f" (or {MEDUSA_PT_FILE})" if fmt == "medusa" else ""
+        raise MedusaFormatError(f"{directory} is not a {fmt} Medusa export: it needs {layout['weights']}{also} and `{layout['num_heads']}` in config.json")
+    tensors = _read_tensors(weights_path)
     num_heads, num_layers = config[layout["num_heads"]], config[layout["num_layers"]]
     mapping = key_map(fmt, num_heads, num_layers)
     missing = sorted(set(mapping.values()) - set(tensors))
@@ -146,6 +161,17 @@ def load_medusa_export(directory, fmt: str | None = None) -> MedusaHeads:
     heads = MedusaHeads(MedusaConfig(hidden_size=hidden_size, vocab_size=vocab_size, num_heads=num_heads, num_layers=num_layers, share_lm_head=False))
     heads.load_state_dict({ours: tensors[theirs] for ours, theirs in mapping.items()})
     return heads
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file, or a torch.save'd tensor dict loaded with weights_only=True (no code runs)."""
+    if path.suffix == ".safetensors":
+        return load_file(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+        what = "holds objects other than tensors, which were not unpickled" if isinstance(exc, pickle.UnpicklingError) else "is damaged or truncated"
+        raise MedusaFormatError(f"{path} is not a plain tensor file: it {what} ({type(exc).__name__}); re-export the heads or copy the file again") from exc
 
 
 def _per_head_state(heads: MedusaHeads, lm_head_weight: torch.Tensor | None) -> dict[str, torch.Tensor]:

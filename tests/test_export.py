@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from specdec.models.base import DraftMismatchError, load_draft
 from specdec.models.medusa import MedusaConfig, MedusaHeads
-from specdec.models.medusa_formats import FORMATS, MedusaFormatError, export_medusa, load_medusa_export
+from specdec.models.medusa_formats import FORMATS, MEDUSA_PT_FILE, MedusaFormatError, export_medusa, load_medusa_export
 from specdec.models.target import EMBEDDED_GGUF, EMBEDDED_HUB_ID, EMBEDDED_NAME
 from specdec.runtime.options import target_source
 from specdec.train import export as export_module
@@ -72,6 +72,9 @@ def test_upstream_key_names_shapes_and_config(tmp_path, fmt):
     if fmt == "medusa":
         assert config["medusa_num_heads"] == K and config["medusa_num_layers"] == L and config["base_model_name_or_path"] == "org/base"
         assert torch.equal(tensors[f"0.{L}.weight"], lm_head)
+        # FasterDecoding/Medusa's MedusaModel.from_pretrained reads only medusa_lm_head.pt: the same tensors, plain (weights_only loads it)
+        pt = torch.load(out / MEDUSA_PT_FILE, weights_only=True)
+        assert pt.keys() == tensors.keys() and all(torch.equal(pt[k], tensors[k]) for k in tensors)
     elif fmt == "vllm":
         assert config["model_type"] == "medusa" and config["num_heads"] == K and config["num_hidden_layers"] == L
         assert (config["hidden_size"], config["vocab_size"], config["truncated_vocab_size"]) == (H, V, V)
@@ -82,6 +85,39 @@ def test_upstream_key_names_shapes_and_config(tmp_path, fmt):
     else:
         assert config["architecture"] == "MedusaForCausalLM" and config["num_medusa_heads"] == K and config["num_medusa_layers"] == L
         assert config["max_draft_len"] == 63 and config["dtype"] == "float32" and (config["hidden_size"], config["vocab_size"]) == (H, V)
+    assert (out / MEDUSA_PT_FILE).exists() == (fmt == "medusa")
+
+
+def test_medusa_folder_with_only_the_pt_file_loads(tmp_path):
+    """Upstream Medusa releases ship medusa_lm_head.pt alone."""
+    heads, hidden = random_heads(share=False), torch.randn(2, 5, H)
+    out = export_medusa(heads, tmp_path / "m", "medusa")
+    (out / "medusa_lm_head.safetensors").unlink()
+    assert torch.equal(load_medusa_export(out)(hidden), heads(hidden))
+
+
+class _RunsCode:
+    """Unpickling this calls Path.touch: what a crafted medusa_lm_head.pt could do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_crafted_pt_file_is_refused_without_running_it(tmp_path):
+    out = export_medusa(random_heads(share=False), tmp_path / "m", "medusa")
+    (out / "medusa_lm_head.safetensors").unlink()
+    marker = tmp_path / "pwned"
+    torch.save({"0.0.linear.weight": _RunsCode(marker)}, out / MEDUSA_PT_FILE)
+    with pytest.raises(MedusaFormatError, match="not a plain tensor file: it holds objects other than tensors"):
+        load_medusa_export(out)
+    assert not marker.exists()
+    torch.save({"0.0.linear.weight": torch.zeros(H, H)}, out / MEDUSA_PT_FILE)
+    (out / MEDUSA_PT_FILE).write_bytes((out / MEDUSA_PT_FILE).read_bytes()[:200])
+    with pytest.raises(MedusaFormatError, match="damaged or truncated"):
+        load_medusa_export(out)
 
 
 @pytest.mark.parametrize("share", [True, False])
@@ -168,6 +204,13 @@ def test_engines_get_a_local_target_as_an_absolute_path(draft_dir, tmp_path, tin
     card = (out / "README.md").read_text()
     assert f'LLM(model="{tiny_target_dir.resolve()}"' in card and "a local path" in card and "base_model:" not in card
     assert json.loads((out / "config.json").read_text())["target"]["engine_name_or_path"] == str(tiny_target_dir.resolve())
+
+
+def test_card_passes_the_head_count_to_tensorrt_llms_converter(draft_dir, tmp_path):
+    out = tmp_path / "medusa"
+    assert export_main([f"draft={draft_dir}", "format=medusa", f"out={out}"]) == 0
+    card = (out / "README.md").read_text()
+    assert f"--num_medusa_heads {K} " in card and "--medusa_model_dir PATH" in card and 'MedusaModel.from_pretrained("PATH")' in card
 
 
 def test_cli_default_out_is_next_to_the_draft(draft_dir):

@@ -97,7 +97,10 @@ SIDE_FILES = ("recipe.yaml", EVAL_RESULTS)
 """Files of a draft folder that travel with every export."""
 LAYOUT_USE = {
     "specdec": '`from specdec.models.base import load_draft; draft = load_draft("PATH")` (`check_target()` guards the pairing).',
-    "medusa": "A FasterDecoding/Medusa heads folder (`config.json` + `medusa_lm_head.safetensors`); TensorRT-LLM reads it with `examples/medusa/convert_checkpoint.py --medusa_model_dir PATH`.",
+    "medusa": 'FasterDecoding/Medusa: `MedusaModel.from_pretrained("PATH")` (reads `medusa_lm_head.pt` and the base model named in config.json; '
+    "`medusa_lm_head.safetensors` holds the same tensors). TensorRT-LLM: `python examples/medusa/convert_checkpoint.py --model_dir {base} "
+    "--medusa_model_dir PATH --num_medusa_heads {heads} --output_dir CKPT` (without `--num_medusa_heads` it builds 4 heads, whatever config.json says), "
+    "then `trtllm-build --checkpoint_dir CKPT --speculative_decoding_mode medusa`.",
     "vllm": 'vLLM: `LLM(model="{base}", speculative_config={{"model": "PATH", "num_speculative_tokens": {heads}}})`.',
     "tensorrt_llm": "The Medusa part of a TensorRT-LLM checkpoint (`rank0.safetensors`, tp=1): add the base model's converted weights, then `trtllm-build`.",
     "sglang": "SGLang: `python -m sglang.launch_server --model-path {base} --speculative-algorithm EAGLE3 --speculative-draft-model-path PATH` "
