@@ -1,20 +1,29 @@
-"""Trainer plug-ins: atomic checkpoint writes and the deterministic, resumable data order."""
+"""Trainer plug-ins: atomic checkpoint writes, a CSV log that survives resumption, and the
+deterministic, resumable data order."""
 
 from __future__ import annotations
 
+import csv
 import os
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
 from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.utils.data import Sampler
+
+from specdec.train.guards import CheckpointWriteError, tensor_bytes, write_failure_message
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Write each checkpoint to a temporary file, then rename it into place: a kill mid-write
-    never leaves a half-written `last.ckpt`."""
+    never leaves a half-written `last.ckpt`, and a failed write (a full disk) removes its partial
+    file, keeps the previous checkpoint and says why in one line. Checkpoints are read with
+    `weights_only=True`: a checkpoint file never runs code."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         path = Path(path)
@@ -22,8 +31,58 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return super().save_checkpoint(checkpoint, path, storage_options)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, path)
+        try:
+            torch.save(checkpoint, tmp)
+            os.replace(tmp, path)
+        except (OSError, RuntimeError) as exc:
+            tmp.unlink(missing_ok=True)
+            raise CheckpointWriteError(write_failure_message(path, exc, tensor_bytes(checkpoint))) from None
+
+    def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None) -> dict[str, Any]:
+        return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+
+
+class ResumableCSVLogger(CSVLogger):
+    """Lightning's CSV logger, except that a resumed run keeps the history: Lightning's writer
+    deletes `metrics.csv` when the folder exists, this one keeps the rows of steps before the
+    first step the new run logs (a resumed run starts at its checkpoint's step, so the rows the
+    killed run wrote after that checkpoint are replaced; a fresh run starts at 0 and replaces all)."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            os.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _HistoryKeepingWriter(log_dir=self.log_dir)
+        return self._experiment
+
+
+class _HistoryKeepingWriter(ExperimentWriter):
+    def _check_log_dir_exists(self) -> None:
+        self._trimmed = False  # the old rows are trimmed at the first logged step, once it is known
+
+    def log_metrics(self, metrics_dict: dict[str, float], step: int | None = None) -> None:
+        if not self._trimmed and step is not None:
+            self._keep_rows_before(step)
+            self._trimmed = True
+        super().log_metrics(metrics_dict, step)
+
+    def _keep_rows_before(self, step: int) -> None:
+        """Drop rows logged at `step` or later; adopt the kept rows' columns as the header."""
+        if not os.path.isfile(self.metrics_file_path):
+            return
+        with open(self.metrics_file_path, newline="") as file:
+            reader = csv.DictReader(file)
+            rows = [row for row in reader if row.get("step") and int(float(row["step"])) < step]
+            fieldnames = list(reader.fieldnames or [])
+        if not rows:
+            os.remove(self.metrics_file_path)
+            return
+        with open(self.metrics_file_path, "w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=fieldnames)
+            writer.writeheader()
+            writer.writerows(rows)
+        self.metrics_keys = sorted(fieldnames)
 
 
 class StepBatchSampler(Sampler[list[int]]):

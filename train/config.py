@@ -189,6 +189,8 @@ class TrainerConfig:
     """Gradient norm clipping (null disables)."""
     val_every_n_steps: int = 30
     """Run validation every this many optimizer steps (and at the end)."""
+    divergence_ratio: Optional[float] = 10.0
+    """Stop (and export nothing) when the training loss exceeds this multiple of its first value (floored at 1.0): a diverging run; null disables."""
     checkpoint_every_n_steps: int = 30
     """Save a resumable checkpoint (trainable state only) every this many optimizer steps."""
     log_every_n_steps: int = 5

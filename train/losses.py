@@ -289,7 +289,6 @@ def check_finite(loss: torch.Tensor, step: int) -> None:
     """Raise NonFiniteLossError (with what to try) when the loss is NaN or infinite."""
     if not torch.isfinite(loss).all():
         raise NonFiniteLossError(
-            f"loss is {loss.item()} at optimizer step {step}; the update was not applied and the last "
-            "checkpoint is intact. Lower optim.lr, keep trainer.gradient_clip_val set, or check the data, "
-            "then resume with resume=last."
+            f"loss is {loss.item()} at optimizer step {step}; the update was not applied. Lower optim.lr, "
+            "keep trainer.gradient_clip_val set, or check the data."
         )

@@ -12,7 +12,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
-from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
@@ -28,11 +28,14 @@ from specdec.models.decoder import LayerShape
 from specdec.models.eagle1 import Eagle1Config, Eagle1Drafter
 from specdec.models.eagle3 import Eagle3Config, Eagle3Drafter, build_draft_vocab, default_layer_ids
 from specdec.models.medusa import MedusaConfig, MedusaHeads
-from specdec.train.callbacks import AtomicCheckpointIO, StepBatchSampler
+from specdec.train.callbacks import AtomicCheckpointIO, ResumableCSVLogger, StepBatchSampler
 from specdec.train.config import RecipeConfig, RecipeError
 from specdec.train.drafter_module import DrafterModule
 from specdec.train.export import HubUploadError, export_draft, publish, target_record
+from specdec.train.guards import CheckpointWriteError, TrainingGuard, TrainingStoppedError, check_finite_weights, checkpoint_advice
+from specdec.train.losses import NonFiniteLossError
 from specdec.train.medusa_module import MedusaModule
+from specdec.train.steps import trainable_state
 from specdec.train.strategies import build_strategy, check_devices, effective_batch_size, is_sharded
 from specdec.models.target import Target, cache_root, load_target
 
@@ -78,12 +81,16 @@ def run(cfg: DictConfig, callbacks: list | tuple = ()) -> TrainResult:
     # Step 4: fit with Lightning.
     loaders = DataLoaders(cfg, train_ds, val_ds, record["pad_token_id"], offline=store is not None)
     start = time.perf_counter()
-    trainer.fit(module, train_dataloaders=loaders.train(trainer), val_dataloaders=loaders.val(), ckpt_path=ckpt_path)
+    try:
+        trainer.fit(module, train_dataloaders=loaders.train(trainer), val_dataloaders=loaders.val(), ckpt_path=ckpt_path, weights_only=True)
+    except (TrainingStoppedError, NonFiniteLossError) as exc:
+        raise type(exc)(f"{exc} {checkpoint_advice(out / 'checkpoints')}") from None
     seconds = time.perf_counter() - start
     # Step 5: a validation pass on the final weights (unless the fit just ran one), then the export (rank 0 only).
     if module.validated_at_step != trainer.global_step:
         trainer.validate(module, dataloaders=loaders.val(), verbose=False)
     metrics = module.validation_metrics()
+    check_finite_weights(trainable_state(module), trainer.global_step, f"no draft was exported. {checkpoint_advice(out / 'checkpoints')}")
     draft.config.head_rank_accuracy = [[round(float(a), 5) for a in row] for row in module.rank_accuracy()]
     if not trainer.is_global_zero:
         return TrainResult(None, metrics, seconds)
@@ -137,7 +144,7 @@ def data_settings(cfg: DictConfig) -> dict:
     return {**{k: cfg.data[k] for k in keys}, "target": cfg.target.name_or_path, "seed": cfg.seed}
 
 
-def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
+def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike | None = None, trusted: bool = False) -> Path:
     """Turn a training checkpoint into the plain draft export on one machine; returns the draft folder.
 
     `checkpoint` is a Lightning .ckpt file or a sharded checkpoint folder (DeepSpeed ZeRO or FSDP),
@@ -153,7 +160,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike | No
         raise FileNotFoundError(f"no config.yaml next to {checkpoint} or its parent: pass a checkpoint inside the output_dir of a specdec-train run")
     cfg = OmegaConf.merge(OmegaConf.structured(RecipeConfig), OmegaConf.load(config_file))
     # Step 2: one full state dict, whatever strategy wrote it.
-    state = consolidated_state(checkpoint)
+    state = consolidated_state(checkpoint, trusted)
     # Step 3: rebuild target (or its stored features) and draft as training did, load the trained tensors, export.
     target, store, record = load_sources(cfg)
     draft, module = build_module(cfg, target, record, store)
@@ -163,10 +170,19 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike | No
     return export_draft(draft, cfg, record, {}, info, out=Path(out) if out else None, target=target)
 
 
-def consolidated_state(checkpoint: Path) -> dict:
-    """A checkpoint as one in-memory dict with a full `state_dict`: plain file, DeepSpeed folder or FSDP folder."""
+def consolidated_state(checkpoint: Path, trusted: bool = False) -> dict:
+    """A checkpoint as one in-memory dict with a full `state_dict`: plain file, DeepSpeed folder or FSDP folder.
+
+    A .ckpt file is read with `weights_only=True` (tensors and plain data only: a crafted file
+    cannot run code). DeepSpeed's and torch.distributed.checkpoint's own readers unpickle, so a
+    sharded folder is read only when the caller vouches for it (`trusted`: your own run's folder)."""
     if checkpoint.is_file():
-        return torch.load(checkpoint, map_location="cpu", weights_only=False)
+        return load_checkpoint_file(checkpoint)
+    if not trusted:
+        raise RecipeError(
+            f"{checkpoint} is a sharded checkpoint folder: DeepSpeed and torch.distributed.checkpoint read such folders with pickle, "
+            "which runs any code a crafted folder holds. If your own training run wrote it, pass trusted=true."
+        )
     if (checkpoint / "latest").is_file() or any(checkpoint.glob("*/mp_rank_*_model_states.pt")):
         from lightning.pytorch.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
 
@@ -181,13 +197,28 @@ def consolidated_state(checkpoint: Path) -> dict:
     raise FileNotFoundError(f"{checkpoint} is a folder but neither a DeepSpeed nor an FSDP checkpoint (no `latest` file, no *.distcp shards)")
 
 
+def load_checkpoint_file(path: Path) -> dict:
+    """A Lightning .ckpt file read with `weights_only=True`; a clear error for anything else
+    (a crafted pickle, a file that is not a checkpoint, a truncated one)."""
+    try:
+        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError or ValueError depending on how the file is broken
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise RecipeError(f"{path} is not a readable training checkpoint ({first[:200]}); it was not loaded (checkpoints are read without running code). Pass a .ckpt from <output_dir>/checkpoints/.") from None
+    if not isinstance(state, dict) or "state_dict" not in state or "global_step" not in state:
+        raise RecipeError(f"{path} is not a Lightning training checkpoint (no state_dict / global_step). Pass a .ckpt from <output_dir>/checkpoints/.")
+    return state
+
+
 def resume_path(cfg: DictConfig) -> str | None:
-    """The checkpoint to resume from, or None; a clear error if it does not exist."""
+    """The checkpoint to resume from, or None; a clear error, before any work, if it does not exist or is not a checkpoint."""
     if not cfg.resume:
         return None
     path = Path(cfg.output_dir) / "checkpoints" / "last.ckpt" if cfg.resume == "last" else Path(cfg.resume)
     if not path.exists():  # a file, or a folder for sharded (FSDP, DeepSpeed) checkpoints
         raise RecipeError(f"resume checkpoint {path} does not exist (checkpoints are in <output_dir>/checkpoints/)")
+    if path.is_file():
+        load_checkpoint_file(path)
     return str(path)
 
 
@@ -359,7 +390,7 @@ def build_trainer(cfg: DictConfig, extra_callbacks: list | None = None, target_m
         check_val_every_n_epoch=None,
         log_every_n_steps=t.log_every_n_steps,
         logger=build_logger(cfg),
-        callbacks=[checkpoint, *([TQDMProgressBar()] if t.enable_progress_bar else []), *([LearningRateMonitor(logging_interval="step")] if t.logger != "none" else []), *(extra_callbacks or [])],
+        callbacks=[checkpoint, TrainingGuard(t.divergence_ratio), *([TQDMProgressBar()] if t.enable_progress_bar else []), *([LearningRateMonitor(logging_interval="step")] if t.logger != "none" else []), *(extra_callbacks or [])],
         plugins=plugins,
         enable_progress_bar=t.enable_progress_bar,
         enable_model_summary=False,
@@ -375,7 +406,7 @@ def build_logger(cfg: DictConfig):
     if cfg.trainer.logger == "wandb":
         offline = not os.environ.get("WANDB_API_KEY")
         return WandbLogger(project=cfg.trainer.wandb_project, save_dir=cfg.output_dir, offline=offline)
-    return CSVLogger(save_dir=cfg.output_dir, name="logs", version="")
+    return ResumableCSVLogger(save_dir=cfg.output_dir, name="logs", version="")
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -383,7 +414,6 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from specdec.data.distill import DistillTimeoutError
     from specdec.data.sources import DataError
     from specdec.models.base import DraftMismatchError
-    from specdec.train.losses import NonFiniteLossError
     from specdec.models.target import TargetLoadError
 
-    return (RecipeError, DataError, FileNotFoundError, TargetLoadError, DraftMismatchError, NonFiniteLossError, HubUploadError, DistillTimeoutError)
+    return (RecipeError, DataError, FileNotFoundError, TargetLoadError, DraftMismatchError, NonFiniteLossError, TrainingStoppedError, CheckpointWriteError, HubUploadError, DistillTimeoutError)

@@ -52,6 +52,12 @@ def trainable_keys(module: torch.nn.Module) -> set[str]:
     return params | (buffers & set(module.state_dict()))
 
 
+def trainable_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors of `module` that training changes (see `trainable_keys`)."""
+    keep = trainable_keys(module)
+    return {k: v for k, v in module.state_dict().items() if k in keep}
+
+
 def keep_trainable_state(module: torch.nn.Module, checkpoint: dict) -> None:
     """Drop frozen tensors (the target) from a checkpoint about to be written."""
     keep = trainable_keys(module)
