@@ -20,11 +20,24 @@ vocabulary projection Linear(H, V) without bias. Key names and config fields fol
   `vllm/transformers_utils/configs/medusa.py` (`model_type: medusa`, hidden_size, vocab_size,
   num_heads, num_hidden_layers, max_paths, topk, truncated_vocab_size). That config renames every
   top-level key containing "num" and "heads"/"layers", so we write no other such key.
-- `tensorrt_llm`: NVIDIA/TensorRT-LLM `tensorrt_llm/models/medusa/weight.py` (names
-  `medusa_heads.{h}.medusa_layers.{l}.linear.*`, `medusa_heads.{h}.lm_head.weight`) and
-  `examples/medusa/convert_checkpoint.py` (config fields num_medusa_heads, num_medusa_layers,
-  max_draft_len, architecture MedusaForCausalLM, weights in `rank{r}.safetensors`). We write the
-  Medusa part only (tensor parallel size 1); the base model's converted weights must be added.
+- `tensorrt_llm`: a whole TensorRT-LLM checkpoint (tensor and pipeline parallel size 1) that
+  `trtllm-build` takes: the Medusa heads under NVIDIA/TensorRT-LLM
+  `tensorrt_llm/models/medusa/weight.py`'s names (`medusa_heads.{h}.medusa_layers.{l}.linear.*`,
+  `medusa_heads.{h}.lm_head.weight`) next to the target's weights under the names of
+  `tensorrt_llm/models/llama/convert.py` (`load_weights_from_hf_model`, tp=1:
+  `transformer.vocab_embedding`, `transformer.layers.{i}.attention.qkv` = cat(q, k, v),
+  `attention.dense` = o_proj, `mlp.fc` = gate_proj, `mlp.gate` = up_proj, `mlp.proj` = down_proj,
+  `input_layernorm`, `post_layernorm`, `transformer.ln_f`, `lm_head`), all in `rank0.safetensors`.
+  `PretrainedModel.load` (`tensorrt_llm/models/modeling_utils.py`) refuses a checkpoint missing
+  any of them. config.json carries the fields `examples/medusa/convert_checkpoint.py` writes
+  (architecture MedusaForCausalLM, dtype, logits_dtype, num_hidden_layers, num_attention_heads,
+  hidden_size, intermediate_size, num_key_value_heads, vocab_size, position_embedding_type
+  rope_gpt_neox, max_position_embeddings, hidden_act, rotary_base, rotary_scaling, norm_epsilon,
+  quantization, mapping, use_parallel_embedding, embedding_sharding_dim, max_draft_len,
+  num_medusa_heads, num_medusa_layers, model_type) plus head_size, attn_bias and mlp_bias of
+  `tensorrt_llm/models/llama/config.py` (`LLaMAConfig`), which takes rotary_scaling as the Hugging
+  Face rope dict. Llama targets without biases only; the heads' ResBlocks use the config's
+  hidden_act there, so it must be silu as in ours.
 - `specdec`: our own draft folder (`DraftModel.save_pretrained`), shared lm_head kept shared.
 """
 
@@ -38,7 +51,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from specdec.models.base import CONFIG_NAME, DraftMismatchError, atomic_write, load_draft, read_draft_config
+from transformers import PreTrainedModel
+
+from specdec.models.base import CONFIG_NAME, DraftMismatchError, atomic_write, lm_head_weight, load_draft, read_draft_config
+from specdec.models.decoder import LayerShape
 from specdec.models.medusa import MedusaConfig, MedusaHeads
 
 FORMATS = ("medusa", "vllm", "tensorrt_llm", "specdec")
@@ -91,12 +107,21 @@ def detect_format(config: dict) -> str:
     raise MedusaFormatError(f"config.json matches no Medusa layout ({', '.join(FORMATS)}): it has none of the head-count fields {[LAYOUTS[f]['num_heads'] for f in LAYOUTS]}")
 
 
-def export_medusa(heads: MedusaHeads, out_dir, fmt: str, lm_head_weight: torch.Tensor | None = None, base_model: str = "", extra_config: dict | None = None) -> Path:
+def export_medusa(
+    heads: MedusaHeads,
+    out_dir,
+    fmt: str,
+    lm_head_weight: torch.Tensor | None = None,
+    base_model: str = "",
+    extra_config: dict | None = None,
+    target_model: PreTrainedModel | None = None,
+) -> Path:
     """Write `heads` to `out_dir` in layout `fmt`; returns the folder.
 
     Heads that share the target lm_head need `lm_head_weight` [V, H] for every layout but
-    `specdec`, which keeps the projection shared. `extra_config` keys (provenance, metrics) are
-    added to the config file without replacing the layout's own fields.
+    `specdec`, which keeps the projection shared. `tensorrt_llm` is a whole checkpoint and needs
+    the target itself (`target_model`, a Llama causal LM). `extra_config` keys (provenance,
+    metrics) are added to the config file without replacing the layout's own fields.
     """
     # Step 1: the specdec layout is our own save_pretrained.
     out_dir = Path(out_dir)
@@ -104,10 +129,12 @@ def export_medusa(heads: MedusaHeads, out_dir, fmt: str, lm_head_weight: torch.T
         return heads.save_pretrained(out_dir, extra=extra_config)
     if fmt == "medusa" and heads.config.num_layers > 1:
         warnings.warn("FasterDecoding/Medusa's MedusaModel ties the ResBlocks of a head; with num_layers > 1 only TensorRT-LLM's converter (or specdec) loads this export exactly", stacklevel=2)
-    # Step 2: per-head tensors under the layout's names.
+    # Step 2: per-head tensors under the layout's names (and for TensorRT-LLM the target's, converted).
     state = _per_head_state(heads, lm_head_weight)
     tensors = {theirs: state[ours] for ours, theirs in key_map(fmt, heads.config.num_heads, heads.config.num_layers).items()}
-    config = {**(extra_config or {}), **upstream_config(heads.config, fmt, base_model, _dtype_name(heads))}
+    config = {**(extra_config or {}), **upstream_config(heads.config, fmt, base_model, _dtype_name(heads), target_model)}
+    if fmt == "tensorrt_llm":
+        tensors.update(tensorrt_llm_target_weights(target_model, state["blocks.0.0.linear.weight"].dtype))
     # Step 3: weights then config, each atomically.
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(out_dir / LAYOUTS[fmt]["weights"], lambda p: save_file(tensors, p, metadata={"format": "pt"}))
@@ -117,7 +144,7 @@ def export_medusa(heads: MedusaHeads, out_dir, fmt: str, lm_head_weight: torch.T
     return out_dir
 
 
-def upstream_config(config: MedusaConfig, fmt: str, base_model: str = "", dtype: str = "float32") -> dict:
+def upstream_config(config: MedusaConfig, fmt: str, base_model: str = "", dtype: str = "float32", target_model: PreTrainedModel | None = None) -> dict:
     """The config.json fields the `fmt` loader reads (see the module docstring for the sources)."""
     counts = {LAYOUTS[fmt]["num_heads"]: config.num_heads, LAYOUTS[fmt]["num_layers"]: config.num_layers}
     if fmt == "medusa":
@@ -125,7 +152,93 @@ def upstream_config(config: MedusaConfig, fmt: str, base_model: str = "", dtype:
     if fmt == "vllm":
         shape = {"hidden_size": config.hidden_size, "vocab_size": config.vocab_size, "truncated_vocab_size": config.vocab_size}
         return {"model_type": "medusa", "architectures": ["MedusaModel"], **shape, **counts, "max_paths": 64, "topk": 10, "medusa_fc_bias": True, "original_lm_head": False}
-    return {"architecture": "MedusaForCausalLM", "dtype": dtype, "hidden_size": config.hidden_size, "vocab_size": config.vocab_size, **counts, "max_draft_len": 63, "mapping": {"world_size": 1, "tp_size": 1, "pp_size": 1}}
+    return {**tensorrt_llm_target_config(target_model, config, dtype), **counts, "max_draft_len": 63}
+
+
+def tensorrt_llm_target_config(target_model: PreTrainedModel | None, heads: MedusaConfig, dtype: str) -> dict:
+    """TensorRT-LLM's checkpoint config fields for a Medusa model on `target_model` (see the module docstring)."""
+    # Step 1: a target TensorRT-LLM's Llama Medusa model reproduces, of the heads' sizes.
+    cfg = _check_tensorrt_llm_target(target_model, heads)
+    shape = LayerShape.from_target_config(cfg)
+    # Step 2: the fields, named as TensorRT-LLM's converter writes them.
+    rope = dict(getattr(cfg, "rope_parameters", None) or {})
+    scaling = {k: v for k, v in rope.items() if k != "rope_theta"} if rope.get("rope_type", "default") != "default" else None
+    return {
+        "architecture": "MedusaForCausalLM",
+        "dtype": dtype,
+        "logits_dtype": "float32",
+        "num_hidden_layers": cfg.num_hidden_layers,
+        "num_attention_heads": shape.num_heads,
+        "hidden_size": shape.hidden_size,
+        "intermediate_size": shape.intermediate_size,
+        "num_key_value_heads": shape.num_kv_heads,
+        "head_size": shape.head_dim,
+        "vocab_size": heads.vocab_size,
+        "position_embedding_type": "rope_gpt_neox",
+        "max_position_embeddings": cfg.max_position_embeddings,
+        "hidden_act": cfg.hidden_act,
+        "rotary_base": shape.rope_theta,
+        "rotary_scaling": scaling,
+        "norm_epsilon": shape.rms_norm_eps,
+        "attn_bias": False,
+        "mlp_bias": False,
+        "quantization": {"quant_algo": None, "kv_cache_quant_algo": None},
+        "mapping": {"world_size": 1, "tp_size": 1, "pp_size": 1},
+        "use_parallel_embedding": False,
+        "embedding_sharding_dim": 0,
+        "model_type": "llama",
+    }
+
+
+TRTLLM_LAYER_NAMES = {
+    # TensorRT-LLM name in transformer.layers.{i} -> the Hugging Face Llama module(s) whose weights it holds
+    "input_layernorm": ("input_layernorm",),
+    "attention.qkv": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+    "attention.dense": ("self_attn.o_proj",),
+    "post_layernorm": ("post_attention_layernorm",),
+    "mlp.fc": ("mlp.gate_proj",),
+    "mlp.gate": ("mlp.up_proj",),
+    "mlp.proj": ("mlp.down_proj",),
+}
+"""tensorrt_llm/models/llama/convert.py's names (tp=1): fused q/k/v rows, fc = the gated (SiLU) branch."""
+
+
+def _check_tensorrt_llm_target(target_model: PreTrainedModel | None, heads: MedusaConfig):
+    """The target's text config; MedusaFormatError / DraftMismatchError when the tensorrt_llm layout cannot hold it with these heads."""
+    if target_model is None:
+        raise MedusaFormatError("the tensorrt_llm layout is a whole TensorRT-LLM checkpoint and needs the target's weights: pass target_model (specdec-export loads the draft's target)")
+    cfg = target_model.config.get_text_config()
+    problems = []
+    if cfg.model_type != "llama":
+        problems.append(f"model_type {cfg.model_type!r}")
+    if getattr(cfg, "attention_bias", False) or getattr(cfg, "mlp_bias", False):
+        problems.append("biases")
+    if cfg.hidden_act != "silu":
+        problems.append(f"hidden_act {cfg.hidden_act!r}")
+    if problems:
+        raise MedusaFormatError(
+            f"format=tensorrt_llm converts bias-free Llama targets with SiLU; this one has {', '.join(problems)}. "
+            "Export format=medusa and convert it with TensorRT-LLM's examples/medusa/convert_checkpoint.py instead"
+        )
+    vocab_size = lm_head_weight(target_model).shape[0]
+    if (cfg.hidden_size, vocab_size) != (heads.hidden_size, heads.vocab_size):
+        raise DraftMismatchError(f"target has hidden size {cfg.hidden_size} and vocabulary {vocab_size}, the heads {heads.hidden_size} and {heads.vocab_size}; pass the target the heads were trained on")
+    return cfg
+
+
+def tensorrt_llm_target_weights(target_model: PreTrainedModel, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The target's weights under TensorRT-LLM's Llama checkpoint names, in `dtype`, one copy each."""
+    decoder = {k: v.detach() for k, v in target_model.get_decoder().state_dict().items()}
+
+    def tensor(*names: str) -> torch.Tensor:
+        return torch.cat([decoder[f"{n}.weight"] for n in names]).to("cpu", dtype).contiguous().clone()
+
+    weights = {"transformer.vocab_embedding.weight": tensor("embed_tokens"), "transformer.ln_f.weight": tensor("norm")}
+    for i in range(target_model.config.get_text_config().num_hidden_layers):
+        for theirs, ours in TRTLLM_LAYER_NAMES.items():
+            weights[f"transformer.layers.{i}.{theirs}.weight"] = tensor(*(f"layers.{i}.{name}" for name in ours))
+    weights["lm_head.weight"] = lm_head_weight(target_model).detach().to("cpu", dtype).contiguous().clone()
+    return weights
 
 
 def load_medusa_export(directory, fmt: str | None = None) -> MedusaHeads:

@@ -21,6 +21,7 @@ from specdec.train.cli import main as train_main
 from specdec.train.config import RecipeError, load_recipe
 from specdec.train.export import HubUploadError, engine_target_name, export_main, push_to_hub
 from specdec.train.pipeline import run
+from conftest import build_tiny_llama
 from test_train import prompts_file, tiny_overrides  # noqa: F401  (fixture + helper of the tiny training run)
 
 K, L, H, V = 3, 2, 32, 320
@@ -38,6 +39,12 @@ def expected_keys(fmt):
     return {f"medusa_heads.{h}.medusa_layers.{l}.linear.{p}" for h in heads for l in layers for p in params}, {f"medusa_heads.{h}.lm_head.weight" for h in heads}
 
 
+TRTLLM_TARGET_KEYS = {"transformer.vocab_embedding.weight", "transformer.ln_f.weight", "lm_head.weight"} | {
+    f"transformer.layers.{i}.{name}.weight"
+    for i in range(2)
+    for name in ("input_layernorm", "attention.qkv", "attention.dense", "post_layernorm", "mlp.fc", "mlp.gate", "mlp.proj")
+}
+"""The 2-layer tiny target's tensors as tensorrt_llm/models/llama/convert.py names them (tp=1)."""
 WEIGHT_FILES = {"medusa": "medusa_lm_head.safetensors", "vllm": "model.safetensors", "tensorrt_llm": "rank0.safetensors"}
 
 
@@ -60,8 +67,9 @@ def _quiet_tied_layer_warning():
 @pytest.mark.parametrize("fmt", ["medusa", "vllm", "tensorrt_llm"])
 def test_upstream_key_names_shapes_and_config(tmp_path, fmt):
     lm_head = torch.randn(V, H)
-    out = export_medusa(random_heads(), tmp_path / fmt, fmt, lm_head, base_model="org/base", extra_config={"metrics": METRICS})
-    tensors = load_file(out / WEIGHT_FILES[fmt])
+    target = build_tiny_llama(V, hidden_size=H) if fmt == "tensorrt_llm" else None
+    out = export_medusa(random_heads(), tmp_path / fmt, fmt, lm_head, base_model="org/base", extra_config={"metrics": METRICS}, target_model=target)
+    tensors = {k: v for k, v in load_file(out / WEIGHT_FILES[fmt]).items() if k not in TRTLLM_TARGET_KEYS}
     blocks, projections = expected_keys(fmt)
     assert set(tensors) == blocks | projections and len(tensors) == K * L * 2 + K
     for key, tensor in tensors.items():
@@ -120,11 +128,54 @@ def test_a_crafted_pt_file_is_refused_without_running_it(tmp_path):
         load_medusa_export(out)
 
 
+def test_tensorrt_llm_checkpoint_holds_the_target_as_its_converter_does(tmp_path):
+    target = build_tiny_llama(V, hidden_size=H)
+    out = export_medusa(random_heads(share=False).to(torch.bfloat16), tmp_path / "trt", "tensorrt_llm", target_model=target)
+    tensors = load_file(out / "rank0.safetensors")
+    assert TRTLLM_TARGET_KEYS <= set(tensors) and len(tensors) == len(TRTLLM_TARGET_KEYS) + K * (2 * L + 1)
+    hf = {k: v.to(torch.bfloat16) for k, v in target.state_dict().items()}
+    layer = "transformer.layers.1."
+    assert torch.equal(tensors[layer + "attention.qkv.weight"], torch.cat([hf[f"model.layers.1.self_attn.{p}_proj.weight"] for p in "qkv"]))
+    assert tensors[layer + "attention.qkv.weight"].shape == ((4 + 2 + 2) * 8, H)  # 4 query heads, 2 kv heads, head size 8
+    pairs = {"attention.dense": "self_attn.o_proj", "mlp.fc": "mlp.gate_proj", "mlp.gate": "mlp.up_proj", "mlp.proj": "mlp.down_proj", "post_layernorm": "post_attention_layernorm"}
+    assert all(torch.equal(tensors[layer + f"{theirs}.weight"], hf[f"model.layers.1.{ours}.weight"]) for theirs, ours in pairs.items())
+    assert torch.equal(tensors["transformer.vocab_embedding.weight"], hf["model.embed_tokens.weight"]) and torch.equal(tensors["lm_head.weight"], hf["model.embed_tokens.weight"])
+    assert torch.equal(tensors["transformer.ln_f.weight"], hf["model.norm.weight"]) and tensors["lm_head.weight"].dtype == torch.bfloat16
+    config, hf_config = json.loads((out / "config.json").read_text()), target.config
+    fixed = {"architecture": "MedusaForCausalLM", "dtype": "bfloat16", "logits_dtype": "float32", "position_embedding_type": "rope_gpt_neox", "hidden_act": "silu"}
+    assert {k: config[k] for k in fixed} == fixed and config["model_type"] == "llama" and config["rotary_scaling"] is None
+    assert (config["num_hidden_layers"], config["num_attention_heads"], config["num_key_value_heads"], config["head_size"]) == (2, 4, 2, 8)
+    assert (config["intermediate_size"], config["max_position_embeddings"], config["vocab_size"], config["hidden_size"]) == (hf_config.intermediate_size, 512, V, H)
+    assert config["rotary_base"] == hf_config.rope_parameters["rope_theta"] and config["norm_epsilon"] == hf_config.rms_norm_eps
+    assert config["quantization"] == {"quant_algo": None, "kv_cache_quant_algo": None} and config["mapping"] == {"world_size": 1, "tp_size": 1, "pp_size": 1}
+    assert (config["num_medusa_heads"], config["num_medusa_layers"], config["max_draft_len"]) == (K, L, 63)
+
+
+def test_tensorrt_llm_takes_rope_scaling_as_the_hugging_face_dict(tmp_path):
+    target = build_tiny_llama(V, hidden_size=H)
+    target.config.rope_parameters = {"rope_type": "linear", "factor": 2.0, "rope_theta": 5e5}
+    out = export_medusa(random_heads(share=False), tmp_path / "trt", "tensorrt_llm", target_model=target)
+    config = json.loads((out / "config.json").read_text())
+    assert config["rotary_scaling"] == {"rope_type": "linear", "factor": 2.0} and config["rotary_base"] == 5e5
+
+
+def test_tensorrt_llm_refuses_what_its_llama_medusa_model_cannot_hold(tmp_path):
+    with pytest.raises(MedusaFormatError, match="needs the target's weights"):
+        export_medusa(random_heads(share=False), tmp_path / "a", "tensorrt_llm")
+    biased = build_tiny_llama(V, hidden_size=H)
+    biased.config.attention_bias = True
+    with pytest.raises(MedusaFormatError, match="this one has biases. Export format=medusa"):
+        export_medusa(random_heads(share=False), tmp_path / "b", "tensorrt_llm", target_model=biased)
+    with pytest.raises(DraftMismatchError, match="hidden size 64"):
+        export_medusa(random_heads(share=False), tmp_path / "c", "tensorrt_llm", target_model=build_tiny_llama(V, hidden_size=64))
+    assert not any((tmp_path / d).exists() for d in "abc")
+
+
 @pytest.mark.parametrize("share", [True, False])
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_round_trip_gives_the_same_logits(tmp_path, fmt, share):
     heads, lm_head, hidden = random_heads(share), torch.randn(V, H), torch.randn(2, 5, H)
-    export_medusa(heads, tmp_path, fmt, lm_head)
+    export_medusa(heads, tmp_path, fmt, lm_head, target_model=build_tiny_llama(V, hidden_size=H) if fmt == "tensorrt_llm" else None)
     back = load_medusa_export(tmp_path)
     if fmt != "specdec":
         assert back.config.share_lm_head is False and back.lm_heads is not None
@@ -236,8 +287,6 @@ def test_cli_argument_errors(draft_dir, capsys, args, code, message):
 def test_cli_missing_draft_and_target_mismatch(tmp_path, draft_dir, tiny_tokenizer, capsys):
     assert export_main([f"draft={tmp_path / 'nowhere'}", "format=vllm"]) == 2
     assert "config.json is missing" in capsys.readouterr().err
-    from conftest import build_tiny_llama
-
     wide = tmp_path / "wide-target"
     build_tiny_llama(V, hidden_size=64).save_pretrained(wide)
     tiny_tokenizer.save_pretrained(wide)

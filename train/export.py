@@ -102,7 +102,8 @@ LAYOUT_USE = {
     "--medusa_model_dir PATH --num_medusa_heads {heads} --output_dir CKPT` (without `--num_medusa_heads` it builds 4 heads, whatever config.json says), "
     "then `trtllm-build --checkpoint_dir CKPT --speculative_decoding_mode medusa`.",
     "vllm": 'vLLM: `LLM(model="{base}", speculative_config={{"model": "PATH", "num_speculative_tokens": {heads}}})`.',
-    "tensorrt_llm": "The Medusa part of a TensorRT-LLM checkpoint (`rank0.safetensors`, tp=1): add the base model's converted weights, then `trtllm-build`.",
+    "tensorrt_llm": "A TensorRT-LLM checkpoint (tp=1): the target's weights under TensorRT-LLM's Llama names and the heads, in `rank0.safetensors`. "
+    "Build the engine with `trtllm-build --checkpoint_dir PATH --speculative_decoding_mode medusa --output_dir ENGINE`, and run it with the tokenizer of `{base}`.",
     "sglang": "SGLang: `python -m sglang.launch_server --model-path {base} --speculative-algorithm EAGLE3 --speculative-draft-model-path PATH` "
     "(tune with --speculative-num-steps, --speculative-eagle-topk, --speculative-num-draft-tokens). SafeAILab/EAGLE loads it too: "
     '`EaModel.from_pretrained(base_model_path="{base}", ea_model_path="PATH", use_eagle3=True)` (it always fuses the inputs of layers 2, L//2, L-3).',
@@ -268,7 +269,7 @@ def export_folder(draft_dir, fmt: str, out=None, target: str | None = None, lm_h
     `out` defaults to the draft itself for `specdec` and to `<draft_dir>/../export_<fmt>`
     otherwise. Medusa: the target lm_head (needed when the heads share it) is `lm_head`, else
     loaded from `target`, else from the target recorded in the draft (its fine-tuned copy for
-    Medusa-2). EAGLE: `target` (a model id or folder; only its config.json is read, and checked
+    Medusa-2); `tensorrt_llm` always loads that target, whose weights it converts. EAGLE: `target` (a model id or folder; only its config.json is read, and checked
     against the draft) supplies max_position_embeddings and architectures for the config.
     """
     # Step 1: the draft, the layouts that hold it, and the provenance its config.json carries.
@@ -293,9 +294,12 @@ def export_folder(draft_dir, fmt: str, out=None, target: str | None = None, lm_h
     if base:
         provenance["target"] = {**(provenance.get("target") or {}), "engine_name_or_path": base}
     if isinstance(draft, MedusaHeads):
-        if lm_head is None and (target or (draft.config.share_lm_head and fmt != "specdec")):
-            lm_head = _target_lm_head(draft_dir, config, target, draft)
-        export_medusa(draft, out, fmt, lm_head_weight=lm_head, base_model=base, extra_config=provenance)
+        model = None
+        if fmt == "tensorrt_llm" or (lm_head is None and (target or (draft.config.share_lm_head and fmt != "specdec"))):
+            model = _load_draft_target(draft_dir, config, target, draft).model
+        if lm_head is None and model is not None:
+            lm_head = lm_head_weight(model).detach()
+        export_medusa(draft, out, fmt, lm_head_weight=lm_head, base_model=base, extra_config=provenance, target_model=model if fmt == "tensorrt_llm" else None)
     elif fmt == "specdec":
         draft.save_pretrained(out, extra=provenance)
     else:
@@ -336,15 +340,15 @@ def _target_name(draft_dir: Path, config: dict, target: str | None) -> str | Non
     return target or (str(draft_dir / finetuned) if finetuned else recorded.get("name_or_path"))
 
 
-def _target_lm_head(draft_dir: Path, config: dict, target: str | None, heads: MedusaHeads) -> torch.Tensor:
-    """Load the target (named, the Medusa-2 fine-tuned copy, or the recorded one) and return its lm_head."""
+def _load_draft_target(draft_dir: Path, config: dict, target: str | None, heads: MedusaHeads) -> Target:
+    """Load the target (named, the Medusa-2 fine-tuned copy, or the recorded one), checked against the heads."""
     recorded = config.get("target") or {}
     name = _target_name(draft_dir, config, target)
     if not name:
         raise TargetLoadError(f"{draft_dir / CONFIG_NAME} records no target; pass target=NAME_OR_PATH")
     loaded = load_target(name, None if target or recorded.get("finetuned_weights") else recorded.get("revision"))
     heads.check_target(loaded.hidden_size, loaded.vocab_size)
-    return lm_head_weight(loaded.model).detach()
+    return loaded
 
 
 def publish(draft_dir, fmt: str, repo_id: str, private: bool = False, lm_head: torch.Tensor | None = None) -> Path:
@@ -371,7 +375,8 @@ Writes a trained draft in a serving engine's layout and optionally uploads it.
             EAGLE-1 drafts: eagle (SafeAILab/EAGLE ea_model folder), specdec
   out       where to write (default: <draft>/../export_<format>; the draft itself for specdec)
   target    target whose lm_head fills the per-head projections of shared-lm_head Medusa drafts
-            (default: the target recorded in the draft's config.json); checked against the draft.
+            and whose weights tensorrt_llm converts (default: the target recorded in the draft's
+            config.json); checked against the draft.
             EAGLE layouts read only its config.json (max_position_embeddings, architectures)
   push      upload `out` to the Hugging Face Hub (default: true when repo_id is given)
   repo_id   Hub model repo, ORG/NAME (created if missing; token from HF_TOKEN or `hf auth login`)
