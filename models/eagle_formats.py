@@ -22,6 +22,15 @@ target's embeddings, which every loader takes from the target):
   `transformer_layer_config`, and reads `norm_before_residual` as TRUE when it is absent, so we
   always write it (false); `vllm/model_executor/models/llama_eagle3.py` maps `d2t` to
   `draft_id_to_target_id` and skips `t2d`.
+- Count of fused layers: vLLM's `llama_eagle3.py` (0.32) sizes `fc` by the drafter config's
+  `num_aux_hidden_states`, else the length of `eagle_config.eagle_aux_hidden_state_layer_ids`,
+  else 3; for the speculators layout that config is `transformer_layer_config` (vLLM's
+  `configs/speculators/base.py` starts from it and `algos.py` copies no count). We write the count
+  there (speculators) or at the top (sglang). speculators' `Eagle3DraftModel` counts the ids.
+- Full draft vocabulary (draft_vocab_size == vocab_size, hence d2t = 0): vLLM then has no
+  `draft_id_to_target_id` parameter to load `d2t` into, and SafeAILab/EAGLE deletes its d2t/t2d
+  buffers before loading; SGLang (no hot-token map without `d2t`) and speculators (d2t/t2d in
+  `_keys_to_ignore_on_load_missing`) accept their absence. So neither tensor is written then.
 - `eagle` (EAGLE-1, SafeAILab/EAGLE `ea_model` draft folder): `eagle/model/cnets1.py` (`fc`
   Linear(2H, H, bias=config `bias`) on cat(embeds, hidden), `layers.0` = Llama decoder layer with
   no `input_layernorm` at index 0, head_dim = hidden_size / num_attention_heads) and
@@ -95,6 +104,8 @@ _IN_LAYER = ("input_layernorm", "hidden_norm")
 """Eagle3Drafter norms that upstream keeps inside its decoder layer."""
 _IGNORED = ("embed_tokens.weight",)
 """Upstream tensors our drafters take from the target instead."""
+_VOCAB_MAPS = ("d2t", "t2d")
+"""EAGLE-3 vocabulary maps, not written for a full draft vocabulary (see the module docstring)."""
 
 
 class EagleFormatError(ValueError):
@@ -165,7 +176,8 @@ def export_eagle(
         warnings.warn(f"exporting the {fmt} layout without the target's max_position_embeddings: engines then use their default (2048 for a Llama config) for the drafter", stacklevel=2)
     # Step 2: tensors under the layout's names, and its config.
     state = {k: v.detach().cpu().contiguous() for k, v in draft.state_dict().items()}
-    tensors = {theirs: state[ours] for ours, theirs in key_map(draft, fmt).items()}
+    dropped = _VOCAB_MAPS if _full_vocab(draft) else ()
+    tensors = {theirs: state[ours] for ours, theirs in key_map(draft, fmt).items() if ours not in dropped}
     upstream = upstream_config(draft, fmt, base_model, num_speculative_tokens, max_position_embeddings, list(verifier_architectures))
     config = {**(extra_config or {}), **upstream}
     # Step 3: weights then config, each atomically.
@@ -201,6 +213,13 @@ def _check_fits(draft: DraftModel, fmt: str) -> None:
         raise EagleFormatError(f"layer_ids {ids} cannot be served: engines concatenate the captured layers in ascending order and cannot capture the embeddings (id 0); they must be strictly increasing and >= 1")
     if fmt == "sglang" and len(ids) != 3:
         raise EagleFormatError(f"SGLang's LlamaForCausalLMEagle3 fuses exactly 3 target layers (fc: 3H -> H); this draft fuses {len(ids)}")
+    if cfg.draft_vocab_size == cfg.vocab_size and bool(draft.d2t.any()):
+        raise EagleFormatError("the draft vocabulary is the full target vocabulary in another order; engines read a full vocabulary as the target's own order (no d2t): re-install it with set_vocab(torch.arange(vocab_size))")
+
+
+def _full_vocab(draft: DraftModel) -> bool:
+    """An EAGLE-3 drafter whose draft vocabulary is the whole target vocabulary."""
+    return isinstance(draft, Eagle3Drafter) and draft.config.draft_vocab_size == draft.config.vocab_size
 
 
 def _dtype_name(draft: DraftModel) -> str:
@@ -260,6 +279,7 @@ def upstream_config(
             **layer,
             "draft_vocab_size": cfg.draft_vocab_size,
             "bias": False,
+            "num_aux_hidden_states": len(ids),
             "eagle_config": {"eagle_aux_hidden_state_layer_ids": to_sglang_layer_ids(ids), "use_aux_hidden_state": True},
             "eagle_aux_hidden_state_layer_ids": ids,
             "specdec_layer_ids": {**_layer_id_record(ids), "eagle_config": "SGLang numbering: ours - 1", "top_level": "vLLM numbering: ours"},
@@ -275,7 +295,7 @@ def upstream_config(
             "default_proposal_method": "greedy",
             "verifier": {"name_or_path": base_model or None, "architectures": list(verifier_architectures or [])},
         },
-        "transformer_layer_config": layer,
+        "transformer_layer_config": {**layer, "num_aux_hidden_states": len(ids)},
         "draft_vocab_size": cfg.draft_vocab_size,
         "target_hidden_size": cfg.hidden_size,
         "norm_before_residual": False,

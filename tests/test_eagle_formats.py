@@ -117,6 +117,7 @@ def test_sglang_layout(tmp_path):
     assert config["eagle_config"] == {"eagle_aux_hidden_state_layer_ids": [1, 4, 8], "use_aux_hidden_state": True}
     assert config["eagle_aux_hidden_state_layer_ids"] == IDS  # vLLM's numbering (input of layer k) = ours
     assert config["specdec_layer_ids"]["hf_hidden_states"] == IDS
+    assert config["num_aux_hidden_states"] == 3  # vLLM sizes fc by it
 
 
 def test_speculators_layout(tmp_path):
@@ -135,6 +136,48 @@ def test_speculators_layout(tmp_path):
     assert config["draft_vocab_size"] == VD and config["target_hidden_size"] == H
     assert "norm_before_residual" in config and config["norm_before_residual"] is False  # vLLM assumes true when absent
     assert config["eagle_aux_hidden_state_layer_ids"] == IDS
+
+
+def vllm_fc_inputs(config: dict) -> int:
+    """fc's input width as vLLM 0.32's llama_eagle3.py derives it from the drafter's config.json.
+
+    For the speculators layout that config is transformer_layer_config (configs/speculators/base.py)."""
+    hf = config["transformer_layer_config"] if "speculators_config" in config else config
+    count = hf.get("num_aux_hidden_states") or len((hf.get("eagle_config") or {}).get("eagle_aux_hidden_state_layer_ids") or []) or 3
+    return count * config.get("target_hidden_size", hf["hidden_size"])
+
+
+@pytest.mark.parametrize(("fmt", "ids"), [("sglang", IDS), ("speculators", IDS), ("speculators", [2, 5, 9, 12])])
+def test_vllm_reads_the_number_of_fused_layers(tmp_path, fmt, ids):
+    out = export(eagle3(layer_ids=ids), tmp_path / fmt, fmt)
+    assert vllm_fc_inputs(config_of(out)) == load_file(out / "model.safetensors")["fc.weight"].shape[1] == len(ids) * H
+    assert load_eagle_export(out).config.layer_ids == ids
+
+
+def full_vocab_eagle3(seed=0):
+    draft = randomize(Eagle3Drafter(Eagle3Config(hidden_size=H, vocab_size=V, draft_vocab_size=V, layer_ids=IDS, layer=SHAPE)), seed)
+    draft.set_vocab(torch.arange(V))
+    return draft
+
+
+@pytest.mark.parametrize("fmt", ["sglang", "speculators"])
+def test_full_draft_vocabulary_writes_no_vocab_maps_and_reads_back(tmp_path, fmt):
+    draft = full_vocab_eagle3()
+    out = export(draft, tmp_path / fmt, fmt)
+    assert not {"d2t", "t2d"} & set(load_file(out / "model.safetensors"))  # vLLM has no d2t parameter for a full vocabulary
+    back = load_eagle_export(out)
+    assert all(torch.equal(back.state_dict()[k], v) for k, v in draft.state_dict().items())
+    embeds, hidden, positions, mask = inputs()
+    out_states = draft(embeds, hidden, positions, mask)
+    assert torch.equal(back.logits(out_states), draft.logits(out_states)) and torch.equal(back.to_target_ids(torch.arange(V)), torch.arange(V))
+
+
+def test_full_vocabulary_in_another_order_is_refused(tmp_path):
+    draft = full_vocab_eagle3()
+    draft.d2t.copy_(torch.arange(V).flip(0) - torch.arange(V))
+    with pytest.raises(EagleFormatError, match="full target vocabulary in another order"):
+        export(draft, tmp_path / "x", "speculators")
+    assert not (tmp_path / "x").exists()
 
 
 def test_eagle1_layout(tmp_path):
