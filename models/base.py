@@ -8,6 +8,7 @@ frozen target tensors it shares, such as the lm_head, are never copied in).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import os
 import tempfile
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -28,7 +30,8 @@ DRAFT_REGISTRY: dict[str, type["DraftModel"]] = {}
 
 
 class DraftMismatchError(ValueError):
-    """A draft was built for a target with another hidden size or vocabulary."""
+    """A draft that does not fit what it is loaded with: a target of another hidden size or
+    vocabulary, or a draft folder whose config.json, `draft_type` and weights disagree (or are damaged)."""
 
 
 def register_draft(cls: type["DraftModel"]) -> type["DraftModel"]:
@@ -52,6 +55,8 @@ class DraftModel(nn.Module):
 
     draft_type: ClassVar[str]
     config_class: ClassVar[type]
+    feature_layers: tuple[int, ...] | None = None
+    """Target hidden states (HF output_hidden_states indices) the draft reads besides the last one; None: only the last."""
 
     def __init__(self, config: Any):
         super().__init__()
@@ -89,10 +94,55 @@ class DraftModel(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> "DraftModel":
         """Rebuild the exact module saved by `save_pretrained` (use `load_draft` for any type)."""
+        # Step 1: the config, which must hold every field this draft type needs.
+        directory = Path(directory)
         config = read_draft_config(directory)
+        missing = missing_fields(cls.config_class, config)
+        if missing:
+            raise DraftMismatchError(
+                f"{directory / CONFIG_NAME} does not describe a draft of type {cls.draft_type!r}: it lacks {', '.join(missing)}. "
+                f"Its `draft_type` was changed or the file was edited; restore the config.json that was written with the weights."
+            )
         model = cls(config_from_dict(cls.config_class, config))
-        model.load_state_dict(load_file(Path(directory) / WEIGHTS_NAME))
+        # Step 2: the weights, which must be readable and fit that config.
+        tensors = _read_weights(directory)
+        problem = _state_mismatch(model.state_dict(), tensors)
+        if problem:
+            raise DraftMismatchError(
+                f"the weights in {directory / WEIGHTS_NAME} do not fit its {CONFIG_NAME} (draft_type {cls.draft_type!r}): {problem}. "
+                "Restore the config.json that was written with these weights."
+            )
+        model.load_state_dict(tensors)
         return model
+
+
+def missing_fields(config_class: type, values: dict[str, Any]) -> list[str]:
+    """Fields of `config_class` a config.json dict must hold but lacks: those without a default, and nested shapes (a drafter's LayerShape)."""
+    hints = typing.get_type_hints(config_class)
+    missing = []
+    for f in dataclasses.fields(config_class):
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if (required and f.name not in values) or (dataclasses.is_dataclass(hints[f.name]) and not isinstance(values.get(f.name), dict)):
+            missing.append(f.name)
+    return missing
+
+
+def _state_mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> str:
+    """What differs between the tensors a module expects and those of a file (empty when they fit)."""
+    problems = []
+    if missing := expected.keys() - found.keys():
+        problems.append(f"missing {_first_names(missing)}")
+    if unexpected := found.keys() - expected.keys():
+        problems.append(f"unexpected {_first_names(unexpected)}")
+    if reshaped := [k for k in expected.keys() & found.keys() if expected[k].shape != found[k].shape]:
+        problems.append(f"other shapes for {_first_names(reshaped)}")
+    return "; ".join(problems)
+
+
+def _first_names(names) -> str:
+    """The first three tensor names, sorted, and how many more there are."""
+    names = sorted(names)
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
 def config_from_dict(config_class: type, values: dict[str, Any]) -> Any:
@@ -106,35 +156,64 @@ def config_from_dict(config_class: type, values: dict[str, Any]) -> Any:
     return config_class(**kwargs)
 
 
+def _read_weights(directory: Path) -> dict[str, torch.Tensor]:
+    """The tensors of `directory/model.safetensors`, with one clear error when the file is missing or damaged."""
+    path = directory / WEIGHTS_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"draft {directory} has no {WEIGHTS_NAME}: the folder is incomplete. Copy the whole draft folder again (or export it again from its training run).")
+    try:
+        return load_file(path)
+    except SafetensorError as exc:
+        raise DraftMismatchError(f"{path} is damaged ({exc}): it was truncated or is not a safetensors file. Copy the draft folder again (or export it again from its training run).") from exc
+
+
 def read_draft_config(directory: str | os.PathLike) -> dict[str, Any]:
-    """The parsed `config.json` of a draft folder, with a clear error when it is missing."""
+    """The parsed `config.json` of a draft folder, with a clear error when it is missing or not a JSON object."""
     path = Path(directory) / CONFIG_NAME
     if not path.is_file():
         raise FileNotFoundError(
             f"no draft at {directory}: {CONFIG_NAME} is missing. Pass the `draft/` folder that "
             "specdec-train wrote (<output_dir>/draft)."
         )
-    return json.loads(path.read_text())
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DraftMismatchError(f"{path} is not valid JSON ({exc}): copy the draft folder again (or export it again from its training run).") from exc
+    if not isinstance(config, dict):
+        raise DraftMismatchError(f"{path} holds a JSON {type(config).__name__}, not an object: copy the draft folder again (or export it again from its training run).")
+    return config
 
 
 def load_draft(directory: str | os.PathLike) -> DraftModel:
-    """Load any registered draft type from its folder."""
+    """Load any registered draft type from its folder; a wrong `draft_type` or weights that do not fit raise `DraftMismatchError`."""
     draft_type = read_draft_config(directory).get("draft_type")
     if draft_type not in DRAFT_REGISTRY:
-        raise ValueError(f"unknown draft_type {draft_type!r} in {directory}; known: {sorted(DRAFT_REGISTRY)}")
+        close = difflib.get_close_matches(str(draft_type), DRAFT_REGISTRY, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise DraftMismatchError(f"unknown draft_type {draft_type!r} in {Path(directory) / CONFIG_NAME}: {hint}set it to one of {', '.join(sorted(DRAFT_REGISTRY))} (the type the weights were trained as).")
     return DRAFT_REGISTRY[draft_type].from_pretrained(directory)
 
 
 def atomic_write(path: Path, write) -> None:
-    """Call `write(tmp_path)` then move the file into place, so readers never see half a file."""
+    """Call `write(tmp_path)` then move the file into place, so readers never see half a file.
+
+    The file gets the permissions of any new file (0666 less the umask), not mkstemp's private 0600."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _umask() -> int:
+    """This process's umask (reading it means setting it, so it is set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def freeze(module: nn.Module) -> nn.Module:

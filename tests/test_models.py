@@ -1,6 +1,8 @@
 """Draft contract, registry and Medusa heads."""
 
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -57,3 +59,14 @@ def test_mismatched_target_is_refused_with_both_sizes():
 def test_loading_a_missing_draft_says_what_to_pass(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json is missing"):
         load_draft(tmp_path)
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_saved_draft_files_follow_the_umask(tmp_path, umask, mode):
+    """Draft files are readable as the umask allows (mkstemp alone would make them private 0600)."""
+    previous = os.umask(umask)
+    try:
+        MedusaHeads(MedusaConfig(hidden_size=8, vocab_size=11)).save_pretrained(tmp_path / "draft")
+    finally:
+        os.umask(previous)
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "draft").iterdir()} == {"config.json": mode, "model.safetensors": mode}
