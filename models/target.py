@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from specdec.models.base import freeze
@@ -75,18 +76,21 @@ def load_target(name_or_path: str, revision: str | None = None, gguf_file: str |
         source = name_or_path
         if _looks_like_path(name_or_path) and not Path(name_or_path).exists():
             raise TargetLoadError(f"target folder {name_or_path} does not exist (or pass a Hub id such as HuggingFaceTB/SmolLM2-135M-Instruct, or `{EMBEDDED_NAME}`)")
-    # Step 2: load model and tokenizer; turn hub/network failures into one actionable message.
+        if Path(name_or_path).is_dir() and not gguf_file:
+            _check_model_folder(Path(name_or_path))
+    # Step 2: load model and tokenizer; turn hub/network and damaged-file failures into one actionable line.
     kwargs = {"revision": revision} if revision else {}
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype], **kwargs)
-    except OSError as exc:
-        raise TargetLoadError(
-            f"could not load target {name_or_path!r}: {exc}\nUse a local folder, a .gguf file, `{EMBEDDED_NAME}`, "
-            "or a Hub id on a machine with network access (set HF_HUB_OFFLINE=1 to use only the local cache)."
-        ) from exc
+    except (OSError, ValueError, SafetensorError) as exc:
+        reason = " ".join(str(exc).split()).rstrip(".")
+        advice = "its weights file is damaged or truncated: download or copy it again" if isinstance(exc, SafetensorError) else (
+            f"use a local folder, a .gguf file, `{EMBEDDED_NAME}`, or a Hub id on a machine with network access (set HF_HUB_OFFLINE=1 to use only the local cache)"
+        )
+        raise TargetLoadError(f"could not load target {name_or_path!r} ({reason}): {advice}.") from exc
     if gguf_file:
         _drop_gguf_marker(model)
         model.to(DTYPES[dtype])
@@ -139,6 +143,24 @@ def _drop_gguf_marker(model: PreTrainedModel) -> None:
     model.is_quantized = False
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
+
+
+MODEL_FOLDER_FILES = {
+    "config.json": ("config.json",),
+    "weights (model.safetensors or pytorch_model.bin)": ("*.safetensors", "*.bin"),
+    "tokenizer files (tokenizer.json or tokenizer_config.json)": ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"),
+}
+"""What a local Hugging Face model folder must hold -> file patterns of which one must exist."""
+
+
+def _check_model_folder(folder: Path) -> None:
+    """Fail in one line, before transformers tries, when a local folder is not a Hugging Face model."""
+    missing = [what for what, patterns in MODEL_FOLDER_FILES.items() if not any(any(folder.glob(p)) for p in patterns)]
+    if missing:
+        raise TargetLoadError(
+            f"target folder {folder} is not a Hugging Face model: it has no {' and no '.join(missing)}. Pass the folder that holds them "
+            f"(what `save_pretrained` writes for the model and its tokenizer), a .gguf file, a Hub id such as HuggingFaceTB/SmolLM2-135M-Instruct, or `{EMBEDDED_NAME}`."
+        )
 
 
 def _looks_like_path(name: str) -> bool:
