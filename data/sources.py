@@ -68,7 +68,10 @@ def load_conversations(
     if max_samples is not None and max_samples < 1:
         raise ValueError(f"max_samples must be a positive integer or None, got {max_samples}")
     label, records = _open_source(source, split)
-    return _parse_records(label, records, max_samples=max_samples, on_error=on_error)
+    conversations = _parse_records(label, records, max_samples=max_samples, on_error=on_error)
+    if not conversations:
+        raise DataError(f"{label} holds no usable conversation: it is empty or every record was skipped. Pass a file with one chat record per line (.jsonl) or a list of them (.json).")
+    return conversations
 
 
 def user_turns(conversation: list[dict]) -> list[dict]:
@@ -108,34 +111,51 @@ def normalize_record(record: Any) -> list[dict]:
     return conversation
 
 
-def _open_source(source: str, split: str) -> tuple[str, Iterable[tuple[int, Any]]]:
-    """Resolve ``source`` into a label for messages and an iterator of (line number, record)."""
-    if source in BUILTIN_SOURCES:
-        return _open_file(ASSETS_DIR / BUILTIN_SOURCES[source])
-    if source.startswith("hf:"):
-        return _open_hub(source, split)
+def check_source(source: str) -> Path | None:
+    """The file a data source names (None for a builtin or ``hf:`` source), or the reason it cannot be read.
+
+    Raises:
+        FileNotFoundError: a path that is not a file.
+        DataError: a file that is neither ``.json`` nor ``.jsonl``.
+    """
+    if source in BUILTIN_SOURCES or source.startswith("hf:"):
+        return None
     path = Path(source).expanduser()
     if not path.is_file():
         raise FileNotFoundError(
             f"data source {str(path)!r} is not a file. Pass a .json/.jsonl path, 'hf:NAME[:CONFIG]' "
             f"or one of the builtin sources: {', '.join(sorted(BUILTIN_SOURCES))}"
         )
-    return _open_file(path)
+    if path.suffix not in (".json", ".jsonl"):
+        raise DataError(f"unsupported data file extension {path.suffix!r} for {path}: use .json or .jsonl (a list of records, or one record per line)")
+    return path
+
+
+def _open_source(source: str, split: str) -> tuple[str, Iterable[tuple[int, Any]]]:
+    """Resolve ``source`` into a label for messages and an iterator of (line number, record)."""
+    if source in BUILTIN_SOURCES:
+        return _open_file(ASSETS_DIR / BUILTIN_SOURCES[source])
+    if source.startswith("hf:"):
+        return _open_hub(source, split)
+    return _open_file(check_source(source))
 
 
 def _open_file(path: Path) -> tuple[str, Iterable[tuple[int, Any]]]:
     """Open a ``.json`` or ``.jsonl`` file as (line number, record) pairs."""
     if path.suffix == ".jsonl":
         return str(path), _iter_jsonl(path)
-    if path.suffix == ".json":
-        return str(path), _iter_json_list(path)
-    raise ValueError(f"unsupported data file extension {path.suffix!r} for {path}: use .json or .jsonl")
+    return str(path), _iter_json_list(path)
 
 
 def _iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
-    """Yield (line number, record) for each non-blank line; a bad line yields a DataError."""
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
+    """Yield (line number, record) for each non-blank line; a line that is not UTF-8 text or not JSON yields a DataError."""
+    with path.open("rb") as handle:
+        for line_number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                yield line_number, DataError(f"not UTF-8 text (byte {err.start + 1} of the line); save the file as UTF-8")
+                continue
             if not line.strip():
                 continue
             try:
@@ -147,7 +167,10 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
 def _iter_json_list(path: Path) -> Iterator[tuple[int, Any]]:
     """Yield (record number, record) from a file holding one JSON list of records."""
     try:
-        records = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        records = json.loads(text) if text.strip() else []
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text (byte {err.start + 1}); save the file as UTF-8") from err
     except json.JSONDecodeError as err:
         raise DataError(f"{path}:{err.lineno}: invalid JSON: {err.msg} (column {err.colno})") from err
     if not isinstance(records, list):

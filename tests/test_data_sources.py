@@ -185,3 +185,41 @@ def test_unreachable_hub_data_set_says_what_to_do(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(DataError, match="network access .* pass that path"):
         load_conversations("hf:org/chat")
+
+
+def test_a_line_that_is_not_utf8_is_skipped_and_counted_like_corrupt_json(tmp_path):
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes(b'{"prompt": "ok 1"}\n' + '{"prompt": "caf\u00e9"}\n'.encode("latin-1") + b'{"prompt": "broken\n{"prompt": "ok 2"}\n')
+    with pytest.warns(UserWarning) as record:
+        conversations = load_conversations(str(path))
+    assert [c[0]["content"] for c in conversations] == ["ok 1", "ok 2"]
+    message = str(record[0].message)
+    assert len(record) == 1 and "skipped 2" in message and "2, 3" in message and "not UTF-8 text" in message
+    with pytest.raises(DataError, match=rf"{path}:2: not UTF-8 text"):
+        load_conversations(str(path), on_error="raise")
+
+
+def test_a_json_file_that_is_not_utf8_names_the_file(tmp_path):
+    path = tmp_path / "latin1.json"
+    path.write_bytes('[{"prompt": "caf\u00e9"}]'.encode("latin-1"))
+    with pytest.raises(DataError, match=rf"{path}: not UTF-8 text .*save the file as UTF-8"):
+        load_conversations(str(path), on_error="skip")
+
+
+@pytest.mark.parametrize("name", ["empty.jsonl", "empty.json"])
+def test_an_empty_file_or_one_with_only_bad_records_is_an_error(tmp_path, name):
+    path = tmp_path / name
+    path.write_text("\n")
+    with pytest.raises(DataError, match=rf"{path} holds no usable conversation"):
+        load_conversations(str(path))
+    bad = _write_jsonl(tmp_path / "bad.jsonl", ['{"broken', {"text": "no known keys"}])
+    with pytest.warns(UserWarning, match="skipped 2"), pytest.raises(DataError, match="holds no usable conversation"):
+        load_conversations(str(bad))
+
+
+def test_check_source_accepts_builtins_and_hub_names_and_refuses_other_extensions(tmp_path):
+    assert sources.check_source("mt-bench") is None and sources.check_source("hf:org/set") is None
+    path = tmp_path / "data.txt"
+    path.write_text("hello\n")
+    with pytest.raises(DataError, match=r"unsupported data file extension '\.txt'"):
+        sources.check_source(str(path))
