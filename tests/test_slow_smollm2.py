@@ -52,7 +52,7 @@ def test_medusa1_head1_learns_well_above_chance_on_held_out_data(tmp_path):
         "trainer.logger": "none",
         "optim.warmup_steps": "4",
     }
-    untrained = run(load_recipe("medusa1", {**common, "output_dir": str(tmp_path / "a"), "trainer.max_steps": "1", "optim.lr": "0"}))
+    untrained = run(load_recipe("medusa1", {**common, "output_dir": str(tmp_path / "a"), "trainer.max_steps": "1", "optim.lr": "1e-30"}))
     trained = run(load_recipe("medusa1", {**common, "output_dir": str(tmp_path / "b"), "trainer.max_steps": "40", "optim.lr": "1e-2"}))
     chance = 1 / 49152
     assert trained.metrics["val/head1_top1"] > 0.08 > 1000 * chance
@@ -119,7 +119,7 @@ def test_eagle3_on_the_real_target_learns_decodes_losslessly_and_exports_for_eng
         "trainer.logger": "none",
         "optim.warmup_steps": "4",
     }
-    untrained = run(load_recipe("eagle3", {**common, "output_dir": str(tmp_path / "a"), "trainer.max_steps": "1", "optim.lr": "0"}))
+    untrained = run(load_recipe("eagle3", {**common, "output_dir": str(tmp_path / "a"), "trainer.max_steps": "1", "optim.lr": "1e-30"}))
     trained = run(load_recipe("eagle3", {**common, "output_dir": str(tmp_path / "b"), "trainer.max_steps": "30", "optim.lr": "3e-3"}))
     assert trained.metrics["val/head1_top1"] > untrained.metrics["val/head1_top1"] + 0.05
     draft = load_draft(trained.draft_dir)

@@ -72,7 +72,8 @@ def test_cli_trains_and_exports_a_loadable_draft(tmp_path, tiny_target_dir, prom
 
 def test_training_lowers_the_head_loss(tmp_path, tiny_target_dir, prompts_file):
     cfg = load_recipe("medusa1", tiny_overrides(tmp_path, tiny_target_dir, prompts_file, **{"trainer.max_steps": 40, "optim.lr": 0.01, "trainer.val_every_n_steps": 40, "medusa.share_lm_head": "false"}))
-    start_cfg = load_recipe("medusa1", tiny_overrides(tmp_path / "zero", tiny_target_dir, prompts_file, **{"optim.lr": 0.0, "medusa.share_lm_head": "false"}))
+    # optim.lr must be > 0: 1e-30 moves no weight, so this draft stays as initialised.
+    start_cfg = load_recipe("medusa1", tiny_overrides(tmp_path / "zero", tiny_target_dir, prompts_file, **{"optim.lr": 1e-30, "medusa.share_lm_head": "false"}))
     trained, untrained = run(cfg), run(start_cfg)
     assert trained.metrics["val/loss"] < 0.8 * untrained.metrics["val/loss"]
 

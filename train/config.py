@@ -11,10 +11,12 @@ import ast
 import difflib
 import importlib.util
 import inspect
+import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -247,6 +249,28 @@ class RecipeConfig:
     """Upload of the finished draft to the Hugging Face Hub (off unless hub.repo_id is set)."""
 
 
+AT_LEAST_1 = ("at least 1", lambda v: v >= 1)
+POSITIVE = ("a finite number > 0", lambda v: v > 0)
+NON_NEGATIVE = ("a finite number >= 0", lambda v: v >= 0)
+FRACTION = ("within [0, 1]", lambda v: 0 <= v <= 1)
+VALUE_RANGES = {
+    **dict.fromkeys(
+        ["trainer.max_steps", "trainer.num_nodes", "trainer.timeout_s", "trainer.accumulate_grad_batches", "trainer.val_every_n_steps", "trainer.checkpoint_every_n_steps",
+         "trainer.log_every_n_steps", "trainer.num_threads", "data.max_samples", "data.batch_size", "data.distill_chunk_size", "data.generation_batch_size", "data.max_length",
+         "data.max_new_tokens", "data.features_shard_size", "medusa.num_heads", "medusa.num_layers", "medusa2.lora_r", "eagle.ttt_steps", "eagle.val_steps",
+         "eagle3.draft_vocab_size", "chimera.num_heads"],
+        AT_LEAST_1,
+    ),
+    **dict.fromkeys(["optim.lr", "trainer.gradient_clip_val", "medusa2.lora_alpha", "medusa2.heads_lr_multiplier", "medusa.loss_decay", "eagle.step_decay", "chimera.head_decay"], POSITIVE),
+    **dict.fromkeys(["optim.weight_decay", "optim.warmup_steps", "data.val_size", "data.temperature", "medusa2.heads_only_steps", "medusa2.heads_coefficient", "eagle.feature_noise",
+                     "eagle.feature_loss_weight", "eagle.ce_loss_weight"], NON_NEGATIVE),
+    **dict.fromkeys(["medusa.soft_label_weight", "medusa2.lora_dropout", "eagle3.min_vocab_coverage"], FRACTION),
+    "data.top_p": ("within (0, 1]", lambda v: 0 < v <= 1),
+    "medusa.top_k": ("within [1, 10] (ranks measured per head)", lambda v: 1 <= v <= 10),
+}
+"""Numeric recipe keys -> (what the value must be, test); a null value (optional keys) is not checked."""
+
+
 class RecipeError(ValueError):
     """A recipe or override that cannot be used; the message says how to fix it."""
 
@@ -324,24 +348,37 @@ def load_recipe(recipe: str, overrides: dict[str, str] | None = None) -> DictCon
     """Recipe YAML + overrides, checked against `RecipeConfig`; returns a typed, struct-mode config."""
     # Step 1: read the recipe and check its keys.
     path = resolve_recipe_path(recipe)
-    try:
-        recipe_tree = OmegaConf.to_container(OmegaConf.load(path))
-    except OmegaConfBaseException as exc:
-        raise RecipeError(f"cannot parse recipe {path}: {exc}") from exc
-    _check_keys(recipe_tree or {}, f"recipe {path}")
+    recipe_tree = _read_recipe(path)
+    _check_keys(recipe_tree, f"recipe {path}")
     # Step 2: check the override keys.
     overrides = overrides or {}
     for key in overrides:
         _check_keys(_nest(key, None), "the command line")
     # Step 3: merge schema <- recipe <- overrides; OmegaConf validates the types.
     try:
-        config = OmegaConf.merge(OmegaConf.structured(RecipeConfig), recipe_tree or {})
+        config = OmegaConf.merge(OmegaConf.structured(RecipeConfig), recipe_tree)
         config = OmegaConf.merge(config, OmegaConf.from_dotlist([f"{k}={v}" for k, v in overrides.items()]))
     except OmegaConfBaseException as exc:
         raise RecipeError(f"invalid value: {_short_omegaconf_error(exc)}") from exc
     _check_values(config)
     OmegaConf.set_struct(config, True)
     return config
+
+
+def _read_recipe(path: Path) -> dict:
+    """The recipe file as a plain dict; YAML syntax errors name the file, line and column."""
+    try:
+        tree = OmegaConf.to_container(OmegaConf.load(path))
+    except yaml.MarkedYAMLError as exc:
+        mark, context = exc.problem_mark, exc.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        started = f", {exc.context} started at line {context.line + 1}" if context and mark and context.line != mark.line else ""
+        raise RecipeError(f"recipe {where} is not valid YAML ({exc.problem}{started}): fix that line (`key: value`, nested keys indented with spaces)") from exc
+    except (yaml.YAMLError, UnicodeDecodeError, OmegaConfBaseException) as exc:
+        raise RecipeError(f"cannot parse recipe {path} ({' '.join(str(exc).split())}): it must be a UTF-8 YAML mapping of `key: value`") from exc
+    if tree is not None and not isinstance(tree, dict):
+        raise RecipeError(f"recipe {path} holds a YAML {type(tree).__name__}, not a mapping: write `key: value` lines (see recipes/medusa1.yaml)")
+    return tree or {}
 
 
 def _nest(dotted: str, value: Any) -> dict:
@@ -374,22 +411,30 @@ def _check_values(config: DictConfig) -> None:
         value = OmegaConf.select(config, key)
         if value not in allowed:
             raise RecipeError(f"`{key}` is {value!r}; choose one of {', '.join(allowed)}")
-    positive = ["trainer.max_steps", "data.batch_size", "data.distill_chunk_size", "data.generation_batch_size", "data.max_length", "data.max_new_tokens", "medusa.num_heads", "medusa.num_layers", "data.features_shard_size", "eagle.ttt_steps", "eagle.val_steps", "eagle3.draft_vocab_size", "chimera.num_heads"]
-    for key in positive:
-        if OmegaConf.select(config, key) < 1:
-            raise RecipeError(f"`{key}` must be at least 1")
-    if not 1 <= config.medusa.top_k <= 10:
-        raise RecipeError("`medusa.top_k` must be within [1, 10] (ranks measured per head)")
-    if not 0.0 <= config.medusa.soft_label_weight <= 1.0:
-        raise RecipeError("`medusa.soft_label_weight` must be within [0, 1]")
+    for key, (meaning, holds) in VALUE_RANGES.items():
+        value = OmegaConf.select(config, key)
+        if value is not None and (not math.isfinite(value) or not holds(value)):
+            raise RecipeError(f"`{key}` is {value}; it must be {meaning}")
+    if config.data.max_samples is not None and config.data.max_samples <= config.data.val_size:
+        raise RecipeError(f"`data.max_samples` ({config.data.max_samples}) must be larger than `data.val_size` ({config.data.val_size}), which are held out for validation: raise data.max_samples or lower data.val_size")
     if config.data.features == "offline" and config.method not in FEATURE_METHODS:
         raise RecipeError(f"`data.features=offline` is for {', '.join(FEATURE_METHODS)}; method {config.method} reads the target online")
     if config.eagle.val_steps < config.eagle.ttt_steps:
         raise RecipeError(f"`eagle.val_steps` ({config.eagle.val_steps}) must be at least `eagle.ttt_steps` ({config.eagle.ttt_steps})")
     _check_repo_id(config.hub.repo_id)
     check_strategy_name(config.trainer.strategy)
-    if config.trainer.timeout_s < 1:
-        raise RecipeError("`trainer.timeout_s` must be at least 1")
+    if config.data.features != "offline":  # offline training reads stored features, not the source
+        _check_data_source(config.data.source)
+
+
+def _check_data_source(source: str) -> None:
+    """Fail before the target loads on a data file that does not exist or has a format no loader reads."""
+    from specdec.data.sources import DataError, check_source
+
+    try:
+        check_source(source)
+    except (FileNotFoundError, DataError) as exc:
+        raise RecipeError(f"`data.source`: {exc}") from exc
 
 
 def check_strategy_name(name: str) -> None:
