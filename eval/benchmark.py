@@ -63,22 +63,30 @@ def bench_path(path_or_name: str | Path) -> Path:
     return path
 
 
+class QuestionFileError(ValueError):
+    """A question file that cannot be read (not UTF-8, a line that is not JSON, no usable question)."""
+
+
 def load_questions(path_or_name: str | Path, max_questions: int | None = None, per_category: int | None = None) -> list[dict]:
     """Questions of an MT-Bench-shaped JSONL file (`question_id`, `category`, `turns`): the first
     `per_category` of each category (all by default), then the first `max_questions` of those.
 
     Records without a non-empty `turns` list are skipped with one warning that counts them;
-    a line that is not JSON is an error naming the line.
+    a file that is not UTF-8 or a line that is not JSON is a QuestionFileError naming the line.
     """
     path = bench_path(path_or_name)
     questions, skipped = [], []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise QuestionFileError(f"{path} is not UTF-8 text (byte {exc.start + 1}): save it as UTF-8 JSON lines") from exc
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{number} is not valid JSON ({exc.msg}); each line must be one question object") from exc
+            raise QuestionFileError(f"{path}:{number} is not valid JSON ({exc.msg}); each line must be one question object") from exc
         turns = record.get("turns") if isinstance(record, dict) else None
         if not isinstance(turns, list) or not turns or not isinstance(turns[0], str):
             skipped.append(number)
@@ -92,7 +100,7 @@ def load_questions(path_or_name: str | Path, max_questions: int | None = None, p
     if skipped:
         warnings.warn(f"{path}: skipped {len(skipped)} record(s) without a `turns` list of strings at line(s) {', '.join(map(str, skipped[:10]))}", stacklevel=2)
     if not questions:
-        raise ValueError(f"{path} holds no usable question (each line needs `turns`: a list of strings)")
+        raise QuestionFileError(f"{path} holds no usable question (each line needs `turns`: a list of strings)")
     return questions
 
 

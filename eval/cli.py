@@ -2,7 +2,8 @@
 
 Prints the table, writes the full result (`out`, default `eval_<bench>.json`), a figure (`plot`,
 default next to `out` as .png) and the overall summary into `<draft>/eval_results.json` (read by
-the model card). Exit codes: 0 ok, 1 a lossless method differed from plain greedy, 2 bad usage.
+the model card). Exit codes: 0 ok, 1 a lossless method differed from plain greedy (or a draft,
+target or question file failed to load), 2 a bad command line.
 """
 
 from __future__ import annotations
@@ -12,36 +13,28 @@ from pathlib import Path
 
 import torch
 
-from specdec.eval.benchmark import TREE_KINDS, evaluate, load_questions, prompt_ids
+from specdec.eval.benchmark import TREE_KINDS, QuestionFileError, bench_path, evaluate, load_questions, prompt_ids
 from specdec.runtime.autotune import tune_tree
-from specdec.runtime.generator import choose_layout
-from specdec.runtime.options import UsageError, parse_options, target_source
+from specdec.runtime.options import AT_LEAST_1, SHARED_OPTIONS, Option, UsageError, draft_folder, draft_layout, parse_options, run_cli, target_source
 from specdec.eval.report import flat_summary, format_table, plot, write_json
-from specdec.models.base import load_draft, read_draft_config
-from specdec.models.target import TargetLoadError, load_target
+from specdec.models.base import load_draft
+from specdec.models.target import load_target
 
 EVAL_RESULTS = "eval_results.json"
 OPTIONS = {
-    "draft": (str, None),
-    "bench": (str, "mt-bench"),
-    "max_questions": (int, None),
-    "per_category": (int, None),
-    "max_new_tokens": (int, 256),
-    "temperature": (float, 0.0),
-    "out": (str, None),
-    "plot": (str, None),
-    "target": (str, None),
-    "tree": (str, "default"),
-    "tree_size": (int, None),
-    "depth": (int, 5),
-    "tree_top_k": (int, 4),
-    "prompt_lookup_tokens": (int, 10),
-    "baselines": (bool, True),
-    "seed": (int, 0),
-    "threads": (int, None),
+    "draft": Option(str, None),
+    "bench": Option(str, "mt-bench"),
+    "max_questions": Option(int, None, AT_LEAST_1),
+    "per_category": Option(int, None, AT_LEAST_1),
+    **SHARED_OPTIONS,
+    "out": Option(str, None),
+    "plot": Option(str, None),
+    "tree": Option(str, "default"),
+    "prompt_lookup_tokens": Option(int, 10, AT_LEAST_1),
+    "baselines": Option(bool, True),
 }
-"""key -> (type, default)."""
-USAGE = "usage: specdec-eval draft=DIR [" + " ".join(f"{k}={d}" if d is not None else f"{k}=" for k, (_, d) in list(OPTIONS.items())[1:]) + "]"
+"""key -> Option(type, default, range)."""
+USAGE = "usage: specdec-eval draft=DIR [" + " ".join(f"{k}={o.default}" if o.default is not None else f"{k}=" for k, o in list(OPTIONS.items())[1:]) + "]"
 
 
 def parse_args(argv: list[str]) -> dict:
@@ -56,15 +49,18 @@ def parse_args(argv: list[str]) -> dict:
 
 def run(options: dict) -> int:
     """Load, evaluate, report; returns the exit code."""
-    # Step 1: draft, target and questions.
+    # Step 1: what the command line names must exist before anything loads; then questions, draft and target.
+    draft_dir, config = draft_folder(options["draft"])
+    try:
+        bench_path(options["bench"])
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from None
     if options["threads"]:
         torch.set_num_threads(options["threads"])
-    draft_dir = Path(options["draft"])
-    config = read_draft_config(draft_dir)
+    questions = load_questions(options["bench"], options["max_questions"], options["per_category"])
     draft = load_draft(draft_dir)
     source = options["target"] or target_source(draft_dir, config)
     target = load_target(source)
-    questions = load_questions(options["bench"], options["max_questions"], options["per_category"])
     # Step 2: the benchmark itself.
     (tree, eagle), tree_speeds = _pick_tree(options, target, draft, questions)
     result = evaluate(
@@ -97,7 +93,7 @@ def run(options: dict) -> int:
 def _pick_tree(options: dict, target, draft, questions: list[dict]):
     """The layout to evaluate, (tree, EAGLE options); `tuned` measures tokens/s per candidate on the first two questions."""
     if options["tree"] != "tuned":
-        return choose_layout(draft, options["tree"], options["tree_size"], options["depth"], options["tree_top_k"]), None
+        return draft_layout(draft, options["tree"], options), None
     calibration = [prompt_ids(target.tokenizer, q) for q in questions[:2]]
     layout, speeds = tune_tree(target.model, draft, calibration, depth=options["depth"], top_k=options["tree_top_k"])
     best = max(speeds, key=speeds.get)
@@ -107,16 +103,7 @@ def _pick_tree(options: dict, target, draft, questions: list[dict]):
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `specdec-eval`."""
-    argv = sys.argv[1:] if argv is None else argv
-    if any(a in ("-h", "--help", "help") for a in argv):
-        print(USAGE)
-        return 0
-    try:
-        options = parse_args(argv)
-        return run(options)
-    except (UsageError, FileNotFoundError, ValueError, TargetLoadError) as exc:
-        print(f"specdec-eval: error: {exc}", file=sys.stderr)
-        return 2
+    return run_cli("specdec-eval", sys.argv[1:] if argv is None else argv, USAGE, parse_args, run, QuestionFileError)
 
 
 if __name__ == "__main__":

@@ -4,65 +4,51 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import torch
 
-from specdec.models.base import load_draft, read_draft_config
+from specdec.models.base import load_draft
 from specdec.models.target import load_target
-from specdec.runtime.options import UsageError, parse_options, target_source
-from specdec.runtime.generator import SpeculativeGenerator, choose_layout
+from specdec.runtime.options import NON_NEGATIVE, PROBABILITY, SHARED_OPTIONS, Option, UsageError, draft_folder, draft_layout, parse_options, run_cli, target_source
+from specdec.runtime.generator import SpeculativeGenerator
 from specdec.runtime.verify import SamplingConfig
 
 OPTIONS = {
-    "draft": (str, None),
-    "prompt": (str, None),
-    "target": (str, None),
-    "max_new_tokens": (int, 256),
-    "temperature": (float, 0.0),
-    "top_p": (float, 1.0),
-    "top_k": (int, 0),
-    "typical": (bool, False),
-    "tree_size": (int, None),
-    "chain": (bool, False),
-    "depth": (int, 5),
-    "tree_top_k": (int, 4),
-    "stop": (str, None),
-    "seed": (int, 0),
-    "threads": (int, None),
+    "draft": Option(str, None),
+    "prompt": Option(str, None),
+    **SHARED_OPTIONS,
+    "top_p": Option(float, 1.0, PROBABILITY),
+    "top_k": Option(int, 0, NON_NEGATIVE),
+    "typical": Option(bool, False),
+    "chain": Option(bool, False),
+    "stop": Option(str, None),
 }
 USAGE = "usage: specdec-generate draft=DIR prompt=TEXT [" + " ".join(f"{k}=" for k in list(OPTIONS)[2:]) + "]"
 
 
 def parse(argv: list[str]) -> dict:
-    """key=value words -> typed options; a bad command line exits with the reason and the usage."""
-    try:
-        options = parse_options(argv, OPTIONS)
-    except UsageError as exc:
-        raise SystemExit(f"specdec-generate: {exc}\n{USAGE}") from None
+    """key=value words -> typed options, each in its range (UsageError otherwise)."""
+    options = parse_options(argv, OPTIONS)
     if not options["draft"] or options["prompt"] is None:
-        raise SystemExit(f"specdec-generate: draft= and prompt= are required\n{USAGE}")
+        raise UsageError(f"draft= and prompt= are required ({USAGE})")
     return options
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if any(a in ("-h", "--help", "help") for a in argv):
-        print(USAGE)
-        return 0
-    options = parse(argv)
+    """Entry point of `specdec-generate`: exit 0 ok, 2 bad command line, 1 a draft or target that fails to load."""
+    return run_cli("specdec-generate", sys.argv[1:] if argv is None else argv, USAGE, parse, run)
+
+
+def run(options: dict) -> int:
+    """Load, stream the answer, print what it cost; returns the exit code."""
     if options["threads"]:
         torch.set_num_threads(options["threads"])
     # Step 1: draft and target (by default the one the draft was trained on).
-    draft_dir = Path(options["draft"])
-    config = read_draft_config(draft_dir)
+    draft_dir, config = draft_folder(options["draft"])
     draft = load_draft(draft_dir)
-    try:
-        source = options["target"] or target_source(draft_dir, config)
-    except UsageError as exc:
-        raise SystemExit(f"specdec-generate: {exc}") from None
+    tree, eagle = draft_layout(draft, "chain" if options["chain"] else "default", options)
+    source = options["target"] or target_source(draft_dir, config)
     target = load_target(source)
-    tree, eagle = choose_layout(draft, "chain" if options["chain"] else "default", options["tree_size"], options["depth"], options["tree_top_k"])
     generator = SpeculativeGenerator.from_draft(target.model, draft, tree, tokenizer=target.tokenizer, eagle=eagle)
     # Step 2: stream the answer as tokens are committed.
     ids = target.tokenizer.apply_chat_template([{"role": "user", "content": options["prompt"]}], add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
