@@ -5,12 +5,13 @@ plain greedy with the runtime's cache (`plain_generate`), Hugging Face `generate
 Hugging Face prompt lookup (greedy) and the speculative generator. Metric names in the result
 are those of BENCHMARK.md: `mean_accepted_tokens`, `acceptance_by_depth`, `tokens_per_s`,
 `speedup_vs_plain`, `speedup_vs_hf_generate`, `speedup_vs_prompt_lookup`, `lossless_match`,
-`ideal_speedup` (and `runtime_efficiency` = speedup_vs_plain / ideal_speedup).
+`ideal_speedup` (and `runtime_efficiency` = speedup_vs_plain / ideal_speedup). Every record and
+summary also names the `verifier` and whether it is `lossless`; `lossless_match` is measured only
+for a lossless verifier at temperature 0 (a lossy one is labelled "(lossy)").
 """
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import json
 import statistics
@@ -24,9 +25,8 @@ import transformers
 from tqdm.auto import tqdm
 
 from specdec.models.base import DraftModel
-from specdec.runtime.generator import EagleOptions, SpeculativeGenerator, default_eos_ids, plain_generate
-from specdec.runtime.tree import DraftTree
-from specdec.runtime.verify import SamplingConfig
+from specdec.runtime.generator import SpeculativeGenerator, default_eos_ids, plain_generate
+from specdec.runtime.verify import AUTO, SamplingConfig, Verifier, resolve_verifier
 
 BUNDLED_BENCHES = {"mt-bench": "mt_bench.jsonl", "mt_bench": "mt_bench.jsonl"}
 """Bench names accepted instead of a path -> file in specdec.data's assets folder."""
@@ -111,8 +111,8 @@ def evaluate(
     questions: list[dict],
     max_new_tokens: int = 256,
     temperature: float = 0.0,
-    tree: DraftTree | None = None,
-    eagle: EagleOptions | None = None,
+    layout=None,
+    verifier: str | Verifier = AUTO,
     prompt_lookup_tokens: int = 10,
     baselines: bool = True,
     progress: bool = True,
@@ -122,12 +122,14 @@ def evaluate(
     """Run the benchmark: per-question records, per-category and overall summaries, lossless failures.
 
     `baselines=False` skips the two Hugging Face baselines (plain greedy always runs: it is the
-    lossless reference and the speedup denominator). With temperature > 0 the speculative and
-    plain decoders sample (seeded) and `lossless_match` is None.
+    lossless reference and the speedup denominator). `layout`: the draft proposer's options (see
+    `choose_layout`; None: its default); `verifier`: a verifier name or object. With temperature > 0
+    the speculative and plain decoders sample (seeded) and `lossless_match` is None, as it is for a
+    lossy verifier.
     """
     # Step 1: one generator for all questions, and a short warm-up of every decoder.
-    generator = SpeculativeGenerator.from_draft(target, draft, tree=tree, tokenizer=tokenizer, eagle=eagle)
     sampling = SamplingConfig(temperature=temperature)
+    generator = SpeculativeGenerator.from_draft(target, draft, layout, tokenizer=tokenizer, verifier=resolve_verifier(verifier, sampling))
     eos = sorted(default_eos_ids(target, tokenizer))
     run = _runner(target, tokenizer, generator, sampling, eos, prompt_lookup_tokens, baselines, seed)
     with torch.inference_mode():
@@ -159,13 +161,14 @@ def _runner(target, tokenizer, generator, sampling, eos, prompt_lookup_tokens, b
             hf = _timed(lambda: _hf_generate(target, ids, max_new_tokens, eos, tokenizer), device)
             pld = _timed(lambda: _hf_generate(target, ids, max_new_tokens, eos, tokenizer, prompt_lookup_num_tokens=prompt_lookup_tokens), device)
         spec, t_spec = _timed(lambda: generator.generate(ids, max_new_tokens, sampling=sampling, seed=seed), device)
-        return question_record(question, spec, t_spec, plain, t_plain, hf, pld, lossless=sampling.mode == "greedy")
+        return question_record(question, spec, t_spec, plain, t_plain, hf, pld, lossless=spec.lossless and sampling.greedy)
 
     return run
 
 
 def question_record(question: dict, spec, t_spec: float, plain, t_plain: float, hf: tuple | None, pld: tuple | None, lossless: bool) -> dict:
-    """One question's metrics from the decoders' results and wall times (`hf`/`pld`: (tokens, seconds) or None)."""
+    """One question's metrics from the decoders' results and wall times (`hf`/`pld`: (tokens, seconds) or None);
+    `lossless`: the speculative output must equal plain greedy's (measured as `lossless_match`)."""
     # Step 1: throughput of each decoder and the ratios between them.
     tps = _rate(spec.tokens, t_spec)
     plain_tps = _rate(plain.tokens, t_plain)
@@ -181,6 +184,8 @@ def question_record(question: dict, spec, t_spec: float, plain, t_plain: float, 
         "new_tokens": len(spec.tokens),
         "plain_new_tokens": len(plain.tokens),
         "stop_reason": spec.stop_reason,
+        "verifier": spec.verifier,
+        "lossless": spec.lossless,
         "target_forwards": spec.target_forwards,
         "verify_steps": len(spec.step_s),
         "mean_accepted_tokens": spec.mean_accepted_tokens,
@@ -202,8 +207,12 @@ def question_record(question: dict, spec, t_spec: float, plain, t_plain: float, 
 
 def summarize(records: list[dict]) -> dict[str, Any]:
     """Median (and `_mean`) of every per-question ratio; tau and acceptance weighted by forwards
-    and steps; `lossless_match` and `hf_generate_matches_plain` as fractions of questions."""
+    and steps (a depth a question's trees never reached counts as not accepted); `lossless_match`
+    and `hf_generate_matches_plain` as fractions of questions; the verifier ("(lossy)" appended when lossy)."""
+    lossless = all(r["lossless"] for r in records)
+    verifiers = ", ".join(dict.fromkeys(r["verifier"] for r in records))
     summary: dict[str, Any] = {"num_questions": len(records), "new_tokens": sum(r["new_tokens"] for r in records)}
+    summary |= {"verifier": verifiers + ("" if lossless else " (lossy)"), "lossless": lossless}
     # Step 1: per-question ratios -> median and mean.
     for name in RATIO_METRICS:
         values = [r[name] for r in records if r[name] is not None]
@@ -213,7 +222,7 @@ def summarize(records: list[dict]) -> dict[str, Any]:
     summary["mean_accepted_tokens"] = summary["new_tokens"] / max(sum(r["target_forwards"] for r in records), 1)
     steps = sum(r["verify_steps"] for r in records)
     depth = max((len(r["acceptance_by_depth"]) for r in records), default=0)
-    summary["acceptance_by_depth"] = [sum(r["acceptance_by_depth"][d] * r["verify_steps"] for r in records) / max(steps, 1) for d in range(depth)]
+    summary["acceptance_by_depth"] = [sum(_at(r["acceptance_by_depth"], d) * r["verify_steps"] for r in records) / max(steps, 1) for d in range(depth)]
     # Step 3: match fractions (None when not measured).
     for name in ("lossless_match", "hf_generate_matches_plain"):
         values = [float(r[name]) for r in records if r[name] is not None]
@@ -266,6 +275,11 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _at(values: list[float], index: int) -> float:
+    """values[index], 0.0 past the end."""
+    return values[index] if index < len(values) else 0.0
+
+
 def _rate(tokens: list[int], seconds: float) -> float:
     return len(tokens) / seconds if seconds > 0 else 0.0
 
@@ -275,8 +289,7 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def _setting(target, generator, questions, max_new_tokens, temperature, prompt_lookup_tokens, baselines, seed) -> dict:
-    """What was measured, where: enough to compare runs."""
-    tree, eagle = generator.proposer.tree, getattr(generator.proposer, "options", None)
+    """What was measured, where: enough to compare runs (the layout as the proposer describes itself)."""
     return {
         "num_questions": len(questions),
         "max_new_tokens": max_new_tokens,
@@ -284,10 +297,9 @@ def _setting(target, generator, questions, max_new_tokens, temperature, prompt_l
         "prompt_lookup_tokens": prompt_lookup_tokens,
         "baselines": baselines,
         "seed": seed,
-        "tree_size": eagle.total_tokens if eagle else tree.size,
-        "tree_depth": tree.depth,
-        "tree_paths": None if eagle and eagle.top_k > 1 else [list(p) for p in tree.paths],
-        "eagle": dataclasses.asdict(eagle) if eagle else None,
+        **generator.proposer.describe(),
+        "verifier": generator.verifier.name,
+        "lossless": generator.verifier.lossless,
         "device": str(target.device),
         "dtype": str(target.dtype).replace("torch.", ""),
         "torch_threads": torch.get_num_threads(),

@@ -15,7 +15,7 @@ import torch
 
 from specdec.eval.benchmark import TREE_KINDS, QuestionFileError, bench_path, evaluate, load_questions, prompt_ids
 from specdec.runtime.autotune import tune_tree
-from specdec.runtime.options import AT_LEAST_1, SHARED_OPTIONS, Option, UsageError, draft_folder, draft_layout, parse_options, run_cli, target_source
+from specdec.runtime.options import AT_LEAST_1, SHARED_OPTIONS, Option, UsageError, check_verifier, draft_folder, draft_layout, parse_options, run_cli, target_source
 from specdec.eval.report import flat_summary, format_table, plot, write_json
 from specdec.models.base import load_draft
 from specdec.models.target import load_target
@@ -44,6 +44,7 @@ def parse_args(argv: list[str]) -> dict:
         raise UsageError("draft=DIR is required (the draft/ folder that specdec-train wrote)")
     if options["tree"] not in TREE_KINDS:
         raise UsageError(f"tree={options['tree']} is not one of {', '.join(TREE_KINDS)}")
+    check_verifier(options)
     return options
 
 
@@ -62,7 +63,7 @@ def run(options: dict) -> int:
     source = options["target"] or target_source(draft_dir, config)
     target = load_target(source)
     # Step 2: the benchmark itself.
-    (tree, eagle), tree_speeds = _pick_tree(options, target, draft, questions)
+    layout, tree_speeds = _pick_tree(options, target, draft, questions)
     result = evaluate(
         target.model,
         target.tokenizer,
@@ -70,8 +71,8 @@ def run(options: dict) -> int:
         questions,
         max_new_tokens=options["max_new_tokens"],
         temperature=options["temperature"],
-        tree=tree,
-        eagle=eagle,
+        layout=layout,
+        verifier=options["verifier"],
         prompt_lookup_tokens=options["prompt_lookup_tokens"],
         baselines=options["baselines"],
         seed=options["seed"],
@@ -91,7 +92,7 @@ def run(options: dict) -> int:
 
 
 def _pick_tree(options: dict, target, draft, questions: list[dict]):
-    """The layout to evaluate, (tree, EAGLE options); `tuned` measures tokens/s per candidate on the first two questions."""
+    """The layout to evaluate (the draft proposer's options); `tuned` measures tokens/s per candidate on the first two questions."""
     if options["tree"] != "tuned":
         return draft_layout(draft, options["tree"], options), None
     calibration = [prompt_ids(target.tokenizer, q) for q in questions[:2]]

@@ -48,7 +48,7 @@ def format_table(result: dict) -> str:
     setting = result.get("setting", {})
     lines.append(f"acceptance_by_depth: {depth or 'n/a'}")
     lines.append(
-        f"speedups are medians of per-question tokens/s ratios; tree {setting.get('tree_size')} nodes, depth {setting.get('tree_depth')}, "
+        f"speedups are medians of per-question tokens/s ratios; verifier {result['overall'].get('verifier')}; tree {setting.get('tree_size')} nodes, depth {setting.get('tree_depth')}, "
         f"max_new_tokens {setting.get('max_new_tokens')}, temperature {setting.get('temperature')}, {setting.get('device')}, {setting.get('torch_threads')} threads"
     )
     # Step 3: lossless failures above and below the table, impossible to miss.
@@ -67,7 +67,7 @@ def _row(name: str, s: dict) -> str:
         _fmt(s["mean_accepted_tokens"], "{:.2f}"),
         _fmt(s["tokens_per_s"], "{:.1f}"),
         *(_fmt(s[key], "{:.2f}x") for key, _ in BASELINES),
-        _fmt(s["lossless_match"], "{:.0%}"),
+        "(lossy)" if s.get("lossless") is False else _fmt(s["lossless_match"], "{:.0%}"),
         _fmt(s["ideal_speedup"], "{:.2f}x"),
         _fmt(s["runtime_efficiency"], "{:.0%}"),
     )
@@ -88,11 +88,14 @@ def write_json(result: dict, path: str | os.PathLike) -> Path:
 
 def flat_summary(result: dict) -> dict[str, float]:
     """The overall summary as {metric: number} (acceptance_by_depth as acceptance_by_depth_1..D;
-    unmeasured metrics left out), for a draft folder's eval_results.json and its model card."""
+    unmeasured metrics left out; the verifier's name as text, "(lossy)" included), for a draft
+    folder's eval_results.json and its model card."""
     flat = {}
     for name, value in result["overall"].items():
         if isinstance(value, list):
             flat.update({f"{name}_{d + 1}": v for d, v in enumerate(value)})
+        elif isinstance(value, str):
+            flat[name] = value
         elif value is not None:
             flat[name] = float(value)
     return flat
@@ -107,7 +110,8 @@ def plot(result: dict, path: str | os.PathLike) -> Path:
     # Step 1: acceptance by depth.
     acceptance = result["overall"]["acceptance_by_depth"]
     left.bar([str(d + 1) for d in range(len(acceptance))], acceptance, color="tab:blue")
-    left.set(title=f"acceptance by depth (tau = {result['overall']['mean_accepted_tokens']:.2f})", xlabel="draft depth", ylabel="fraction of steps accepted", ylim=(0, 1))
+    lossy = "" if result["overall"].get("lossless", True) else " (lossy)"
+    left.set(title=f"acceptance by depth (tau = {result['overall']['mean_accepted_tokens']:.2f}){lossy}", xlabel="draft depth", ylabel="fraction of steps accepted", ylim=(0, 1))
     # Step 2: grouped speedup bars per category and overall.
     groups = {**result["categories"], "overall": result["overall"]}
     width = 0.8 / len(BASELINES)

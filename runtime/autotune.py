@@ -1,8 +1,8 @@
-"""Pick the draft-tree size that decodes fastest on the machine at hand.
+"""Pick the draft layout that decodes fastest on the machine at hand.
 
 Verification is not free on a CPU (a 64-token forward costs ~4x a 1-token one on SmolLM2), so
-the best tree is hardware-dependent: measure tokens/s for a few sizes on calibration prompts
-and keep the fastest.
+the best tree is hardware-dependent: measure tokens/s for each layout the draft's proposer
+offers (`Proposer.tuning_candidates`) on calibration prompts and keep the fastest.
 """
 
 from __future__ import annotations
@@ -12,44 +12,31 @@ import statistics
 import torch
 
 from specdec.models.base import DraftModel
-from specdec.runtime.generator import EagleOptions, SpeculativeGenerator, default_tree
-from specdec.runtime.proposers import EAGLE_DRAFT_TYPES
-from specdec.runtime.tree import DraftTree
-
-CANDIDATE_SIZES = (1, 2, 4, 8, 16, 32)
-EAGLE_TREE_SIZES = (4, 8, 16, 32)
-"""Node counts tried for EAGLE-2's dynamic tree (besides chains of 1..depth tokens)."""
+from specdec.runtime.generator import SpeculativeGenerator
+from specdec.runtime.proposers import proposer_class
 
 
 def tune_tree(
     target,
     draft: DraftModel,
     prompts: list[torch.Tensor],
-    sizes: tuple[int, ...] = CANDIDATE_SIZES,
+    sizes: tuple[int, ...] | None = None,
     max_new_tokens: int = 48,
     depth: int = 5,
     top_k: int = 4,
-) -> tuple[tuple[DraftTree | None, EagleOptions | None], dict]:
-    """Return the fastest layout (tree, EAGLE options) and {candidate: median tokens/s over the prompts}.
+) -> tuple[object, dict]:
+    """Return the fastest layout (the proposer's options) and {candidate: median tokens/s over the prompts}.
 
-    Medusa / Chimera: the best tree of each of `sizes` nodes. EAGLE: chains of 1..`depth` tokens
-    and dynamic trees of EAGLE_TREE_SIZES nodes (`depth` deep, `top_k` wide)."""
+    Medusa / Chimera: the best tree of each of `sizes` nodes (default 1-32). EAGLE: chains of
+    1..`depth` tokens and dynamic trees of `sizes` nodes (default 4-32), `depth` deep, `top_k` wide."""
     if not prompts:
         raise ValueError("tune_tree needs at least one calibration prompt")
     # Step 1: the candidates.
-    if draft.draft_type in EAGLE_DRAFT_TYPES:
-        candidates = {f"chain-{d}": (None, EagleOptions(depth=d)) for d in range(1, depth + 1)}
-        candidates |= {f"tree-{n}": (None, EagleOptions(depth=depth, top_k=top_k, total_tokens=n)) for n in EAGLE_TREE_SIZES}
-    else:
-        candidates = {}
-        for size in sizes:
-            tree = default_tree(draft, size)
-            if all(tree != t for t, _ in candidates.values()):  # a chain stops growing at the number of heads
-                candidates[size] = (tree, None)
+    candidates = proposer_class(draft.draft_type).tuning_candidates(draft, depth, top_k, sizes)
     # Step 2: warm up each once, then time each calibration prompt.
     speeds = {}
-    for label, (tree, eagle) in candidates.items():
-        generator = SpeculativeGenerator.from_draft(target, draft, tree, eagle=eagle)
+    for label, layout in candidates.items():
+        generator = SpeculativeGenerator.from_draft(target, draft, layout)
         generator.generate(prompts[0], 4)
         speeds[label] = statistics.median(generator.generate(p, max_new_tokens).tokens_per_s for p in prompts)
     best = max(speeds, key=speeds.get)

@@ -9,7 +9,7 @@ import torch
 
 from specdec.models.base import load_draft
 from specdec.models.target import load_target
-from specdec.runtime.options import NON_NEGATIVE, PROBABILITY, SHARED_OPTIONS, Option, UsageError, draft_folder, draft_layout, parse_options, run_cli, target_source
+from specdec.runtime.options import NON_NEGATIVE, PROBABILITY, SHARED_OPTIONS, Option, UsageError, check_verifier, draft_folder, draft_layout, parse_options, run_cli, target_source
 from specdec.runtime.generator import SpeculativeGenerator
 from specdec.runtime.verify import SamplingConfig
 
@@ -19,7 +19,6 @@ OPTIONS = {
     **SHARED_OPTIONS,
     "top_p": Option(float, 1.0, PROBABILITY),
     "top_k": Option(int, 0, NON_NEGATIVE),
-    "typical": Option(bool, False),
     "chain": Option(bool, False),
     "stop": Option(str, None),
 }
@@ -31,6 +30,7 @@ def parse(argv: list[str]) -> dict:
     options = parse_options(argv, OPTIONS)
     if not options["draft"] or options["prompt"] is None:
         raise UsageError(f"draft= and prompt= are required ({USAGE})")
+    check_verifier(options)
     return options
 
 
@@ -46,14 +46,14 @@ def run(options: dict) -> int:
     # Step 1: draft and target (by default the one the draft was trained on).
     draft_dir, config = draft_folder(options["draft"])
     draft = load_draft(draft_dir)
-    tree, eagle = draft_layout(draft, "chain" if options["chain"] else "default", options)
+    layout = draft_layout(draft, "chain" if options["chain"] else "default", options)
     source = options["target"] or target_source(draft_dir, config)
     target = load_target(source)
-    generator = SpeculativeGenerator.from_draft(target.model, draft, tree, tokenizer=target.tokenizer, eagle=eagle)
+    generator = SpeculativeGenerator.from_draft(target.model, draft, layout, tokenizer=target.tokenizer, verifier=options["verifier"])
     # Step 2: stream the answer as tokens are committed.
     ids = target.tokenizer.apply_chat_template([{"role": "user", "content": options["prompt"]}], add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
     printer = _StreamPrinter(target.tokenizer)
-    sampling = SamplingConfig(temperature=options["temperature"], top_p=options["top_p"], top_k=options["top_k"], typical=options["typical"])
+    sampling = SamplingConfig(temperature=options["temperature"], top_p=options["top_p"], top_k=options["top_k"])
     result = generator.generate(ids, options["max_new_tokens"], sampling, stop_strings=(options["stop"],) if options["stop"] else (), seed=options["seed"], on_tokens=printer)
     # Step 3: what it cost.
     stats = {
@@ -61,8 +61,8 @@ def run(options: dict) -> int:
         "mean_accepted_tokens": round(result.mean_accepted_tokens, 3),
         "tokens_per_s": round(result.tokens_per_s, 2),
         "stop_reason": result.stop_reason,
-        "verification": sampling.mode + ("" if sampling.lossless else " (lossy)"),
-        "tree_nodes": tree.size if tree else eagle.total_tokens,
+        "verification": result.verifier + ("" if result.lossless else " (lossy)"),
+        "tree_nodes": generator.proposer.describe().get("tree_size"),
     }
     print("\n" + json.dumps(stats), file=sys.stderr)
     return 0

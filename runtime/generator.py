@@ -1,11 +1,12 @@
 """The decode loop: one target forward per step verifies a whole draft tree.
 
-    gen = SpeculativeGenerator.from_draft(target, draft)          # Medusa heads, default tree
-    result = gen.generate(input_ids, max_new_tokens=128)         # greedy: lossless
+    gen = SpeculativeGenerator.from_draft(target, draft)          # the draft type's proposer, default layout
+    result = gen.generate(input_ids, max_new_tokens=128)         # verifier auto: greedy at temperature 0, lossless
     result.tokens, result.mean_accepted_tokens, result.acceptance_by_depth
 
-`plain_generate` is the baseline with the same cache and forward code, one token per forward.
-Batch size 1 only.
+The proposer comes from the registry by the draft's `draft_type` (see `proposers`), the
+verifier by name (see `verify`). `plain_generate` is the baseline with the same cache and
+forward code, one token per forward. Batch size 1 only.
 """
 
 from __future__ import annotations
@@ -18,14 +19,9 @@ import torch
 from transformers import DynamicCache
 
 from specdec.models.base import DraftModel, final_hidden_states, lm_head_weight, target_states
-from specdec.models.chimera import ChimeraDrafter
-from specdec.models.medusa import MedusaHeads
 from specdec.runtime.kv import commit_path
-from specdec.runtime.proposers import EAGLE_DRAFT_TYPES, ChimeraProposer, Committed, EagleOptions, EagleProposer, MedusaProposer
-from specdec.runtime.tree import DraftTree
-from specdec.runtime.verify import SamplingConfig, accept, select_token
-
-DEFAULT_TREE_SIZE = 8
+from specdec.runtime.proposers import LAYOUT_KINDS, Committed, Outcome, Proposer, proposer_class
+from specdec.runtime.verify import AUTO, SamplingConfig, Verifier, VerifyBlock, resolve_verifier, select_token
 
 
 @dataclass
@@ -39,7 +35,11 @@ class GenerationResult:
     accepted_lengths: list[int] = field(default_factory=list)
     """Draft tokens accepted in each verification step."""
     draft_depth: int = 0
-    """Depth of the draft tree (positions that could be accepted per step)."""
+    """Depth of the deepest tree verified (positions that could be accepted in a step; trees may change per step)."""
+    verifier: str | None = None
+    """Name of the verification rule (None: plain decoding, nothing verified)."""
+    lossless: bool = True
+    """False when the verifier is lossy (its output is not distributed as the target's)."""
     prefill_s: float = 0.0
     """Seconds of the prefill forward."""
     step_s: list[float] = field(default_factory=list)
@@ -66,30 +66,28 @@ class GenerationResult:
 
 
 class SpeculativeGenerator:
-    """Speculative decoding with any proposer and the tree verifier."""
+    """Speculative decoding with any proposer and any verifier."""
 
-    def __init__(self, target, proposer, eos_token_ids: Iterable[int] = (), tokenizer=None):
-        self.target, self.proposer, self.tokenizer = target, proposer, tokenizer
+    def __init__(self, target, proposer: Proposer, eos_token_ids: Iterable[int] = (), tokenizer=None, verifier: str | Verifier = AUTO):
+        self.target, self.proposer, self.tokenizer, self.verifier = target, proposer, tokenizer, verifier
         self.eos = set(eos_token_ids) or default_eos_ids(target, tokenizer)
         self.weight = lm_head_weight(target)
 
     @classmethod
-    def from_draft(cls, target, draft: DraftModel, tree: DraftTree | None = None, tokenizer=None, eagle: EagleOptions | None = None) -> "SpeculativeGenerator":
-        """Pair a target with a trained draft (its sizes are checked). Medusa and Chimera verify a
-        static `tree` (default: from the draft's measured accuracies, else a chain); EAGLE drafts
-        a chain or a dynamic tree as `eagle` says."""
+    def from_draft(cls, target, draft: DraftModel, layout=None, tokenizer=None, verifier: str | Verifier = AUTO) -> "SpeculativeGenerator":
+        """Pair a target with a trained draft (its sizes are checked) through the proposer registered
+        for its draft type. `layout`: that proposer's options (see `choose_layout`; None: its default);
+        `verifier`: a name from `verify.verifier_names()` or a `Verifier`."""
         weight = lm_head_weight(target)
         draft.check_target(target.config.hidden_size, weight.shape[0])
         draft = draft.to(weight.device).eval()
-        if isinstance(draft, MedusaHeads):
-            proposer = MedusaProposer(draft, weight, tree or default_tree(draft))
-        elif isinstance(draft, ChimeraDrafter):
-            proposer = ChimeraProposer(draft, target.get_input_embeddings().weight, weight, tree or default_tree(draft))
-        elif draft.draft_type in EAGLE_DRAFT_TYPES:
-            proposer = EagleProposer(draft, target.get_input_embeddings().weight, weight, eagle or EagleOptions())
-        else:
-            raise ValueError(f"no proposer for draft type {draft.draft_type!r}")
-        return cls(target, proposer, tokenizer=tokenizer)
+        proposer = proposer_class(draft.draft_type)
+        options = proposer.layout(draft) if layout is None else layout
+        if not isinstance(options, proposer.options_class):
+            raise ValueError(
+                f"a {draft.draft_type} draft is laid out by {proposer.options_class.__name__}, not {type(options).__name__}: build the layout with choose_layout(draft, ...)"
+            )
+        return cls(target, proposer.build(target, draft, options), tokenizer=tokenizer, verifier=verifier)
 
     @torch.no_grad()
     def generate(
@@ -103,6 +101,7 @@ class SpeculativeGenerator:
     ) -> GenerationResult:
         """Generate up to `max_new_tokens` after `input_ids` ([1, T] or [T])."""
         sampling = sampling or SamplingConfig()
+        verifier = resolve_verifier(self.verifier, sampling)
         input_ids = _single_sequence(input_ids).to(self.weight.device)
         generator = _generator(seed, self.weight.device)
         start = _now(self.weight)
@@ -111,7 +110,7 @@ class SpeculativeGenerator:
         cache, hidden, features, root = _prefill(self.target, self.weight, input_ids, sampling, generator, layers)
         committed = Committed(hidden, features, torch.cat([input_ids[0, 1:], torch.tensor([root], device=self.weight.device)]))
         self.proposer.reset(input_ids)
-        result = GenerationResult([], "max_new_tokens", 1, draft_depth=self.proposer.tree.depth, prefill_s=_now(self.weight) - start)
+        result = GenerationResult([], "max_new_tokens", 1, verifier=verifier.name, lossless=verifier.lossless, prefill_s=_now(self.weight) - start)
         past_len = input_ids.shape[1]
         new = [root]
         while not self._finish(result, new, max_new_tokens, stop_strings, on_tokens):
@@ -119,27 +118,37 @@ class SpeculativeGenerator:
             t0 = _now(self.weight)
             proposal = self.proposer.propose(committed)
             t1 = _now(self.weight)
-            # Step 3: verify root + all candidates in ONE target forward (tree mask, per-node positions).
-            tree = proposal.tree
-            block = torch.cat([torch.tensor([root], device=self.weight.device), torch.as_tensor(proposal.tokens, device=self.weight.device)])[None]
-            mask = tree.attention_mask(past_len, self.weight.dtype, self.weight.device)
-            states, features = target_states(
-                self.target, block, layers, attention_mask=mask, position_ids=tree.position_ids(past_len, self.weight.device), past_key_values=cache, use_cache=True
-            )
-            logits = states[0] @ self.weight.T
-            # Step 4: accept the longest verified path; commit exactly its KV entries.
-            path, root, tokens = accept(tree, block[0], logits, sampling, proposal.draft_probs, generator)
+            # Step 3: verify root + all candidates (+ any extra tokens) in ONE target forward (tree mask, per-node positions).
+            tokens, hidden, features = self._verify_forward(root, proposal, past_len, cache, layers)
+            tree, n = proposal.tree, proposal.tree.size + 1
+            block = VerifyBlock(tree, tokens, hidden[:n] @ self.weight.T, hidden[:n], sampling, proposal.draft_probs, proposal.confidences)
+            # Step 4: accept a verified path; commit exactly its KV entries (never the extra tokens').
+            path, root, tokens = verifier.verify(block, generator)
             commit_path(cache, past_len, path)
+            self.proposer.observe(Outcome(path, root, hidden[n:], features[n:]))
             t2 = _now(self.weight)
             past_len += len(path)
-            new = [tokens[n] for n in path[1:]] + [root]
-            committed = Committed(states[0, path], features[0, path], torch.tensor(new, device=self.weight.device))
+            new = [tokens[i] for i in path[1:]] + [root]
+            committed = Committed(hidden[path], features[path], torch.tensor(new, device=self.weight.device))
+            result.draft_depth = max(result.draft_depth, tree.depth)
             result.target_forwards += 1
             result.accepted_lengths.append(len(path) - 1)
             result.draft_s.append(t1 - t0)
             result.step_s.append(t2 - t1)
         result.total_s = _now(self.weight) - start
         return result
+
+    def _verify_forward(self, root: int, proposal, past_len: int, cache, layers) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The target over [root, tree nodes, extra tokens] at the block's positions, through the cache;
+        returns (root + node tokens [n+1], last hidden states [n+1+m, H], drafter features [n+1+m, F])."""
+        device, extra = self.weight.device, proposal.extra
+        nodes = extra.nodes if extra is not None else ()
+        tokens = torch.cat([torch.tensor([root], device=device), torch.as_tensor(proposal.tokens, device=device)])
+        block = tokens if extra is None else torch.cat([tokens, torch.as_tensor(extra.tokens, device=device)])
+        mask = proposal.tree.attention_mask(past_len, self.weight.dtype, device, nodes)
+        positions = proposal.tree.position_ids(past_len, device, nodes)
+        hidden, features = target_states(self.target, block[None], layers, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True)
+        return tokens, hidden[0], features[0]
 
     def _finish(self, result, new, max_new_tokens, stop_strings, on_tokens) -> bool:
         return _append_and_check(result, new, max_new_tokens, self.eos, stop_strings, self.tokenizer, on_tokens)
@@ -184,34 +193,17 @@ def _prefill(target, weight, input_ids, sampling, generator, layer_ids=None):
     return cache, hidden[0], features[0], select_token(hidden[0, -1] @ weight.T, sampling, generator)
 
 
-def choose_layout(draft: DraftModel, kind: str = "default", size: int | None = None, depth: int = 5, top_k: int = 4) -> tuple[DraftTree | None, EagleOptions | None]:
-    """What to verify per step, as (static tree for Medusa / Chimera, options for EAGLE).
+def choose_layout(draft: DraftModel, kind: str = "default", size: int | None = None, depth: int = 5, top_k: int = 4):
+    """The layout options of `draft`'s proposer (a `DraftTree` for Medusa / Chimera, `EagleOptions`
+    for EAGLE), as its `layout` chooses them for `kind`.
 
     `kind` chain: top-1 tokens only (`size` positions: all heads, or `depth` for EAGLE).
     `kind` default: Medusa / Chimera verify the `size`-node tree best under the draft's measured
     accuracies; EAGLE grows EAGLE-2's dynamic tree of `size` nodes, `depth` deep, expanding
     `top_k` nodes by `top_k` children per depth."""
-    if kind not in ("default", "chain"):
-        raise ValueError(f"unknown tree {kind!r}: choose default or chain (or tuned, which measures)")
-    if draft.draft_type in EAGLE_DRAFT_TYPES:
-        if kind == "chain":
-            return None, EagleOptions(depth=size or depth)
-        return None, EagleOptions(depth=depth, top_k=top_k, total_tokens=size or DEFAULT_TREE_SIZE)
-    if kind == "chain":
-        length = size or draft.config.num_heads
-        if length > draft.config.num_heads:
-            raise ValueError(f"tree=chain tree_size={length} is deeper than the draft's {draft.config.num_heads} heads")
-        return DraftTree.chain(length), None
-    return default_tree(draft, size or DEFAULT_TREE_SIZE), None
-
-
-def default_tree(draft: MedusaHeads | ChimeraDrafter, size: int = DEFAULT_TREE_SIZE) -> DraftTree:
-    """The `size`-node tree with the largest expected acceptance under the draft's measured
-    per-rank head accuracies (config `head_rank_accuracy`); without them, a chain."""
-    accuracy = draft.config.head_rank_accuracy
-    if accuracy:
-        return DraftTree.from_accuracies(accuracy, size)
-    return DraftTree.chain(min(size, draft.config.num_heads))
+    if kind not in LAYOUT_KINDS:
+        raise ValueError(f"unknown tree {kind!r}: choose {' or '.join(LAYOUT_KINDS)} (or tuned, which measures)")
+    return proposer_class(draft.draft_type).layout(draft, kind, size, depth, top_k)
 
 
 def _append_and_check(result, new, max_new_tokens, eos, stop_strings, tokenizer, on_tokens) -> bool:

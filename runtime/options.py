@@ -12,11 +12,13 @@ from typing import Any, Callable, NamedTuple
 from specdec.models.base import DraftMismatchError, read_draft_config
 from specdec.models.target import TargetLoadError
 from specdec.runtime.generator import choose_layout
+from specdec.runtime.verify import SamplingConfig, resolve_verifier, verifier_names
 
 TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 AT_LEAST_1 = ("at least 1", lambda v: v >= 1)
 NON_NEGATIVE = ("at least 0", lambda v: v >= 0)
 PROBABILITY = ("within (0, 1]", lambda v: 0 < v <= 1)
+VERIFIER_NAME = (f"one of {', '.join(verifier_names())}", lambda v: v in verifier_names())
 
 
 class Option(NamedTuple):
@@ -34,6 +36,7 @@ SHARED_OPTIONS = {
     "target": Option(str, None),
     "max_new_tokens": Option(int, 256, AT_LEAST_1),
     "temperature": Option(float, 0.0, NON_NEGATIVE),
+    "verifier": Option(str, "auto", VERIFIER_NAME),
     "tree_size": Option(int, None, AT_LEAST_1),
     "depth": Option(int, 5, AT_LEAST_1),
     "tree_top_k": Option(int, 4, AT_LEAST_1),
@@ -106,6 +109,14 @@ def draft_layout(draft, kind: str, options: dict):
     """`choose_layout` with the shared tree options; a layout this draft cannot take (a chain deeper than its heads) is a usage error."""
     try:
         return choose_layout(draft, kind, options["tree_size"], options["depth"], options["tree_top_k"])
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def check_verifier(options: dict) -> None:
+    """The `verifier` option against `temperature`: a rule that cannot decode at it (greedy above 0) is a usage error."""
+    try:
+        resolve_verifier(options["verifier"], SamplingConfig(temperature=options["temperature"]))
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 

@@ -1,24 +1,32 @@
-"""Proposers turn the target's states into draft candidates laid out as a tree.
+"""The proposer contract: what a proposer receives, what it returns, and the registry by draft type.
 
-The contract: `reset(prompt_ids)` before a new sequence, then `propose(committed) -> Proposal`
-after the prefill and after every verification step, where `committed` holds the target's states
-at the positions just committed and the token that follows each. A proposer has a `tree`
-attribute (its layout; a dynamic proposer returns another tree per step in the Proposal) and
-`feature_layers` (the target hidden states it reads besides the last one, or None).
+A proposer turns the target's states into draft candidates laid out as a tree. The decode loop
+calls `reset(prompt_ids)` before a new sequence, then `propose(committed) -> Proposal` after the
+prefill and after every verification step, where `committed` holds the target's states at the
+positions just committed and the token that follows each; after each verification it calls
+`observe(outcome)` with the accepted path and the target's states of the proposal's extra tokens.
+
+One file per method, `runtime/<name>_proposer.py`, defines a `Proposer` subclass and registers it
+for its draft types with `@register_proposer(...)`; importing `specdec.runtime` imports every such
+module, so no list is kept by hand. The class owns its layout options (`options_class`), how to
+choose them (`layout`, `tuning_candidates`), how to build itself from a target and a draft
+(`build`) and how it describes itself in result JSON (`describe`).
 """
 
 from __future__ import annotations
 
-import heapq
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 
-from specdec.models.chimera import ChimeraDrafter, trigram_embeddings
 from specdec.models.decoder import KVCache, additive, causal_mask
-from specdec.models.medusa import MedusaHeads
 from specdec.runtime.tree import DraftTree
+
+DEFAULT_TREE_SIZE = 8
+"""Nodes verified per step by a default layout."""
+LAYOUT_KINDS = ("default", "chain")
+"""Layouts every proposer chooses for itself (`tuned` measures the `tuning_candidates`)."""
 
 
 @dataclass
@@ -34,40 +42,119 @@ class Committed:
 
 
 @dataclass
+class ExtraTokens:
+    """Query tokens appended to the verify block after the tree nodes (see `DraftTree.block_visibility`).
+
+    The target runs them in the same forward; their states come back in `Outcome`, their KV
+    entries are never committed and the verifier does not judge them."""
+
+    tokens: torch.Tensor | list[int]
+    """[m] token ids."""
+    nodes: tuple[int, ...]
+    """[m] the tree node each token is attached under (0 = the root); tokens under one node form a group, in order."""
+
+    def __post_init__(self):
+        if len(self.tokens) != len(self.nodes):
+            raise ValueError(f"{len(self.tokens)} extra tokens but {len(self.nodes)} nodes to attach them under: give one node per token")
+
+
+@dataclass
 class Proposal:
+    """One step's draft: the tree and its tokens, with what the verifier and the decode loop may use."""
+
     tree: DraftTree
-    """Layout of the candidates."""
+    """Layout of the candidates (a proposer may return a different tree every step)."""
     tokens: torch.Tensor | list[int]
     """Token of every non-root node, in tree order (len = tree.size); a device tensor avoids a host sync."""
     draft_probs: torch.Tensor | None = None
     """[tree.size + 1, V] draft distribution each node was sampled from; None: deterministic top-k candidates."""
+    confidences: torch.Tensor | None = None
+    """[tree.size] the proposer's confidence in every non-root node, handed to the verifier; None: none."""
+    extra: ExtraTokens | None = None
+    """Query tokens verified alongside the tree whose target states go to `Proposer.observe`; None: none."""
 
 
-class MedusaProposer:
-    """Candidates from Medusa heads: depth d takes the top-ranked tokens of head d."""
+@dataclass
+class Outcome:
+    """What one verification step decided, handed to `Proposer.observe`."""
 
-    def __init__(self, heads: MedusaHeads, lm_head_weight: torch.Tensor, tree: DraftTree):
-        if tree.depth > heads.config.num_heads:
-            raise ValueError(
-                f"tree depth {tree.depth} exceeds the draft's {heads.config.num_heads} heads: use paths of at most "
-                f"{heads.config.num_heads} steps (or DraftTree.chain({heads.config.num_heads}))"
-            )
-        self.heads, self.lm_head_weight, self.tree = heads, lm_head_weight, tree
-        self._needed = tree.ranks_needed()
-        self._gather = tree_gather(tree, lm_head_weight.device)
+    path: list[int]
+    """Accepted node indices, root first."""
+    bonus: int
+    """The target's token after the path (the next root)."""
+    extra_hidden: torch.Tensor
+    """[m, H] the target's last hidden state at each extra token of the proposal (m = 0 without extras)."""
+    extra_features: torch.Tensor
+    """[m, F] the drafter's feature layers at each extra token (`extra_hidden` unless it fuses others)."""
 
-    feature_layers = None
+
+class Proposer:
+    """Base of every proposer; a subclass sets `name` and `options_class` and defines the methods
+    that raise NotImplementedError here."""
+
+    name: ClassVar[str]
+    """Proposer name written into result JSON (`describe`)."""
+    options_class: ClassVar[type]
+    """Type of the layout options `build` takes (checked by `SpeculativeGenerator.from_draft`)."""
+    feature_layers: tuple[int, ...] | None = None
+    """Target hidden states (HF output_hidden_states indices) the proposer reads besides the last one; None: only the last."""
+
+    @classmethod
+    def layout(cls, draft, kind: str = "default", size: int | None = None, depth: int = 5, top_k: int = 4):
+        """The options for a `kind` in LAYOUT_KINDS (`chain`: top-1 tokens only) of `size` nodes,
+        `depth` deep and `top_k` wide where the method has such knobs."""
+        raise NotImplementedError(f"{cls.__name__} must define layout(draft, kind, size, depth, top_k)")
+
+    @classmethod
+    def tuning_candidates(cls, draft, depth: int = 5, top_k: int = 4, sizes: tuple[int, ...] | None = None) -> dict:
+        """{label: options} that `tune_tree` times (`sizes`: node counts to try, None: the method's own);
+        by default the default and the chain layout."""
+        return {kind: cls.layout(draft, kind, None, depth, top_k) for kind in LAYOUT_KINDS}
+
+    @classmethod
+    def build(cls, target, draft, options) -> "Proposer":
+        """The proposer for `draft` (already on the target's device, checked against it) drafting as `options` say."""
+        raise NotImplementedError(f"{cls.__name__} must define build(target, draft, options)")
 
     def reset(self, prompt_ids: torch.Tensor) -> None:
-        """Nothing to forget: the heads read only the latest hidden state."""
+        """Forget the previous sequence; `prompt_ids` [1, T] starts the next."""
 
-    @torch.no_grad()
     def propose(self, committed: Committed) -> Proposal:
-        hidden = committed.hidden[-1]
-        # Step 1: top candidates of each head that the tree uses (kept on the device: no host sync).
-        top = [self.heads.project(d, self.heads.head_features(d, hidden), self.lm_head_weight).topk(k).indices for d, k in enumerate(self._needed)]
-        # Step 2: node token = the candidate of its rank at its depth.
-        return Proposal(self.tree, torch.cat(top)[self._gather])
+        """The next draft, from the target's states at the positions just committed."""
+        raise NotImplementedError(f"{type(self).__name__} must define propose(committed)")
+
+    def observe(self, outcome: Outcome) -> None:
+        """Hook after every verification step (nothing by default): the accepted path and the extra tokens' states."""
+
+    def describe(self) -> dict:
+        """JSON-able description for result JSON: `proposer`, `tree_size` (nodes verified per step),
+        `tree_depth`, `tree_paths` (None when the tree changes per step) and any options of the method."""
+        return {"proposer": self.name}
+
+
+PROPOSERS: dict[str, type[Proposer]] = {}
+"""Draft type -> proposer class, filled by `register_proposer` when `specdec.runtime` is imported."""
+
+
+def register_proposer(*draft_types: str):
+    """Class decorator: `cls` proposes for drafts of these `draft_type`s."""
+
+    def register(cls: type[Proposer]) -> type[Proposer]:
+        for draft_type in draft_types:
+            PROPOSERS[draft_type] = cls
+        return cls
+
+    return register
+
+
+def proposer_class(draft_type: str) -> type[Proposer]:
+    """The proposer registered for `draft_type`; an unknown one raises ValueError naming the registered types."""
+    if draft_type not in PROPOSERS:
+        raise ValueError(
+            f"no proposer for draft type {draft_type!r}: registered are {', '.join(sorted(PROPOSERS))}; "
+            f"add a runtime/<name>_proposer.py that registers one with @register_proposer({draft_type!r})"
+        )
+    return PROPOSERS[draft_type]
 
 
 def tree_gather(tree: DraftTree, device) -> torch.Tensor:
@@ -75,6 +162,61 @@ def tree_gather(tree: DraftTree, device) -> torch.Tensor:
     needed = tree.ranks_needed()
     offsets = [sum(needed[:d]) for d in range(len(needed))]
     return torch.tensor([offsets[len(p) - 1] + p[-1] for p in tree.paths], device=device)
+
+
+def default_tree(draft, size: int = DEFAULT_TREE_SIZE) -> DraftTree:
+    """The `size`-node tree with the largest expected acceptance under a head draft's measured
+    per-rank head accuracies (config `head_rank_accuracy`); without them, a chain."""
+    accuracy = draft.config.head_rank_accuracy
+    if accuracy:
+        return DraftTree.from_accuracies(accuracy, size)
+    return DraftTree.chain(min(size, draft.config.num_heads))
+
+
+class StaticTreeProposer(Proposer):
+    """Base for drafts with one head per draft position (`config.num_heads`, `config.head_rank_accuracy`):
+    a static `DraftTree` whose node at depth d is the candidate of its rank from head d."""
+
+    options_class = DraftTree
+    candidate_sizes: ClassVar[tuple[int, ...]] = (1, 2, 4, 8, 16, 32)
+    """Tree sizes `tuning_candidates` tries by default."""
+
+    def __init__(self, draft, tree: DraftTree, device):
+        heads = draft.config.num_heads
+        if tree.depth > heads:
+            raise ValueError(f"tree depth {tree.depth} exceeds the draft's {heads} heads: use paths of at most {heads} steps (or DraftTree.chain({heads}))")
+        self.draft, self.tree = draft, tree
+        self._needed = tree.ranks_needed()
+        self._gather = tree_gather(tree, device)
+
+    @classmethod
+    def layout(cls, draft, kind: str = "default", size: int | None = None, depth: int = 5, top_k: int = 4) -> DraftTree:
+        """`chain`: the top-1 token of `size` heads (all by default); `default`: the `size`-node
+        tree best under the draft's measured accuracies (`depth` and `top_k` do not apply)."""
+        if kind == "chain":
+            length = size or draft.config.num_heads
+            if length > draft.config.num_heads:
+                raise ValueError(f"tree=chain tree_size={length} is deeper than the draft's {draft.config.num_heads} heads")
+            return DraftTree.chain(length)
+        return default_tree(draft, size or DEFAULT_TREE_SIZE)
+
+    @classmethod
+    def tuning_candidates(cls, draft, depth: int = 5, top_k: int = 4, sizes: tuple[int, ...] | None = None) -> dict[int, DraftTree]:
+        """{size: best tree of that size} for each of `sizes` (default `candidate_sizes`), repeats dropped
+        (a chain stops growing at the number of heads)."""
+        candidates: dict[int, DraftTree] = {}
+        for size in sizes or cls.candidate_sizes:
+            tree = default_tree(draft, size)
+            if tree not in candidates.values():
+                candidates[size] = tree
+        return candidates
+
+    def describe(self) -> dict:
+        return {"proposer": self.name, "tree_size": self.tree.size, "tree_depth": self.tree.depth, "tree_paths": [list(p) for p in self.tree.paths]}
+
+    def _proposal(self, top: list[torch.Tensor]) -> Proposal:
+        """The tree's tokens from each depth's top candidates (kept on the device: no host sync)."""
+        return Proposal(self.tree, torch.cat(top)[self._gather])
 
 
 class DraftState:
@@ -103,168 +245,3 @@ class DraftState:
         mask = additive(visible, hidden.dtype)
         positions = torch.full((1, k), position, device=embeds.device)
         return model(embeds[None], hidden[None], positions, mask, self.cache)[0]
-
-
-@dataclass
-class EagleOptions:
-    """How an EAGLE drafter proposes."""
-
-    depth: int = 5
-    """Draft tokens per path (chain length, or tree depth)."""
-    top_k: int = 1
-    """1: a chain; more: EAGLE-2's dynamic tree, expanding the top_k best nodes into top_k children per depth."""
-    total_tokens: int = 0
-    """Nodes verified per step in tree mode (0: every drafted node, at most 60)."""
-
-    def __post_init__(self):
-        if self.depth < 1 or self.top_k < 1 or self.total_tokens < 0:
-            raise ValueError(f"EAGLE drafting needs depth >= 1, top_k >= 1 and total_tokens >= 0 (got {self.depth}, {self.top_k}, {self.total_tokens})")
-        if self.total_tokens == 0:
-            self.total_tokens = self.depth if self.top_k == 1 else min(self.top_k + (self.depth - 1) * self.top_k**2, 60)
-
-
-EAGLE_DRAFT_TYPES = ("eagle1", "eagle3")
-"""Draft types drafted autoregressively by `EagleProposer` (laid out by `EagleOptions`)."""
-
-
-class EagleProposer:
-    """EAGLE-1 / EAGLE-3 drafting with the drafter's own KV cache kept across steps.
-
-    `top_k=1` drafts a chain of `depth` tokens. `top_k>1` grows EAGLE-2's dynamic tree: at each
-    depth the `top_k` best nodes by cumulative log-probability are expanded into their `top_k`
-    best children, and the `total_tokens` best nodes overall are verified (reranked by
-    cumulative log-probability; `tree` is then only the nominal depth-`depth` chain).
-    """
-
-    def __init__(self, draft, embed_weight: torch.Tensor, lm_head_weight: torch.Tensor, options: EagleOptions):
-        self.draft, self.embed_weight, self.lm_head_weight, self.options = draft, embed_weight, lm_head_weight, options
-        self.tree = DraftTree.chain(options.depth)
-        self.feature_layers = draft.feature_layers
-        self.state = DraftState()
-
-    def reset(self, prompt_ids: torch.Tensor) -> None:
-        self.state = DraftState()
-
-    def _embed(self, ids: torch.Tensor) -> torch.Tensor:
-        return F.embedding(ids, self.embed_weight)
-
-    @torch.no_grad()
-    def propose(self, committed: Committed) -> Proposal:
-        # Step 1: extend the drafter's cache with the committed (feature, next token) pairs.
-        hidden = self.state.extend(self.draft, self._embed(committed.tokens), self.draft.embed_features(committed.features))[-1:]
-        anchor = self.state.length - 1
-        if self.options.top_k == 1:
-            return self._chain(hidden, anchor)
-        return self._tree(hidden, anchor)
-
-    def _chain(self, hidden: torch.Tensor, anchor: int) -> Proposal:
-        tokens = []
-        for d in range(self.options.depth):
-            # Step 2: the drafter's top token, fed back with its own output state.
-            token = self.draft.to_target_ids(self.draft.logits(hidden, self.lm_head_weight).argmax(-1))
-            tokens.append(token)
-            if d + 1 < self.options.depth:
-                hidden = self.state.step(self.draft, self._embed(token), hidden, anchor + d + 1)
-        return Proposal(self.tree, torch.cat(tokens))
-
-    def _tree(self, hidden: torch.Tensor, anchor: int) -> Proposal:
-        # Step 2: depth 1: the top_k children of the root.
-        nodes: list[_Node] = []
-        frontier = self._children(hidden, [None], nodes)
-        expanded: list[int] = []  # node of each speculative cache entry, in cache order
-        for d in range(1, self.options.depth):
-            # Step 3: expand the best top_k nodes of the last depth: one drafter step for all of them,
-            # each seeing the cache entries of its own ancestors.
-            best = heapq.nlargest(self.options.top_k, frontier, key=lambda n: nodes[n].score)
-            ancestors = torch.tensor([[e in nodes[n].ancestors for e in expanded] for n in best], dtype=torch.bool).reshape(len(best), len(expanded))
-            inputs = torch.stack([nodes[n].source for n in best])
-            tokens = torch.tensor([nodes[n].token for n in best], device=inputs.device)
-            out = self.state.step(self.draft, self._embed(tokens), inputs, anchor + d, ancestors.to(inputs.device))
-            expanded += best
-            frontier = self._children(out, best, nodes)
-        # Step 4: keep the best total_tokens nodes (a parent ranks above its children) as a tree.
-        keep = sorted(range(len(nodes)), key=lambda n: (-nodes[n].score, len(nodes[n].ancestors)))[: self.options.total_tokens]
-        return self._as_proposal(keep, nodes)
-
-    def _children(self, hidden: torch.Tensor, parents: list[int | None], nodes: list[_Node]) -> list[int]:
-        """Append the top_k children of each row of `hidden` (the drafter state after `parents[row]`) to `nodes`; return their indices."""
-        log_p = torch.log_softmax(self.draft.logits(hidden, self.lm_head_weight).float(), dim=-1)
-        top = log_p.topk(min(self.options.top_k, log_p.shape[-1]), dim=-1)
-        ids, values = self.draft.to_target_ids(top.indices).tolist(), top.values.tolist()
-        new = []
-        for row, parent in enumerate(parents):
-            base, lineage = (0.0, ()) if parent is None else (nodes[parent].score, nodes[parent].ancestors + (parent,))
-            for value, token in zip(values[row], ids[row]):
-                nodes.append(_Node(base + value, parent, token, lineage, hidden[row]))
-                new.append(len(nodes) - 1)
-        return new
-
-    def _as_proposal(self, keep: list[int], nodes: list[_Node]) -> Proposal:
-        # Step 5: a node's path is its parent's path plus its rank among its kept siblings.
-        children: dict[int | None, list[int]] = {}
-        for n in keep:
-            children.setdefault(nodes[n].parent, []).append(n)
-        path: dict[int, tuple[int, ...]] = {}
-        for n in sorted(keep, key=lambda n: len(nodes[n].ancestors)):
-            parent = nodes[n].parent
-            siblings = sorted(children[parent], key=lambda s: (-nodes[s].score, s))
-            path[n] = (() if parent is None else path[parent]) + (siblings.index(n),)
-        tree = DraftTree.from_paths(path.values())
-        by_path = {p: nodes[n].token for n, p in path.items()}
-        return Proposal(tree, torch.tensor([by_path[p] for p in tree.paths], device=self.embed_weight.device))
-
-
-@dataclass
-class _Node:
-    """A candidate of EAGLE-2's dynamic tree."""
-
-    score: float
-    """Cumulative draft log-probability of the path to this node."""
-    parent: int | None
-    """Index of the parent node (None: a child of the root)."""
-    token: int
-    """Target token id."""
-    ancestors: tuple[int, ...]
-    """Indices of every ancestor node, root's child first (its length is the node's depth - 1)."""
-    source: torch.Tensor
-    """The drafter state this node was predicted from (its input when the node is expanded)."""
-
-
-class ChimeraProposer:
-    """Chimera drafting laid out as a Medusa-style tree: head d's top candidates at depth d, the
-    heads run in turn along the previous head's argmax, over the drafter's own KV cache."""
-
-    def __init__(self, draft: ChimeraDrafter, embed_weight: torch.Tensor, lm_head_weight: torch.Tensor, tree: DraftTree):
-        if tree.depth > draft.config.num_heads:
-            raise ValueError(f"tree depth {tree.depth} exceeds the draft's {draft.config.num_heads} heads")
-        self.draft, self.embed_weight, self.lm_head_weight, self.tree = draft, embed_weight, lm_head_weight, tree
-        self._needed = tree.ranks_needed()
-        self._gather = tree_gather(tree, embed_weight.device)
-        self.state, self.history = DraftState(), None
-
-    feature_layers = None
-
-    def reset(self, prompt_ids: torch.Tensor) -> None:
-        self.state, self.history = DraftState(), prompt_ids.reshape(-1)[:1]
-
-    @torch.no_grad()
-    def propose(self, committed: Committed) -> Proposal:
-        # Step 1: extend the cache with the committed entries (trigram ending at each next token, fused with h).
-        ids = torch.cat([self.history, committed.tokens])
-        trigrams = self._trigrams(ids, len(committed.tokens))
-        features = self.state.extend(self.draft, trigrams, committed.hidden)[-1:]
-        self.history = ids[-2:]
-        anchor, h = self.state.length - 1, committed.hidden[-1:]
-        # Step 2: head d's candidates; the next head reads the argmax appended to the sequence.
-        top, tail = [], ids[-2:]
-        for d, k in enumerate(self._needed):
-            logits = self.draft.head_logits(d, h, features, self.lm_head_weight)
-            top.append(logits[0].topk(k).indices)
-            if d + 1 < len(self._needed):
-                tail = torch.cat([tail, logits[0].argmax()[None]])[-3:]
-                features = self.state.step(self.draft, self._trigrams(tail, 1), h, anchor + d + 1)
-        return Proposal(self.tree, torch.cat(top)[self._gather])
-
-    def _trigrams(self, ids: torch.Tensor, count: int) -> torch.Tensor:
-        """[count, 3H] trigram embeddings of the last `count` tokens of `ids` (zeros before the sequence start)."""
-        return trigram_embeddings(self.embed_weight, ids[-(count + 2) :][None])[0, -count:]

@@ -5,6 +5,11 @@ A tree is given by its paths ("Medusa choices"): path (2, 0) is the node reached
 token the target itself chose last (not yet in the KV cache); nodes 1..n follow in order of
 (depth, path). Each node sees the prefix, its ancestors and itself; its position is
 prefix length + depth.
+
+A verify block may append extra query tokens after the nodes, each attached under a node
+(`extra_nodes[i]`, 0 = the root): it sees the prefix, that node's ancestors, the node and the
+earlier extra tokens attached under the same node (its group); its position is the node's
+position + its index in the group + 1. No tree node sees an extra token.
 """
 
 from __future__ import annotations
@@ -105,18 +110,43 @@ class DraftTree:
                 j = self.parents[j]
         return matrix
 
-    def attention_mask(self, past_len: int, dtype: torch.dtype, device: torch.device | str = "cpu") -> torch.Tensor:
-        """Additive mask [1, 1, n+1, past_len+n+1]: 0 where a node may look, dtype-min elsewhere."""
+    def block_visibility(self, extra_nodes: tuple[int, ...] = ()) -> torch.Tensor:
+        """Bool [n+1+m, n+1+m] over the block (nodes, then m extra tokens): entry (i, j) is True when i sees j."""
+        if not extra_nodes:
+            return self.ancestor_matrix
+        # Step 1: nodes see their ancestors; no node sees an extra token.
+        self._check_extra_nodes(extra_nodes)
         count = self.size + 1
-        visible = torch.ones(count, past_len + count, dtype=torch.bool)
-        visible[:, past_len:] = self.ancestor_matrix
-        mask = torch.zeros(count, past_len + count, dtype=dtype)
+        visible = torch.zeros(count + len(extra_nodes), count + len(extra_nodes), dtype=torch.bool)
+        visible[:count, :count] = self.ancestor_matrix
+        # Step 2: an extra token sees its node's row (ancestors and the node), the earlier tokens of its group and itself.
+        for i, node in enumerate(extra_nodes):
+            visible[count + i, :count] = self.ancestor_matrix[node]
+            visible[count + i, count : count + i + 1] = torch.tensor([extra_nodes[j] == node for j in range(i + 1)])
+        return visible
+
+    def block_depths(self, extra_nodes: tuple[int, ...] = ()) -> tuple[int, ...]:
+        """Position offset of every block entry past the prefix: node depths, then for each extra token its node's depth + index in its group + 1."""
+        self._check_extra_nodes(extra_nodes)
+        return self.depths + tuple(self.depths[node] + extra_nodes[:i].count(node) + 1 for i, node in enumerate(extra_nodes))
+
+    def _check_extra_nodes(self, extra_nodes: tuple[int, ...]) -> None:
+        bad = [n for n in extra_nodes if not 0 <= n <= self.size]
+        if bad:
+            raise ValueError(f"extra tokens attached under nodes {bad}: a {self.size}-node tree has nodes 0 (the root) to {self.size}")
+
+    def attention_mask(self, past_len: int, dtype: torch.dtype, device: torch.device | str = "cpu", extra_nodes: tuple[int, ...] = ()) -> torch.Tensor:
+        """Additive mask [1, 1, n+1+m, past_len+n+1+m]: 0 where a block entry may look, dtype-min elsewhere."""
+        block = self.block_visibility(extra_nodes)
+        visible = torch.ones(block.shape[0], past_len + block.shape[0], dtype=torch.bool)
+        visible[:, past_len:] = block
+        mask = torch.zeros(visible.shape, dtype=dtype)
         mask.masked_fill_(~visible, torch.finfo(dtype).min)
         return mask[None, None].to(device)
 
-    def position_ids(self, past_len: int, device: torch.device | str = "cpu") -> torch.Tensor:
-        """[1, n+1] positions: prefix length + depth."""
-        return (torch.tensor(self.depths) + past_len)[None].to(device)
+    def position_ids(self, past_len: int, device: torch.device | str = "cpu", extra_nodes: tuple[int, ...] = ()) -> torch.Tensor:
+        """[1, n+1+m] positions: prefix length + `block_depths`."""
+        return (torch.tensor(self.block_depths(extra_nodes)) + past_len)[None].to(device)
 
     def ranks_needed(self) -> list[int]:
         """How many top candidates each draft position needs (index d = depth d+1)."""

@@ -12,8 +12,10 @@ from specdec.models.chimera import ChimeraConfig, ChimeraDrafter, trigram_embedd
 from specdec.models.decoder import KVCache, LayerShape, causal_mask
 from specdec.models.eagle1 import Eagle1Config, Eagle1Drafter
 from specdec.models.eagle3 import Eagle3Config, Eagle3Drafter
-from specdec.runtime.generator import EagleOptions, SpeculativeGenerator, plain_generate
-from specdec.runtime.proposers import ChimeraProposer, Committed, EagleProposer
+from specdec.runtime.chimera_proposer import ChimeraProposer
+from specdec.runtime.eagle_proposer import EagleOptions, EagleProposer
+from specdec.runtime.generator import SpeculativeGenerator, plain_generate
+from specdec.runtime.proposers import Committed
 from specdec.runtime.tree import DraftTree
 from specdec.runtime.verify import SamplingConfig, target_probs
 from specdec.train.losses import eagle_losses, unrolled_mask
@@ -50,31 +52,31 @@ def drafts(model):
 
 
 SETUPS = [
-    ("eagle1", {"eagle": EagleOptions(depth=4)}),
-    ("eagle1", {"eagle": EagleOptions(depth=4, top_k=3, total_tokens=10)}),
-    ("eagle3", {"eagle": EagleOptions(depth=3)}),
-    ("eagle3", {"eagle": EagleOptions(depth=5, top_k=4, total_tokens=24)}),
-    ("chimera", {"tree": DraftTree.from_paths([(0,), (1,), (0, 0), (1, 0), (0, 0, 0)])}),
+    ("eagle1", EagleOptions(depth=4)),
+    ("eagle1", EagleOptions(depth=4, top_k=3, total_tokens=10)),
+    ("eagle3", EagleOptions(depth=3)),
+    ("eagle3", EagleOptions(depth=5, top_k=4, total_tokens=24)),
+    ("chimera", DraftTree.from_paths([(0,), (1,), (0, 0), (1, 0), (0, 0, 0)])),
 ]
 IDS = ["eagle1-chain", "eagle1-tree", "eagle3-chain", "eagle3-tree", "chimera-tree"]
 
 
-@pytest.mark.parametrize("kind,options", SETUPS, ids=IDS)
+@pytest.mark.parametrize("kind,layout", SETUPS, ids=IDS)
 @pytest.mark.parametrize("seed", [0, 1])
-def test_greedy_speculative_equals_plain_greedy(lively, kind, options, seed):
+def test_greedy_speculative_equals_plain_greedy(lively, kind, layout, seed):
     prompt = torch.randint(3, VOCAB, (1, 9), generator=torch.Generator().manual_seed(seed))
-    generator = SpeculativeGenerator.from_draft(lively, drafts(lively)[kind], **options)
+    generator = SpeculativeGenerator.from_draft(lively, drafts(lively)[kind], layout)
     generator.eos = set(NO_EOS)
     for max_new in (1, 5, 40):
         assert generator.generate(prompt, max_new).tokens == plain_generate(lively, prompt, max_new, eos_token_ids=NO_EOS).tokens
 
 
-@pytest.mark.parametrize("kind,options", SETUPS, ids=IDS)
-def test_eos_inside_an_accepted_path_stops_there(lively, kind, options):
+@pytest.mark.parametrize("kind,layout", SETUPS, ids=IDS)
+def test_eos_inside_an_accepted_path_stops_there(lively, kind, layout):
     prompt = torch.tensor([[5, 6, 7, 8, 9, 10]])
     reference = plain_generate(lively, prompt, 30, eos_token_ids=NO_EOS).tokens
     eos = reference[11]
-    result = SpeculativeGenerator(lively, SpeculativeGenerator.from_draft(lively, drafts(lively)[kind], **options).proposer, eos_token_ids=[eos]).generate(prompt, 30)
+    result = SpeculativeGenerator(lively, SpeculativeGenerator.from_draft(lively, drafts(lively)[kind], layout).proposer, eos_token_ids=[eos]).generate(prompt, 30)
     assert result.tokens == reference[: reference.index(eos) + 1] and result.stop_reason == "eos"
 
 
@@ -185,7 +187,7 @@ def test_speculative_sampling_with_a_dynamic_tree_keeps_the_target_distribution(
     first token, must be the target's (top-5 warped: chi-square with 4 degrees of freedom)."""
     draft = drafts(lively)["eagle1"]
     cfg = SamplingConfig(temperature=1.0, top_k=5)
-    generator = SpeculativeGenerator.from_draft(lively, draft, eagle=EagleOptions(depth=2, top_k=3, total_tokens=6))
+    generator = SpeculativeGenerator.from_draft(lively, draft, EagleOptions(depth=2, top_k=3, total_tokens=6))
     generator.eos = set(NO_EOS)
     prompt = torch.tensor([[11, 12, 13, 14]])
     seconds: dict[int, torch.Tensor] = {}
@@ -218,7 +220,7 @@ def test_trained_drafter_is_accepted(lively):
         optimizer.zero_grad()
         eagle_losses(draft, final, final, batch, mask, emb, head, steps=2, with_accuracy=False).loss.backward()
         optimizer.step()
-    result = SpeculativeGenerator.from_draft(lively, draft.eval(), eagle=EagleOptions(depth=3))
+    result = SpeculativeGenerator.from_draft(lively, draft.eval(), EagleOptions(depth=3))
     result.eos = set(NO_EOS)
     out = result.generate(prompts[0], 40)
     assert out.tokens == plain_generate(lively, prompts[0], 40, eos_token_ids=NO_EOS).tokens

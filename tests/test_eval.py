@@ -95,6 +95,16 @@ def test_evaluate_reports_every_benchmark_metric_consistently(tiny_llama, tiny_t
     assert overall["speedup_vs_plain"] == pytest.approx(sorted(r["speedup_vs_plain"] for r in result["questions"])[1])
     assert result["lossless_failures"] == []
     assert "LOSSLESS MISMATCH" not in format_table(result)
+    assert result["setting"]["verifier"] == "greedy" and result["setting"]["lossless"] is True and result["setting"]["proposer"] == "medusa"
+
+
+def test_a_lossy_verifier_is_not_checked_and_says_so(tiny_llama, tiny_tokenizer, heads, bench_file):
+    result = evaluate(tiny_llama, tiny_tokenizer, heads, load_questions(bench_file, max_questions=1), max_new_tokens=4, temperature=0.7, verifier="typical", baselines=False, progress=False)
+    assert result["setting"]["verifier"] == "typical" and result["setting"]["lossless"] is False
+    assert result["questions"][0]["lossless_match"] is None and result["overall"]["lossless_match"] is None
+    assert result["overall"]["verifier"] == "typical (lossy)"
+    table = format_table(result)
+    assert "verifier typical (lossy)" in table and "(lossy)" in table.splitlines()[-3]  # the overall row's lossless column
 
 
 def test_evaluate_without_baselines_leaves_them_unmeasured(tiny_llama, tiny_tokenizer, heads, bench_file):
@@ -128,7 +138,7 @@ def test_cli_writes_json_png_and_the_draft_summary(tmp_path, draft_dir, bench_fi
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
     summary = json.loads((draft_dir / "eval_results.json").read_text())
     assert summary["speedup_vs_plain"] == result["overall"]["speedup_vs_plain"]
-    assert all(isinstance(v, float) for v in summary.values())
+    assert summary["verifier"] == "greedy" and all(isinstance(v, float) for k, v in summary.items() if k != "verifier")
     assert {"acceptance_by_depth_1", "acceptance_by_depth_2"} <= set(summary)
 
 

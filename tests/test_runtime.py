@@ -10,9 +10,9 @@ from conftest import build_tiny_llama, enliven
 from specdec.models.medusa import MedusaConfig, MedusaHeads
 from specdec.runtime.generator import SpeculativeGenerator, plain_generate
 from specdec.runtime.kv import commit_path
-from specdec.runtime.proposers import Proposal
+from specdec.runtime.proposers import Proposal, Proposer
 from specdec.runtime.tree import DraftTree
-from specdec.runtime.verify import SamplingConfig, accept, target_probs
+from specdec.runtime.verify import SamplingConfig, SamplingVerifier, TypicalVerifier, VerifyBlock, resolve_verifier, target_probs
 
 SMALL_TREE = DraftTree.from_paths([(0,), (1,), (0, 0), (0, 1), (1, 0), (0, 0, 0)])
 
@@ -76,18 +76,15 @@ def test_commit_path_leaves_the_cache_of_a_fresh_forward(lively):
 
 
 # -- lossless greedy --------------------------------------------------------------------------
-class OracleProposer:
+class OracleProposer(Proposer):
     """Knows the plain greedy continuation; places the right token at a random rank (or omits it)."""
+
+    name = "oracle"
 
     def __init__(self, tree, reference, prompt_len, seed=0, hit_rate=0.7):
         self.tree, self.reference, self.prompt_len = tree, reference, prompt_len
         self.rng, self.hit_rate, self.position = random.Random(seed), hit_rate, 0
         self.generator = None
-
-    feature_layers = None
-
-    def reset(self, prompt_ids):
-        pass
 
     def propose(self, committed):
         # The generator calls propose once per step; it tells us how far it got through `done`.
@@ -237,7 +234,7 @@ def test_speculative_sampling_keeps_the_target_distribution(tree, draft_q):
         # Step 1: draft tokens: the top-k candidates, or one sample per node from a draft q.
         tokens = fixed or [0] + [int(torch.multinomial(q_rows[i], 1, generator=gen)) for i in range(1, tree.size + 1)]
         logits = torch.stack([_logits_after(p) for p in _prefixes(tree, tokens)])
-        path, bonus, _ = accept(tree, tokens, logits, cfg, q_rows, gen)
+        path, bonus, _ = SamplingVerifier().verify(_block(tree, tokens, logits, cfg, q_rows), gen)
         emitted = [tokens[i] for i in path[1:]] + [bonus]
         first[emitted[0]] += 1
         if len(emitted) > 1:
@@ -250,6 +247,11 @@ def test_speculative_sampling_keeps_the_target_distribution(tree, draft_q):
     assert counts.sum() > 1000 and _chi2(counts, conditional, int(counts.sum())) < CRITICAL_CHI2_DF5_P001
 
 
+def _block(tree, tokens, logits, cfg, draft_probs=None):
+    """A verify block over toy logits (the toy target has no hidden states: zeros stand in)."""
+    return VerifyBlock(tree, tokens, logits, torch.zeros(len(tokens), 1), cfg, draft_probs)
+
+
 def test_a_wrong_acceptance_rule_is_caught_by_the_same_check():
     """Guard for the test above: accepting a top-1 candidate always (a biased rule) fails the chi-square."""
     tree, cfg, n = DraftTree.chain(1), SamplingConfig(temperature=0.8), 4000
@@ -260,13 +262,13 @@ def test_a_wrong_acceptance_rule_is_caught_by_the_same_check():
 
 
 def test_typical_acceptance_is_labelled_lossy():
-    assert SamplingConfig(temperature=0.7, typical=True).lossless is False
-    assert SamplingConfig(temperature=0.7).lossless and SamplingConfig().lossless
-    tree = DraftTree.chain(1)
+    assert resolve_verifier("typical", SamplingConfig(temperature=0.7)).lossless is False
+    assert resolve_verifier("auto", SamplingConfig(temperature=0.7)).lossless and resolve_verifier("auto", SamplingConfig()).lossless
+    tree, cfg = DraftTree.chain(1), SamplingConfig(temperature=1.0)
     logits = torch.tensor([[10.0, 0.0, 0.0], [0.0, 0.0, 0.0]])  # root confident in token 0
-    path, _, _ = accept(tree, [5, 0], logits, SamplingConfig(temperature=1.0, typical=True))
+    path, _, _ = TypicalVerifier().verify(_block(tree, [5, 0], logits, cfg), None)
     assert path == [0, 1]
-    path, _, _ = accept(tree, [5, 2], logits, SamplingConfig(temperature=1.0, typical=True))
+    path, _, _ = TypicalVerifier().verify(_block(tree, [5, 2], logits, cfg), None)
     assert path == [0]
 
 
@@ -281,8 +283,8 @@ def test_tune_tree_measures_each_size_and_returns_the_fastest(lively):
     from specdec.runtime.autotune import tune_tree
 
     draft = _accurate_heads()
-    (tree, eagle), speeds = tune_tree(lively, draft, [torch.tensor([[5, 6, 7]])], sizes=(1, 3, 6), max_new_tokens=6)
-    assert set(speeds) == {1, 3, 6} and all(s > 0 for s in speeds.values()) and eagle is None
+    tree, speeds = tune_tree(lively, draft, [torch.tensor([[5, 6, 7]])], sizes=(1, 3, 6), max_new_tokens=6)
+    assert set(speeds) == {1, 3, 6} and all(s > 0 for s in speeds.values()) and isinstance(tree, DraftTree)
     assert tree.size == max(speeds, key=speeds.get)
     assert tree == DraftTree.from_accuracies(draft.config.head_rank_accuracy, tree.size)
 

@@ -9,7 +9,8 @@ from specdec.train.config import load_recipe
 from specdec.train.pipeline import run
 from specdec.models.base import load_draft
 from specdec.models.target import load_target
-from specdec.runtime.generator import SpeculativeGenerator, default_tree, plain_generate
+from specdec.runtime.generator import SpeculativeGenerator, plain_generate
+from specdec.runtime.proposers import default_tree
 from specdec.runtime.tree import DraftTree
 
 pytestmark = pytest.mark.slow
@@ -104,7 +105,7 @@ def test_eagle3_on_the_real_target_learns_decodes_losslessly_and_exports_for_eng
     beats the untrained one, lossless chain and dynamic-tree decoding, and both engine layouts
     read back with identical logits."""
     from specdec.models.eagle_formats import export_eagle, load_eagle_export
-    from specdec.runtime.generator import EagleOptions
+    from specdec.runtime.eagle_proposer import EagleOptions
 
     common = {
         "data.source": "smollm2-selfdistill",
@@ -127,7 +128,7 @@ def test_eagle3_on_the_real_target_learns_decodes_losslessly_and_exports_for_eng
     ids = smollm2.tokenizer.apply_chat_template([{"role": "user", "content": "Write a short poem about the sea."}], add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
     reference = plain_generate(smollm2.model, ids, 48, tokenizer=smollm2.tokenizer).tokens
     for options in (EagleOptions(depth=3), EagleOptions(depth=4, top_k=3, total_tokens=10)):
-        result = SpeculativeGenerator.from_draft(smollm2.model, draft, eagle=options, tokenizer=smollm2.tokenizer).generate(ids, 48)
+        result = SpeculativeGenerator.from_draft(smollm2.model, draft, options, tokenizer=smollm2.tokenizer).generate(ids, 48)
         assert result.tokens == reference
     hidden = torch.randn(1, 5, 3 * 576)
     for fmt in ("sglang", "speculators"):
