@@ -13,10 +13,10 @@ from specdec.data import features as features_module
 from specdec.data.features import FeatureStoreError
 from specdec.models.base import load_draft
 from specdec.models.eagle3 import build_draft_vocab
-from specdec.runtime.generator import EagleOptions, SpeculativeGenerator, plain_generate
+from specdec.runtime.generator import SpeculativeGenerator, choose_layout, plain_generate
 from specdec.train.cli import main as train_main
 from specdec.train.config import load_recipe
-from specdec.train.drafter_module import DrafterModule
+from specdec.train.module import DraftModule
 from specdec.train.pipeline import export_checkpoint, run
 from specdec.train.prepare import main as prepare_main
 from test_train import prompts_file, tiny_overrides  # noqa: F401  (prompts_file is a fixture)
@@ -24,9 +24,10 @@ from test_train import prompts_file, tiny_overrides  # noqa: F401  (prompts_file
 METHODS = ("eagle1", "eagle3", "chimera")
 
 
-def overrides(tmp_path, target_dir, prompts, **extra):
+def overrides(tmp_path, target_dir, prompts, method="eagle3", **extra):
+    """The tiny run's overrides for `method` (only EAGLE-3 has an `eagle3` section)."""
     base = {
-        "eagle3.draft_vocab_size": 96,
+        **({"eagle3.draft_vocab_size": 96} if method == "eagle3" else {}),
         "trainer.log_every_n_steps": 1,
         "data.features_dtype": "float32",
         "data.features_dir": str(tmp_path / "features"),
@@ -46,7 +47,7 @@ def _loss_curve(run_dir) -> list[float]:
 
 @pytest.mark.parametrize("method", METHODS)
 def test_online_and_offline_training_give_the_same_loss_curve(tmp_path, tiny_target_dir, prompts_file, method):
-    values = overrides(tmp_path, tiny_target_dir, prompts_file)
+    values = overrides(tmp_path, tiny_target_dir, prompts_file, method)
     online = run(load_recipe(method, values))
     assert prepare_main([f"recipe={method}", *_args(values)]) == 0
     offline_values = {**values, "data.features": "offline", "output_dir": str(tmp_path / "offline")}
@@ -136,17 +137,17 @@ def test_eagle3_draft_maps_its_vocabulary_to_the_training_tokens(tmp_path, tiny_
 
 def test_resume_after_a_kill_ends_with_the_same_weights(tmp_path, tiny_target_dir, prompts_file, monkeypatch):
     full = run(load_recipe("eagle3", overrides(tmp_path / "full", tiny_target_dir, prompts_file)))
-    original = DrafterModule.training_step
+    original = DraftModule.training_step
 
     def dying_step(self, batch, batch_idx):
         if self.global_step == 4:
             raise RuntimeError("simulated kill")
         return original(self, batch, batch_idx)
 
-    monkeypatch.setattr(DrafterModule, "training_step", dying_step)
+    monkeypatch.setattr(DraftModule, "training_step", dying_step)
     with pytest.raises(RuntimeError, match="simulated kill"):
         run(load_recipe("eagle3", overrides(tmp_path / "killed", tiny_target_dir, prompts_file)))
-    monkeypatch.setattr(DrafterModule, "training_step", original)
+    monkeypatch.setattr(DraftModule, "training_step", original)
     resumed = run(load_recipe("eagle3", overrides(tmp_path / "killed", tiny_target_dir, prompts_file, resume="last")))
     a, b = load_file(full.draft_dir / "model.safetensors"), load_file(resumed.draft_dir / "model.safetensors")
     assert a.keys() == b.keys() and {"d2t", "t2d"} <= set(a)
@@ -162,9 +163,9 @@ def test_resume_after_a_kill_ends_with_the_same_weights(tmp_path, tiny_target_di
 def test_trained_draft_decodes_losslessly_and_exports(tmp_path, tiny_target_dir, prompts_file, tiny_llama, method):
     from specdec.train.export import export_main
 
-    result = run(load_recipe(method, overrides(tmp_path, tiny_target_dir, prompts_file)))
+    result = run(load_recipe(method, overrides(tmp_path, tiny_target_dir, prompts_file, method)))
     draft = load_draft(result.draft_dir)
-    generator = SpeculativeGenerator.from_draft(tiny_llama, draft, eagle=EagleOptions(depth=3, top_k=2, total_tokens=6))
+    generator = SpeculativeGenerator.from_draft(tiny_llama, draft, choose_layout(draft, "default", size=6, depth=3, top_k=2))  # EAGLE: a 6-node dynamic tree; Chimera: the best 6-node tree
     prompt = torch.tensor([[1, 40, 41, 42, 43]])
     out = generator.generate(prompt, 20)
     assert out.tokens == plain_generate(tiny_llama, prompt, 20).tokens
@@ -176,6 +177,7 @@ def test_trained_draft_decodes_losslessly_and_exports(tmp_path, tiny_target_dir,
 def test_one_eagle3_store_serves_the_drafters_that_read_only_the_last_hidden_state(tmp_path, tiny_target_dir, prompts_file):
     values = overrides(tmp_path, tiny_target_dir, prompts_file)
     assert prepare_main(["recipe=eagle3", *_args(values)]) == 0
+    values = overrides(tmp_path, tiny_target_dir, prompts_file, "eagle1")
     online = run(load_recipe("eagle1", {**values, "output_dir": str(tmp_path / "online")}))
     offline = run(load_recipe("eagle1", {**values, "data.features": "offline", "output_dir": str(tmp_path / "offline")}))
     assert _loss_curve(tmp_path / "offline") == pytest.approx(_loss_curve(tmp_path / "online"), rel=1e-4)

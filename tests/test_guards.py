@@ -15,7 +15,8 @@ from specdec.train.config import RecipeError, load_recipe
 from specdec.train.export import export_main
 from specdec.train.guards import NonFiniteWeightsError, TrainingStoppedError
 from specdec.train.losses import NonFiniteLossError
-from specdec.train.medusa_module import MedusaModule
+from specdec.train.medusa_method import Medusa1Method
+from specdec.train.module import DraftModule
 from specdec.train.pipeline import run
 from test_train import prompts_file, tiny_overrides  # noqa: F401 (prompts_file is a fixture)
 
@@ -90,7 +91,7 @@ class _PoisonAt(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if trainer.global_step == self.step:
             with torch.no_grad():
-                for p in pl_module.heads.parameters():
+                for p in pl_module.draft.parameters():
                     p.fill_(float("nan"))
 
 
@@ -133,24 +134,24 @@ def test_a_diverging_run_stops_and_exports_nothing(tmp_path, tiny_target_dir, pr
 
 
 def test_divergence_ratio_stops_on_an_exploding_loss_but_not_on_a_normal_run(tmp_path, tiny_target_dir, prompts_file):
-    original = MedusaModule._head_losses
+    original = Medusa1Method.losses
 
-    def exploding(self, hidden, batch, weight, denominators=None):
-        out = original(self, hidden, batch, weight, denominators)
-        if self.training and self.global_step >= 4:
+    def exploding(self, module, batch, training, denominators=None, hidden=None):
+        out = original(self, module, batch, training, denominators, hidden)
+        if training and module.global_step >= 4:
             out.loss = out.loss * 1e6  # finite, so only the divergence test can catch it
         return out
 
     normal = run(load_recipe("medusa1", tiny_overrides(tmp_path / "normal", tiny_target_dir, prompts_file)))
     assert normal.draft_dir is not None
-    MedusaModule._head_losses = exploding
+    Medusa1Method.losses = exploding
     try:
         with pytest.raises(TrainingStoppedError, match="training diverged: .* optimizer step 4"):
             run(load_recipe("medusa1", tiny_overrides(tmp_path / "boom", tiny_target_dir, prompts_file)))
         off = run(load_recipe("medusa1", tiny_overrides(tmp_path / "off", tiny_target_dir, prompts_file, **{"trainer.divergence_ratio": "null"})))
         assert off.draft_dir is not None
     finally:
-        MedusaModule._head_losses = original
+        Medusa1Method.losses = original
 
 
 def _fail_second_save(monkeypatch):
@@ -216,19 +217,19 @@ def _metric_rows(run_dir):
 def test_resuming_keeps_the_logged_history(tmp_path, tiny_target_dir, prompts_file, monkeypatch):
     every_step = {"trainer.log_every_n_steps": 1}
     run(load_recipe("medusa1", tiny_overrides(tmp_path / "full", tiny_target_dir, prompts_file, **every_step)))
-    original_step = MedusaModule.training_step
+    original_step = DraftModule.training_step
 
     def dying_step(self, batch, batch_idx):
         if self.global_step == 5:
             raise RuntimeError("simulated kill")
         return original_step(self, batch, batch_idx)
 
-    monkeypatch.setattr(MedusaModule, "training_step", dying_step)
+    monkeypatch.setattr(DraftModule, "training_step", dying_step)
     with pytest.raises(RuntimeError, match="simulated kill"):
         run(load_recipe("medusa1", tiny_overrides(tmp_path / "killed", tiny_target_dir, prompts_file, **every_step)))
     killed_rows = _metric_rows(tmp_path / "killed" / "run")
     assert [s for s, _ in killed_rows] == [0, 1, 2, 3, 4]
-    monkeypatch.setattr(MedusaModule, "training_step", original_step)
+    monkeypatch.setattr(DraftModule, "training_step", original_step)
     run(load_recipe("medusa1", tiny_overrides(tmp_path / "killed", tiny_target_dir, prompts_file, resume="last", **every_step)))
     # The resumed log holds the killed run's rows up to its checkpoint (step 3), then the new ones:
     # the same rows as the uninterrupted run.

@@ -10,7 +10,8 @@ from specdec.models.base import DraftMismatchError, load_draft
 from specdec.train.cli import main
 from specdec.train.config import load_recipe
 from specdec.train.losses import NonFiniteLossError
-from specdec.train.medusa_module import MedusaModule
+from specdec.train.medusa_method import Medusa1Method
+from specdec.train.module import DraftModule
 from specdec.train.pipeline import run
 
 PROMPTS = ["Say hello.", "Write a poem about the sea.", "How can I help you today?", "Tell me a number.", "What is speculative decoding?", "Name a fox."]
@@ -66,7 +67,7 @@ def test_cli_trains_and_exports_a_loadable_draft(tmp_path, tiny_target_dir, prom
         draft.check_target(64, 320)
     # The checkpoint holds the heads (and optimizer state), never the frozen target.
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
-    assert ckpt["state_dict"] and all(k.startswith("heads.") for k in ckpt["state_dict"])
+    assert ckpt["state_dict"] and all(k.startswith("draft.") for k in ckpt["state_dict"])
     assert "val/head1_top1" in capsys.readouterr().out
 
 
@@ -82,18 +83,18 @@ def test_resume_after_a_kill_ends_with_the_same_weights(tmp_path, tiny_target_di
     full = run(load_recipe("medusa1", tiny_overrides(tmp_path / "full", tiny_target_dir, prompts_file)))
     # Kill the second run at step 4 (after the step-3 checkpoint), then resume it.
     killed_cfg = load_recipe("medusa1", tiny_overrides(tmp_path / "killed", tiny_target_dir, prompts_file))
-    original_step = MedusaModule.training_step
+    original_step = DraftModule.training_step
 
     def dying_step(self, batch, batch_idx):
         if self.global_step == 4:
             raise RuntimeError("simulated kill")
         return original_step(self, batch, batch_idx)
 
-    monkeypatch.setattr(MedusaModule, "training_step", dying_step)
+    monkeypatch.setattr(DraftModule, "training_step", dying_step)
     with pytest.raises(RuntimeError, match="simulated kill"):
         run(killed_cfg)
     assert not (tmp_path / "killed" / "run" / "draft").exists()
-    monkeypatch.setattr(MedusaModule, "training_step", original_step)
+    monkeypatch.setattr(DraftModule, "training_step", original_step)
     resumed = run(load_recipe("medusa1", tiny_overrides(tmp_path / "killed", tiny_target_dir, prompts_file, resume="last")))
     a, b = _draft_tensors(tmp_path / "full" / "run"), _draft_tensors(tmp_path / "killed" / "run")
     assert a.keys() == b.keys()
@@ -104,15 +105,15 @@ def test_resume_after_a_kill_ends_with_the_same_weights(tmp_path, tiny_target_di
 
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path, tiny_target_dir, prompts_file, monkeypatch):
     cfg = load_recipe("medusa1", tiny_overrides(tmp_path, tiny_target_dir, prompts_file))
-    original = MedusaModule._head_losses
+    original = Medusa1Method.losses
 
-    def poisoned(self, hidden, batch, weight, denominators=None):
-        out = original(self, hidden, batch, weight, denominators)
-        if self.training and self.global_step == 4:
+    def poisoned(self, module, batch, training, denominators=None, hidden=None):
+        out = original(self, module, batch, training, denominators, hidden)
+        if training and module.global_step == 4:
             out.loss = out.loss * float("nan")
         return out
 
-    monkeypatch.setattr(MedusaModule, "_head_losses", poisoned)
+    monkeypatch.setattr(Medusa1Method, "losses", poisoned)
     with pytest.raises(NonFiniteLossError, match="step 4"):
         run(cfg)
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
@@ -141,7 +142,7 @@ def test_medusa2_trains_lora_jointly_and_exports_the_merged_target(tmp_path, tin
     assert changed, "joint training should have changed the target through LoRA"
     assert not any("lora" in n for n, _ in merged.named_parameters())
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
-    assert any("lora_" in k for k in ckpt["state_dict"]) and all(("lora_" in k) or k.startswith("heads.") for k in ckpt["state_dict"])
+    assert any("lora_" in k for k in ckpt["state_dict"]) and all(("lora_" in k) or k.startswith("draft.") for k in ckpt["state_dict"])
 
 
 def test_wandb_logger_is_offline_without_a_key_and_csv_is_the_default(tmp_path, monkeypatch):
@@ -160,13 +161,13 @@ def test_wandb_logger_is_offline_without_a_key_and_csv_is_the_default(tmp_path, 
 
 def test_final_validation_runs_once_when_the_last_step_is_a_validation_step(tmp_path, tiny_target_dir, prompts_file, monkeypatch):
     calls = []
-    original = MedusaModule.on_validation_epoch_end
+    original = DraftModule.on_validation_epoch_end
 
     def counting(self):
         calls.append(self.global_step)
         original(self)
 
-    monkeypatch.setattr(MedusaModule, "on_validation_epoch_end", counting)
+    monkeypatch.setattr(DraftModule, "on_validation_epoch_end", counting)
     run(load_recipe("medusa1", tiny_overrides(tmp_path / "a", tiny_target_dir, prompts_file)))  # 6 steps, validation every 3
     assert calls == [3, 6]
     calls.clear()

@@ -7,7 +7,8 @@ import sys
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import OmegaConf
 
-from specdec.train.config import RecipeError, available_recipes, field_docs, load_recipe, parse_overrides
+from specdec.train.config import RecipeError, available_recipes, field_docs, load_recipe, method_field_docs, parse_overrides
+from specdec.train.methods import section_owners
 
 USAGE = """usage: specdec-train recipe=NAME_OR_PATH [key=value ...]
 
@@ -20,9 +21,18 @@ Trains a draft against a frozen target and exports it to <output_dir>/draft.
 
 
 def help_text() -> str:
-    width = max(len(key) for key, _, _ in field_docs())
-    rows = [f"  {key.ljust(width)}  {str(default):>14}  {doc}" for key, default, doc in field_docs()]
-    return USAGE.format(recipes=", ".join(available_recipes())) + "\nkeys:\n" + "\n".join(rows)
+    """The usage, every shared key, then each method's own sections (a recipe reads only its method's)."""
+    sections = method_field_docs()
+    owners = section_owners()
+    width = max(len(key) for key, _, _ in [*field_docs(), *(row for rows in sections.values() for row in rows)])
+    lines = [USAGE.format(recipes=", ".join(available_recipes())), "keys of every recipe:", *_rows(field_docs(), width)]
+    for name, rows in sections.items():
+        lines += ["", f"keys of section `{name}` (method {' / '.join(owners[name])}):", *_rows(rows, width)]
+    return "\n".join(lines)
+
+
+def _rows(rows, width: int) -> list[str]:
+    return [f"  {key.ljust(width)}  {str(default):>14}  {doc}" for key, default, doc in rows]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,8 +1,10 @@
 """Recipe schemas (OmegaConf structured configs) and recipe loading with clear errors.
 
 Every field carries a docstring; `specdec-train --help` prints them. A recipe is a YAML file
-(or a name from `recipes/`) merged into `RecipeConfig`; `key=value` overrides go on top.
-Unknown keys and wrong types fail before any work starts, naming the closest valid key.
+(or a name from `recipes/`) merged into the schema of its method: `RecipeConfig` (the sections
+every method shares) plus the sections the method's `TrainingMethod` declares (see
+`specdec.train.methods`); `key=value` overrides go on top. Unknown keys, another method's
+keys and wrong types fail before any work starts, naming the closest valid key.
 """
 
 from __future__ import annotations
@@ -12,18 +14,13 @@ import difflib
 import importlib.util
 import inspect
 import math
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass, make_dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-
-METHODS = ("medusa1", "medusa2", "eagle1", "eagle3", "chimera")
-FEATURE_METHODS = ("eagle1", "eagle3", "chimera")
-"""Methods whose drafter reads target features (and can train offline from `specdec-prepare`)."""
-
 
 @dataclass
 class TargetConfig:
@@ -78,82 +75,6 @@ class DataConfig:
 
 
 @dataclass
-class MedusaConfig:
-    num_heads: int = 4
-    """Medusa heads K; head k predicts the token k+1 positions past the target's next token."""
-    num_layers: int = 1
-    """ResBlocks per head."""
-    share_lm_head: bool = True
-    """Use the frozen target lm_head as every head's projection (false: per-head copies, trained)."""
-    loss_decay: float = 0.8
-    """Head k's loss weight is loss_decay**k (k = 0 for the first head)."""
-    soft_label_weight: float = 0.0
-    """Mix of soft-label distillation from the target's own distribution (0 = hard labels only, 1 = soft only)."""
-    top_k: int = 5
-    """k of the top-k accuracy reported per head on the validation split."""
-
-
-@dataclass
-class Medusa2Config:
-    lora_r: int = 32
-    """LoRA rank on the target's linear layers."""
-    lora_alpha: int = 16
-    """LoRA alpha."""
-    lora_dropout: float = 0.0
-    """LoRA dropout (non-zero makes resumed runs differ from uninterrupted ones)."""
-    lora_target_modules: str = "all-linear"
-    """peft target_modules: `all-linear` or a comma-separated list of module names."""
-    heads_only_steps: int = 50
-    """Stage 1: optimizer steps that train only the heads before joint training starts."""
-    heads_coefficient: float = 0.01
-    """c in L = L_base + c * ramp(step) * sum_k decay^k L_k (0.2 with human data, 0.01 with self-distillation)."""
-    ramp: str = "sine"
-    """Schedule that ramps the heads' term in during joint training: sine, linear or none."""
-    heads_lr_multiplier: float = 4.0
-    """Heads learning rate = optim.lr * this (the LoRA weights use optim.lr)."""
-    merge_lora: bool = True
-    """Export the fine-tuned target with LoRA merged into <output_dir>/draft/target."""
-    save_adapter: bool = False
-    """Also export the LoRA adapter alone (peft format) into <output_dir>/draft/adapter."""
-
-
-@dataclass
-class EagleConfig:
-    ttt_steps: int = 1
-    """Draft steps unrolled in training (training-time test): step i>0 feeds the drafter its own outputs (EAGLE-1: 1; EAGLE-3: 7 in EAGLE, 3 in vLLM's trainer)."""
-    step_decay: float = 0.8
-    """Unrolled step i's loss weight is step_decay**i."""
-    feature_noise: float = 0.0
-    """Half-width of the uniform noise added to the target features the drafter reads (EAGLE-1: 0.1)."""
-    feature_loss_weight: float = 0.0
-    """Weight of the SmoothL1 feature regression (EAGLE-1: 1.0; EAGLE-3 has none)."""
-    ce_loss_weight: float = 1.0
-    """Weight of the soft cross-entropy against the target's distribution (EAGLE-1: 0.1)."""
-    val_steps: int = 4
-    """Draft positions whose accuracy validation measures (unrolled like training)."""
-
-
-@dataclass
-class Eagle3Config:
-    draft_vocab_size: int = 8192
-    """Size of the drafter's own vocabulary: the most frequent tokens of the training data."""
-    min_vocab_coverage: float = 0.9
-    """Warn when the draft vocabulary covers less than this share of the training tokens."""
-    layer_ids: Optional[list[int]] = None
-    """Target hidden states fused as input, as indices into Hugging Face's output_hidden_states (0 = embeddings, i = output of layer i-1); null: EAGLE's [2, L//2, L-3]."""
-
-
-@dataclass
-class ChimeraConfig:
-    num_heads: int = 4
-    """Residual heads (draft positions)."""
-    share_lm_head: bool = True
-    """Heads project W_lm (h + F) with the frozen target lm_head (false: per-head Linear(2H -> V) from [W_lm; W_lm], the paper's heads: V x 2H weights each)."""
-    head_decay: float = 1.0
-    """Head k's loss weight is head_decay**k (the paper sums the heads' losses: 1.0)."""
-
-
-@dataclass
 class OptimConfig:
     lr: float = 1e-3
     """Peak learning rate (AdamW)."""
@@ -189,10 +110,16 @@ class TrainerConfig:
     """Micro-batches per optimizer step."""
     gradient_clip_val: Optional[float] = 1.0
     """Gradient norm clipping (null disables)."""
-    val_every_n_steps: int = 30
-    """Run validation every this many optimizer steps (and at the end)."""
     divergence_ratio: Optional[float] = 10.0
     """Stop (and export nothing) when the training loss exceeds this multiple of its first value (floored at 1.0): a diverging run; null disables."""
+    val_every_n_steps: int = 30
+    """Run validation every this many optimizer steps (and at the end)."""
+    val_top_k: int = 5
+    """k of the top-k accuracy validation reports per draft position (top-1 is always reported)."""
+    val_tree_size: int = 8
+    """Nodes of the best static tree whose expected acceptance validation reports (Medusa-style drafts: val/expected_accept_length_treeN)."""
+    checkpoint_monitor: Optional[str] = None
+    """Also keep the best validation pass as checkpoints/best.ckpt by this metric, e.g. val/expected_accept_length (lowest for names ending in loss, else highest); null: only last.ckpt."""
     checkpoint_every_n_steps: int = 30
     """Save a resumable checkpoint (trainable state only) every this many optimizer steps."""
     log_every_n_steps: int = 5
@@ -220,7 +147,7 @@ class HubConfig:
 @dataclass
 class RecipeConfig:
     method: str = "medusa1"
-    """Training method: medusa1 (frozen target), medusa2 (joint LoRA), eagle1, eagle3 or chimera (feature-level drafters on the frozen target)."""
+    """Training method, one of the registered methods: medusa1 (frozen target), medusa2 (joint LoRA), eagle1, eagle3 or chimera (feature-level drafters on the frozen target); its sections (e.g. medusa, eagle3) join the recipe."""
     output_dir: str = "runs/medusa1"
     """Where the resolved config, checkpoints, logs and the exported draft go."""
     seed: int = 0
@@ -231,16 +158,6 @@ class RecipeConfig:
     """The frozen target model."""
     data: DataConfig = field(default_factory=DataConfig)
     """Prompts, self-distillation and batching."""
-    medusa: MedusaConfig = field(default_factory=MedusaConfig)
-    """Medusa heads and their loss."""
-    medusa2: Medusa2Config = field(default_factory=Medusa2Config)
-    """Joint training settings (method=medusa2 only)."""
-    eagle: EagleConfig = field(default_factory=EagleConfig)
-    """EAGLE-1 / EAGLE-3 drafter loss and training-time test."""
-    eagle3: Eagle3Config = field(default_factory=Eagle3Config)
-    """EAGLE-3 inputs and draft vocabulary."""
-    chimera: ChimeraConfig = field(default_factory=ChimeraConfig)
-    """Chimera heads."""
     optim: OptimConfig = field(default_factory=OptimConfig)
     """Optimizer and learning-rate schedule."""
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -257,18 +174,16 @@ VALUE_RANGES = {
     **dict.fromkeys(
         ["trainer.max_steps", "trainer.num_nodes", "trainer.timeout_s", "trainer.accumulate_grad_batches", "trainer.val_every_n_steps", "trainer.checkpoint_every_n_steps",
          "trainer.log_every_n_steps", "trainer.num_threads", "data.max_samples", "data.batch_size", "data.distill_chunk_size", "data.generation_batch_size", "data.max_length",
-         "data.max_new_tokens", "data.features_shard_size", "medusa.num_heads", "medusa.num_layers", "medusa2.lora_r", "eagle.ttt_steps", "eagle.val_steps",
-         "eagle3.draft_vocab_size", "chimera.num_heads"],
+         "data.max_new_tokens", "data.features_shard_size", "trainer.val_tree_size"],
         AT_LEAST_1,
     ),
-    **dict.fromkeys(["optim.lr", "trainer.gradient_clip_val", "medusa2.lora_alpha", "medusa2.heads_lr_multiplier", "medusa.loss_decay", "eagle.step_decay", "chimera.head_decay"], POSITIVE),
-    **dict.fromkeys(["optim.weight_decay", "optim.warmup_steps", "data.val_size", "data.temperature", "medusa2.heads_only_steps", "medusa2.heads_coefficient", "eagle.feature_noise",
-                     "eagle.feature_loss_weight", "eagle.ce_loss_weight"], NON_NEGATIVE),
-    **dict.fromkeys(["medusa.soft_label_weight", "medusa2.lora_dropout", "eagle3.min_vocab_coverage"], FRACTION),
+    **dict.fromkeys(["optim.lr", "trainer.gradient_clip_val", "trainer.divergence_ratio"], POSITIVE),
+    **dict.fromkeys(["optim.weight_decay", "optim.warmup_steps", "data.val_size", "data.temperature"], NON_NEGATIVE),
     "data.top_p": ("within (0, 1]", lambda v: 0 < v <= 1),
-    "medusa.top_k": ("within [1, 10] (ranks measured per head)", lambda v: 1 <= v <= 10),
+    "trainer.val_top_k": ("within [1, 10] (ranks measured per draft position)", lambda v: 1 <= v <= 10),
 }
-"""Numeric recipe keys -> (what the value must be, test); a null value (optional keys) is not checked."""
+"""Numeric keys of the shared sections -> (what the value must be, test); a null value (optional keys) is not
+checked. A method's own sections declare theirs as a `ranges` class attribute of the section dataclass."""
 
 
 class RecipeError(ValueError):
@@ -303,6 +218,33 @@ def resolve_recipe_path(name_or_path: str) -> Path:
     raise RecipeError(f"unknown recipe {name_or_path!r}.{hint} Bundled recipes: {', '.join(available_recipes())}; or pass a .yaml path.")
 
 
+def _methods():
+    """The training-method registry (imported late: the method modules import this one)."""
+    from specdec.train import methods
+
+    return methods
+
+
+def method_names() -> list[str]:
+    """Every registered training method."""
+    return sorted(_methods().METHODS)
+
+
+def feature_methods() -> list[str]:
+    """Methods whose draft reads only stored target features (trainable offline from `specdec-prepare`)."""
+    return [name for name, cls in sorted(_methods().METHODS.items()) if cls.reads_target_features]
+
+
+def recipe_schema(method: str) -> type:
+    """The structured config of a recipe of `method`: the shared sections plus the method's own."""
+    try:
+        cls = _methods().method_class(method)
+    except ValueError as exc:
+        raise RecipeError(f"`method`: {exc}") from None
+    extra = [(name, section, field(default_factory=section)) for name, section in cls.sections.items()]
+    return make_dataclass(f"{cls.__name__}Recipe", extra, bases=(RecipeConfig,))
+
+
 def valid_keys(schema: type = RecipeConfig, prefix: str = "") -> list[str]:
     """Every dotted key of the schema, sections included."""
     keys = []
@@ -324,13 +266,18 @@ def _flat_keys(node: Any, prefix: str = "") -> list[str]:
     return keys
 
 
-def _check_keys(tree: dict, origin: str) -> None:
-    valid = set(valid_keys())
+def _check_keys(tree: dict, origin: str, schema: type, method: str) -> None:
+    valid = set(valid_keys(schema))
+    owners = _methods().section_owners()
     for key in _flat_keys(tree):
-        if key not in valid:
-            close = difflib.get_close_matches(key, sorted(valid), n=1, cutoff=0.5)
-            hint = f" Did you mean `{close[0]}`?" if close else ""
-            raise RecipeError(f"unknown key `{key}` in {origin}.{hint} Run `specdec-train --help` for every key.")
+        if key in valid:
+            continue
+        section = key.split(".")[0]
+        if section in owners and method not in owners[section]:
+            raise RecipeError(f"`{key}` in {origin} belongs to method {' / '.join(owners[section])}, but this recipe trains {method}: drop it or set method={owners[section][0]}.")
+        close = difflib.get_close_matches(key, sorted(valid), n=1, cutoff=0.5)
+        hint = f" Did you mean `{close[0]}`?" if close else ""
+        raise RecipeError(f"unknown key `{key}` in {origin}.{hint} Run `specdec-train --help` for every key.")
 
 
 def parse_overrides(args: list[str]) -> dict[str, str]:
@@ -345,18 +292,20 @@ def parse_overrides(args: list[str]) -> dict[str, str]:
 
 
 def load_recipe(recipe: str, overrides: dict[str, str] | None = None) -> DictConfig:
-    """Recipe YAML + overrides, checked against `RecipeConfig`; returns a typed, struct-mode config."""
-    # Step 1: read the recipe and check its keys.
+    """Recipe YAML + overrides, checked against the schema of the recipe's method; returns a typed, struct-mode config."""
+    # Step 1: read the recipe; its method (the command line's, if given) decides the schema.
     path = resolve_recipe_path(recipe)
     recipe_tree = _read_recipe(path)
-    _check_keys(recipe_tree, f"recipe {path}")
-    # Step 2: check the override keys.
     overrides = overrides or {}
+    method = str(overrides.get("method") or recipe_tree.get("method") or RecipeConfig.method)
+    schema = recipe_schema(method)
+    # Step 2: check the recipe's and the overrides' keys.
+    _check_keys(recipe_tree, f"recipe {path}", schema, method)
     for key in overrides:
-        _check_keys(_nest(key, None), "the command line")
+        _check_keys(_nest(key, None), "the command line", schema, method)
     # Step 3: merge schema <- recipe <- overrides; OmegaConf validates the types.
     try:
-        config = OmegaConf.merge(OmegaConf.structured(RecipeConfig), recipe_tree)
+        config = OmegaConf.merge(OmegaConf.structured(schema), recipe_tree)
         config = OmegaConf.merge(config, OmegaConf.from_dotlist([f"{k}={v}" for k, v in overrides.items()]))
     except OmegaConfBaseException as exc:
         raise RecipeError(f"invalid value: {_short_omegaconf_error(exc)}") from exc
@@ -395,36 +344,40 @@ def _short_omegaconf_error(exc: OmegaConfBaseException) -> str:
 def _check_values(config: DictConfig) -> None:
     from specdec.train.export import ALL_FORMATS
 
+    method = _methods().method_class(config.method)
     choices = {
-        "method": METHODS,
         "data.on_error": ("skip", "raise"),
         "optim.schedule": ("cosine", "linear", "constant"),
         "trainer.logger": ("csv", "wandb", "none"),
-        "medusa2.ramp": ("sine", "linear", "none"),
         "target.dtype": ("float32", "bfloat16", "float16"),
         "hub.format": ALL_FORMATS,
         "trainer.fsdp_sharding": ("FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "NO_SHARD"),
         "data.features": ("online", "offline"),
         "data.features_dtype": ("bfloat16", "float16", "float32"),
+        **_section_rules(method, "choices"),
     }
     for key, allowed in choices.items():
         value = OmegaConf.select(config, key)
         if value not in allowed:
             raise RecipeError(f"`{key}` is {value!r}; choose one of {', '.join(allowed)}")
-    for key, (meaning, holds) in VALUE_RANGES.items():
+    for key, (meaning, holds) in {**VALUE_RANGES, **_section_rules(method, "ranges")}.items():
         value = OmegaConf.select(config, key)
         if value is not None and (not math.isfinite(value) or not holds(value)):
             raise RecipeError(f"`{key}` is {value}; it must be {meaning}")
     if config.data.max_samples is not None and config.data.max_samples <= config.data.val_size:
         raise RecipeError(f"`data.max_samples` ({config.data.max_samples}) must be larger than `data.val_size` ({config.data.val_size}), which are held out for validation: raise data.max_samples or lower data.val_size")
-    if config.data.features == "offline" and config.method not in FEATURE_METHODS:
-        raise RecipeError(f"`data.features=offline` is for {', '.join(FEATURE_METHODS)}; method {config.method} reads the target online")
-    if config.eagle.val_steps < config.eagle.ttt_steps:
-        raise RecipeError(f"`eagle.val_steps` ({config.eagle.val_steps}) must be at least `eagle.ttt_steps` ({config.eagle.ttt_steps})")
+    if config.data.features == "offline" and not method.reads_target_features:
+        raise RecipeError(f"`data.features=offline` is for {', '.join(feature_methods())}; method {config.method} reads the target online")
+    method.check_recipe(config)
     _check_repo_id(config.hub.repo_id)
     check_strategy_name(config.trainer.strategy)
     if config.data.features != "offline":  # offline training reads stored features, not the source
         _check_data_source(config.data.source)
+
+
+def _section_rules(method, kind: str) -> dict:
+    """The `kind` ("choices" or "ranges") rules a method's sections declare, keyed by dotted recipe key."""
+    return {f"{name}.{key}": rule for name, section in method.sections.items() for key, rule in getattr(section, kind, {}).items()}
 
 
 def _check_data_source(source: str) -> None:
@@ -459,6 +412,12 @@ def _check_repo_id(repo_id: str | None) -> None:
         validate_repo_id(repo_id)
     except HFValidationError as exc:
         raise RecipeError(f"`hub.repo_id` {repo_id!r} is not a Hub repo id (ORG/NAME): {str(exc).splitlines()[0]}") from exc
+
+
+def method_field_docs() -> dict[str, list[tuple[str, Any, str]]]:
+    """{section name: field_docs rows} of every registered method's sections (for --help)."""
+    sections = {name: section for cls in _methods().METHODS.values() for name, section in cls.sections.items()}
+    return {name: field_docs(section, name + ".") for name, section in sorted(sections.items())}
 
 
 def field_docs(schema: type = RecipeConfig, prefix: str = "") -> list[tuple[str, Any, str]]:

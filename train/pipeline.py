@@ -17,24 +17,19 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from specdec.data.batching import label_token_counts, pad_collate, split_train_val
+from specdec.data.batching import pad_collate, split_train_val
 from specdec.data.chat import tokenize_conversations
 from specdec.data.distill import DistillConfig, self_distill
 from specdec.data.features import FeatureDataset, FeatureStore, feature_collate
 from specdec.data.sources import load_conversations, user_turns
 from specdec.models.base import lm_head_weight
-from specdec.models.chimera import ChimeraConfig, ChimeraDrafter
-from specdec.models.decoder import LayerShape
-from specdec.models.eagle1 import Eagle1Config, Eagle1Drafter
-from specdec.models.eagle3 import Eagle3Config, Eagle3Drafter, build_draft_vocab, default_layer_ids
-from specdec.models.medusa import MedusaConfig, MedusaHeads
 from specdec.train.callbacks import AtomicCheckpointIO, ResumableCSVLogger, StepBatchSampler
-from specdec.train.config import RecipeConfig, RecipeError
-from specdec.train.drafter_module import DrafterModule
+from specdec.train.config import RecipeConfig, RecipeError, recipe_schema
 from specdec.train.export import HubUploadError, export_draft, publish, target_record
 from specdec.train.guards import CheckpointWriteError, TrainingGuard, TrainingStoppedError, check_finite_weights, checkpoint_advice
 from specdec.train.losses import NonFiniteLossError
-from specdec.train.medusa_module import MedusaModule
+from specdec.train.methods import TrainingMethod, method_class
+from specdec.train.module import DraftModule
 from specdec.train.steps import trainable_state
 from specdec.train.strategies import build_strategy, check_devices, effective_batch_size, is_sharded
 from specdec.models.target import Target, cache_root, load_target
@@ -128,14 +123,14 @@ def features_dir(cfg: DictConfig) -> Path:
     return Path(cfg.data.features_dir or Path(cfg.output_dir) / "features")
 
 
+def training_method(cfg: DictConfig) -> TrainingMethod:
+    """The recipe's method (its registered `TrainingMethod`), bound to the recipe."""
+    return method_class(cfg.method)(cfg)
+
+
 def feature_layer_ids(cfg: DictConfig, num_layers: int) -> list[int] | None:
-    """Target hidden states the drafter reads besides the last one (EAGLE-3), checked against the target's depth."""
-    if cfg.method != "eagle3":
-        return None
-    ids = list(cfg.eagle3.layer_ids) if cfg.eagle3.layer_ids else default_layer_ids(num_layers)
-    if not all(0 <= i <= num_layers for i in ids):
-        raise RecipeError(f"`eagle3.layer_ids` {ids} must index the target's output_hidden_states, 0..{num_layers} (0 = embeddings, i = output of layer i-1)")
-    return ids
+    """Target hidden states the recipe's drafter reads besides the last one, checked against the target's depth."""
+    return training_method(cfg).feature_layer_ids(num_layers)
 
 
 def data_settings(cfg: DictConfig) -> dict:
@@ -158,7 +153,8 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike | No
     config_file = next((d / "config.yaml" for d in (checkpoint.parent, checkpoint.parent.parent) if (d / "config.yaml").is_file()), None)
     if config_file is None:
         raise FileNotFoundError(f"no config.yaml next to {checkpoint} or its parent: pass a checkpoint inside the output_dir of a specdec-train run")
-    cfg = OmegaConf.merge(OmegaConf.structured(RecipeConfig), OmegaConf.load(config_file))
+    saved = OmegaConf.load(config_file)
+    cfg = OmegaConf.merge(OmegaConf.structured(recipe_schema(saved.get("method", RecipeConfig.method))), saved)
     # Step 2: one full state dict, whatever strategy wrote it.
     state = consolidated_state(checkpoint, trusted)
     # Step 3: rebuild target (or its stored features) and draft as training did, load the trained tensors, export.
@@ -282,71 +278,19 @@ def _prompt_tokens(tokenizer, messages: list) -> int:
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def build_module(cfg: DictConfig, target: Target | None, record: dict, store: FeatureStore | None = None, train_rows=None):
-    """(draft, LightningModule that trains it) for the target described by `record`. Medusa-2 wraps
-    `target.model` with LoRA first; the feature drafters read the live target (online) or `store`
-    (offline). `train_rows` (tokenized
-    training conversations) gives EAGLE-3 its draft vocabulary; without them (rebuilding a draft to
-    load a checkpoint into) the vocabulary comes from the checkpoint."""
-    if cfg.method in ("medusa1", "medusa2"):
-        heads = build_heads(cfg, target)
-        if cfg.method == "medusa2":
-            target.model = add_lora(target.model, cfg)
-        return heads, MedusaModule(target.model, heads, cfg)
-    if target is not None:
-        draft = build_drafter(cfg, record, lm_head_weight(target.model), train_rows)
-        return draft, DrafterModule(draft, cfg, target=target.model)
-    embed, lm_head = store.weights()
-    draft = build_drafter(cfg, record, lm_head, train_rows)
-    return draft, DrafterModule(draft, cfg, embed_weight=embed, lm_head_weight=lm_head)
-
-
-def build_drafter(cfg: DictConfig, record: dict, lm_head: torch.Tensor, train_rows=None):
-    """A fresh EAGLE-1 / EAGLE-3 / Chimera drafter shaped for the target `record`, seeded by the recipe."""
-    torch.manual_seed(cfg.seed)
-    hidden, vocab, shape = record["hidden_size"], record["vocab_size"], LayerShape(**record["layer_shape"])
-    if cfg.method == "eagle1":
-        return Eagle1Drafter(Eagle1Config(hidden, vocab, layer=shape))
-    if cfg.method == "chimera":
-        draft = ChimeraDrafter(ChimeraConfig(hidden, vocab, num_heads=cfg.chimera.num_heads, share_lm_head=cfg.chimera.share_lm_head, layer=shape))
-        draft.init_from_target(lm_head)
-        return draft
-    ids = feature_layer_ids(cfg, record["num_layers"])
-    draft = Eagle3Drafter(Eagle3Config(hidden, vocab, draft_vocab_size=min(cfg.eagle3.draft_vocab_size, vocab), layer_ids=ids, layer=shape))
-    if train_rows is not None:
-        vocab_ids, coverage = build_draft_vocab(label_token_counts(train_rows, vocab), draft.config.draft_vocab_size, cfg.eagle3.min_vocab_coverage)
-        draft.set_vocab(vocab_ids, lm_head)
-        say(f"draft vocabulary: {len(vocab_ids)} tokens cover {coverage:.1%} of the training labels")
-    return draft
-
-
-def build_heads(cfg: DictConfig, target: Target) -> MedusaHeads:
-    heads = MedusaHeads(
-        MedusaConfig(
-            hidden_size=target.hidden_size,
-            vocab_size=target.vocab_size,
-            num_heads=cfg.medusa.num_heads,
-            num_layers=cfg.medusa.num_layers,
-            share_lm_head=cfg.medusa.share_lm_head,
-        )
-    )
-    heads.init_from_target(lm_head_weight(target.model))
-    return heads
-
-
-def add_lora(model, cfg: DictConfig):
-    """Wrap the target with peft LoRA adapters (Medusa-2); only the adapters are trainable."""
-    from peft import LoraConfig, get_peft_model
-
-    modules = cfg.medusa2.lora_target_modules
-    lora = LoraConfig(
-        r=cfg.medusa2.lora_r,
-        lora_alpha=cfg.medusa2.lora_alpha,
-        lora_dropout=cfg.medusa2.lora_dropout,
-        target_modules=modules if modules == "all-linear" else [m.strip() for m in modules.split(",")],
-        task_type="CAUSAL_LM",
-    )
-    return get_peft_model(model, lora)
+def build_module(cfg: DictConfig, target: Target | None, record: dict, store: FeatureStore | None = None, train_rows=None) -> tuple[torch.nn.Module, DraftModule]:
+    """(draft, the LightningModule that trains it) for the target described by `record`: online
+    against `target` (which the method may wrap, e.g. with LoRA), offline from `store`.
+    `train_rows` (tokenized training conversations) are for drafts that learn something from the
+    data before training (EAGLE-3's vocabulary); None when rebuilding a draft to load a checkpoint into."""
+    method = training_method(cfg)
+    if target is None:
+        embed, lm_head = store.weights()
+        draft = method.build_draft(record, lm_head, train_rows)
+        return draft, DraftModule(method, draft, embed_weight=embed, lm_head_weight=lm_head)
+    draft = method.build_draft(record, lm_head_weight(target.model), train_rows)
+    target.model = method.prepare_target(target.model)
+    return draft, DraftModule(method, draft, target=target.model)
 
 
 class DataLoaders:
@@ -374,13 +318,16 @@ def build_trainer(cfg: DictConfig, extra_callbacks: list | None = None, target_m
     t = cfg.trainer
     check_devices(t, torch.cuda.is_available())
     out = Path(cfg.output_dir)
-    checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", every_n_train_steps=t.checkpoint_every_n_steps, save_last=True, save_top_k=0)
+    checkpoints = [ModelCheckpoint(dirpath=out / "checkpoints", every_n_train_steps=t.checkpoint_every_n_steps, save_last=True, save_top_k=0)]
+    if t.checkpoint_monitor:  # also keep the best validation pass's weights as checkpoints/best.ckpt
+        mode = "min" if t.checkpoint_monitor.endswith("loss") else "max"
+        checkpoints.append(ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor=t.checkpoint_monitor, mode=mode, save_top_k=1, auto_insert_metric_name=False))
     plugins = [] if is_sharded(t.strategy) else [AtomicCheckpointIO()]  # sharded strategies write checkpoint folders themselves
     return L.Trainer(
         accelerator=t.accelerator,
         devices=t.devices,
         num_nodes=t.num_nodes,
-        strategy=build_strategy(t, target_model, staged=cfg.method == "medusa2" and cfg.medusa2.heads_only_steps > 0),
+        strategy=build_strategy(t, target_model, staged=training_method(cfg).staged()),
         precision=t.precision,
         max_steps=t.max_steps,
         max_epochs=-1,
@@ -390,7 +337,7 @@ def build_trainer(cfg: DictConfig, extra_callbacks: list | None = None, target_m
         check_val_every_n_epoch=None,
         log_every_n_steps=t.log_every_n_steps,
         logger=build_logger(cfg),
-        callbacks=[checkpoint, TrainingGuard(t.divergence_ratio), *([TQDMProgressBar()] if t.enable_progress_bar else []), *([LearningRateMonitor(logging_interval="step")] if t.logger != "none" else []), *(extra_callbacks or [])],
+        callbacks=[*checkpoints, TrainingGuard(t.divergence_ratio), *([TQDMProgressBar()] if t.enable_progress_bar else []), *([LearningRateMonitor(logging_interval="step")] if t.logger != "none" else []), *(extra_callbacks or [])],
         plugins=plugins,
         enable_progress_bar=t.enable_progress_bar,
         enable_model_summary=False,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from specdec.train.config import FEATURE_METHODS, RecipeError, load_recipe, parse_overrides
+from specdec.train.config import RecipeError, feature_methods, load_recipe, parse_overrides
 
 USAGE = """usage: specdec-prepare recipe=NAME_OR_PATH [key=value ...]
 
@@ -20,15 +20,15 @@ overrides plus data.features=offline. Methods: {methods}.
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help", "help") for a in argv):
-        print(USAGE.format(methods=", ".join(FEATURE_METHODS)))
+        print(USAGE.format(methods=", ".join(feature_methods())))
         return 0
     # Step 1: the recipe, validated; the features belong to a feature drafter.
     try:
         overrides = parse_overrides(argv)
         overrides.pop("data.features", None)  # the same command line serves prepare and offline training
         cfg = load_recipe(overrides.pop("recipe", "eagle3"), overrides)
-        if cfg.method not in FEATURE_METHODS:
-            raise RecipeError(f"method {cfg.method} trains on the live target; specdec-prepare serves {', '.join(FEATURE_METHODS)}")
+        if cfg.method not in feature_methods():
+            raise RecipeError(f"method {cfg.method} trains on the live target; specdec-prepare serves {', '.join(feature_methods())}")
     except RecipeError as exc:
         print(f"specdec-prepare: error: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,109 @@
+"""EAGLE-1 and EAGLE-3 feature-level drafters on the frozen target (training-time test unrolled)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Optional
+
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+
+from specdec.data.batching import label_token_counts
+from specdec.models.decoder import LayerShape
+from specdec.models.eagle1 import Eagle1Config, Eagle1Drafter
+from specdec.models.eagle3 import Eagle3Config, Eagle3Drafter, build_draft_vocab, default_layer_ids
+from specdec.train.config import AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, RecipeError
+from specdec.train.losses import eagle_losses
+from specdec.train.methods import TrainingMethod, register_method
+
+
+@dataclass
+class EagleSection:
+    ttt_steps: int = 1
+    """Draft steps unrolled in training (training-time test): step i>0 feeds the drafter its own outputs (EAGLE-1: 1; EAGLE-3: 7 in EAGLE, 3 in vLLM's trainer)."""
+    step_decay: float = 0.8
+    """Unrolled step i's loss weight is step_decay**i."""
+    feature_noise: float = 0.0
+    """Half-width of the uniform noise added to the target features the drafter reads (EAGLE-1: 0.1)."""
+    feature_loss_weight: float = 0.0
+    """Weight of the SmoothL1 feature regression (EAGLE-1: 1.0; EAGLE-3 has none)."""
+    ce_loss_weight: float = 1.0
+    """Weight of the soft cross-entropy against the target's distribution (EAGLE-1: 0.1)."""
+    val_steps: int = 4
+    """Draft positions whose accuracy validation measures (unrolled like training)."""
+
+    ranges: ClassVar[dict] = {
+        "ttt_steps": AT_LEAST_1, "val_steps": AT_LEAST_1, "step_decay": POSITIVE,
+        "feature_noise": NON_NEGATIVE, "feature_loss_weight": NON_NEGATIVE, "ce_loss_weight": NON_NEGATIVE,
+    }
+
+
+@dataclass
+class Eagle3Section:
+    draft_vocab_size: int = 8192
+    """Size of the drafter's own vocabulary: the most frequent tokens of the training data."""
+    min_vocab_coverage: float = 0.9
+    """Warn when the draft vocabulary covers less than this share of the training tokens."""
+    layer_ids: Optional[list[int]] = None
+    """Target hidden states fused as input, as indices into Hugging Face's output_hidden_states (0 = embeddings, i = output of layer i-1); null: EAGLE's [2, L//2, L-3]."""
+
+    ranges: ClassVar[dict] = {"draft_vocab_size": AT_LEAST_1, "min_vocab_coverage": FRACTION}
+
+
+@register_method
+class Eagle1Method(TrainingMethod):
+    """EAGLE-1: fc(cat(E(x), f)) and one decoder layer, regressing the target's next feature."""
+
+    name, draft_type = "eagle1", Eagle1Drafter.draft_type
+    sections = {"eagle": EagleSection}
+    reads_target_features = True
+
+    @classmethod
+    def check_recipe(cls, config) -> None:
+        if config.eagle.val_steps < config.eagle.ttt_steps:
+            raise RecipeError(f"`eagle.val_steps` ({config.eagle.val_steps}) must be at least `eagle.ttt_steps` ({config.eagle.ttt_steps})")
+
+    def build_draft(self, record: dict, lm_head: torch.Tensor, train_rows=None):
+        torch.manual_seed(self.cfg.seed)
+        return Eagle1Drafter(Eagle1Config(record["hidden_size"], record["vocab_size"], layer=LayerShape(**record["layer_shape"])))
+
+    def num_positions(self, training: bool) -> int:
+        return self.cfg.eagle.ttt_steps if training else self.cfg.eagle.val_steps
+
+    def losses(self, module, batch: dict, training: bool, denominators: torch.Tensor | None = None):
+        features, final = module.states(batch)
+        embed, lm_head = module.weights()
+        e = self.cfg.eagle
+        noise = (torch.rand_like(features) * 2 - 1) * e.feature_noise if training and e.feature_noise > 0 else None
+        return eagle_losses(
+            module.draft, features, final, batch["input_ids"], batch["loss_mask"], embed, lm_head,
+            steps=self.num_positions(training), decay=e.step_decay, feature_weight=e.feature_loss_weight,
+            ce_weight=e.ce_loss_weight, noise=noise, with_accuracy=not training, denominators=denominators,
+        )
+
+
+@register_method
+class Eagle3Method(Eagle1Method):
+    """EAGLE-3: three target layers fused, its own reduced-vocabulary lm_head."""
+
+    name, draft_type = "eagle3", Eagle3Drafter.draft_type
+    sections = {"eagle": EagleSection, "eagle3": Eagle3Section}
+
+    def feature_layer_ids(self, num_layers: int) -> list[int]:
+        """`eagle3.layer_ids` (default EAGLE's [2, L//2, L-3]), checked against the target's depth."""
+        ids = list(self.cfg.eagle3.layer_ids) if self.cfg.eagle3.layer_ids else default_layer_ids(num_layers)
+        if not all(0 <= i <= num_layers for i in ids):
+            raise RecipeError(f"`eagle3.layer_ids` {ids} must index the target's output_hidden_states, 0..{num_layers} (0 = embeddings, i = output of layer i-1)")
+        return ids
+
+    def build_draft(self, record: dict, lm_head: torch.Tensor, train_rows=None):
+        """A fresh drafter; with `train_rows` its vocabulary is the most frequent training labels (else it comes from the checkpoint)."""
+        torch.manual_seed(self.cfg.seed)
+        e3, vocab = self.cfg.eagle3, record["vocab_size"]
+        config = Eagle3Config(record["hidden_size"], vocab, draft_vocab_size=min(e3.draft_vocab_size, vocab), layer_ids=self.feature_layer_ids(record["num_layers"]), layer=LayerShape(**record["layer_shape"]))
+        draft = Eagle3Drafter(config)
+        if train_rows is not None:
+            vocab_ids, coverage = build_draft_vocab(label_token_counts(train_rows, vocab), config.draft_vocab_size, e3.min_vocab_coverage)
+            draft.set_vocab(vocab_ids, lm_head)
+            rank_zero_only(print)(f"draft vocabulary: {len(vocab_ids)} tokens cover {coverage:.1%} of the training labels")
+        return draft
