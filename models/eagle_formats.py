@@ -59,12 +59,16 @@ Every EAGLE-3 layout also records ours under `specdec_layer_ids`. Engines concat
 states in ascending layer order and cannot capture the embeddings (no residual before layer 0),
 so exported ids must be strictly increasing and at least 1.
 
+Importing this module registers the three layouts and the EAGLE model-card descriptions
+(specdec.models.formats); `specdec` is registered there, for every draft type.
+
 Sources read: SafeAILab/EAGLE at cb7e0841 (2026-02), vllm-project/speculators at c05b95b3, and
 the sgl-project/sglang and vllm-project/vllm files named above as stored by the code index.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import warnings
 from pathlib import Path
@@ -76,9 +80,10 @@ from specdec.models.base import CONFIG_NAME, DraftModel, atomic_write, read_draf
 from specdec.models.decoder import LayerShape
 from specdec.models.eagle1 import Eagle1Config, Eagle1Drafter
 from specdec.models.eagle3 import LAYER_ID_CONVENTION, Eagle3Config, Eagle3Drafter, default_layer_ids
+from specdec.models.formats import ExportFormat, ExportJob, FormatError, find_layout, formats_for, register_description, register_format
 
 EAGLE_FORMATS = ("sglang", "speculators", "eagle")
-DRAFT_TYPE_OF = {"sglang": "eagle3", "speculators": "eagle3", "eagle": "eagle1"}
+DRAFT_TYPE_OF = {"sglang": Eagle3Drafter.draft_type, "speculators": Eagle3Drafter.draft_type, "eagle": Eagle1Drafter.draft_type}
 """Layout -> the draft type it holds."""
 WEIGHTS_FILE = "model.safetensors"
 LEGACY_WEIGHTS_FILE = "pytorch_model.bin"
@@ -108,7 +113,7 @@ _VOCAB_MAPS = ("d2t", "t2d")
 """EAGLE-3 vocabulary maps, not written for a full draft vocabulary (see the module docstring)."""
 
 
-class EagleFormatError(ValueError):
+class EagleFormatError(FormatError):
     """An unknown layout, a draft type the layout cannot hold, or a folder that is not the layout it claims."""
 
 
@@ -117,11 +122,6 @@ def check_eagle_format(fmt: str) -> str:
     if fmt not in EAGLE_FORMATS:
         raise EagleFormatError(f"unknown EAGLE export format {fmt!r}; choose one of {', '.join(EAGLE_FORMATS)}")
     return fmt
-
-
-def formats_for(draft_type: str) -> tuple[str, ...]:
-    """The EAGLE layouts that hold a `draft_type` draft (empty for other types)."""
-    return tuple(f for f in EAGLE_FORMATS if DRAFT_TYPE_OF[f] == draft_type)
 
 
 def key_map(draft: DraftModel, fmt: str) -> dict[str, str]:
@@ -193,7 +193,7 @@ def _check_fits(draft: DraftModel, fmt: str) -> None:
     check_eagle_format(fmt)
     draft_type = getattr(draft, "draft_type", type(draft).__name__)
     if draft_type != DRAFT_TYPE_OF[fmt]:
-        fits = formats_for(draft_type)
+        fits = [f for f in formats_for(draft_type) if f in EAGLE_FORMATS]
         hint = f"formats that fit it: {', '.join(fits)}" if fits else "no EAGLE layout holds it"
         raise EagleFormatError(f"the {fmt} layout holds {DRAFT_TYPE_OF[fmt]} drafts, not {draft_type}; {hint}")
     shape = draft.config.layer
@@ -218,8 +218,8 @@ def _check_fits(draft: DraftModel, fmt: str) -> None:
 
 
 def _full_vocab(draft: DraftModel) -> bool:
-    """An EAGLE-3 drafter whose draft vocabulary is the whole target vocabulary."""
-    return isinstance(draft, Eagle3Drafter) and draft.config.draft_vocab_size == draft.config.vocab_size
+    """An EAGLE-3 drafter whose draft vocabulary is the whole target vocabulary (EAGLE-1 has no draft vocabulary)."""
+    return getattr(draft.config, "draft_vocab_size", None) == draft.config.vocab_size
 
 
 def _dtype_name(draft: DraftModel) -> str:
@@ -310,16 +310,25 @@ def upstream_config(
 
 def detect_eagle_format(config: dict) -> str | None:
     """The EAGLE layout a parsed config.json describes, or None when it is none of them."""
-    if "draft_type" in config:
-        return None
-    if "speculators_model_type" in config:
-        return "speculators" if config["speculators_model_type"] == "eagle3" else None
+    layout = find_layout(config)
+    return layout.name if layout is not None and layout.name in EAGLE_FORMATS else None
+
+
+def _is_speculators(config: dict) -> bool:
+    """A speculators EAGLE-3 config (speculators' other model types are no layout of ours)."""
+    return config.get("speculators_model_type") == "eagle3"
+
+
+def _is_sglang(config: dict) -> bool:
+    """SGLang's EAGLE-3 config; the EAGLE repo's own EAGLE-3 configs say LlamaForCausalLM but carry draft_vocab_size."""
     archs = config.get("architectures") or []
-    if "LlamaForCausalLMEagle3" in archs or ("LlamaForCausalLM" in archs and "draft_vocab_size" in config):
-        return "sglang"  # the EAGLE repo's own EAGLE-3 configs say LlamaForCausalLM but carry draft_vocab_size
-    if "LlamaForCausalLM" in archs and config.get("num_hidden_layers") == 1:
-        return "eagle"
-    return None
+    return "speculators_model_type" not in config and ("LlamaForCausalLMEagle3" in archs or ("LlamaForCausalLM" in archs and "draft_vocab_size" in config))
+
+
+def _is_eagle1(config: dict) -> bool:
+    """An EAGLE-1 ea_model config: a one-layer Llama without a draft vocabulary."""
+    archs = config.get("architectures") or []
+    return "speculators_model_type" not in config and not _is_sglang(config) and "LlamaForCausalLM" in archs and config.get("num_hidden_layers") == 1
 
 
 def load_eagle_export(directory, fmt: str | None = None, target_num_layers: int | None = None) -> DraftModel:
@@ -346,7 +355,7 @@ def load_eagle_export(directory, fmt: str | None = None, target_num_layers: int 
     mapping = {theirs: ours for ours, theirs in key_map(draft, fmt).items()}
     if fmt == "eagle" and config.get("bias") is False and "fc.bias" not in tensors:
         tensors["fc.bias"] = torch.zeros(draft.config.hidden_size, dtype=tensors["fc.weight"].dtype)
-    if isinstance(draft, Eagle3Drafter) and "d2t" not in tensors and "t2d" not in tensors and draft.config.draft_vocab_size == draft.config.vocab_size:
+    if _full_vocab(draft) and "d2t" not in tensors and "t2d" not in tensors:
         tensors["d2t"] = torch.zeros(draft.config.vocab_size, dtype=torch.long)
         tensors["t2d"] = torch.ones(draft.config.vocab_size, dtype=torch.bool)
     missing = sorted(set(mapping) - set(tensors))
@@ -416,3 +425,69 @@ def _empty_draft(config: dict, fmt: str, tensors: dict, target_num_layers: int |
         raise EagleFormatError(f"{directory}: target_hidden_size {target_hidden} != hidden_size {shape.hidden_size}; specdec's Eagle3Drafter needs them equal")
     draft_vocab = config.get("draft_vocab_size") or layer_config.get("draft_vocab_size") or vocab_size
     return Eagle3Drafter(Eagle3Config(hidden_size=shape.hidden_size, vocab_size=vocab_size, draft_vocab_size=draft_vocab, layer_ids=list(ids), layer=shape))
+
+
+def _write(fmt: str, job: ExportJob) -> None:
+    """`export_eagle` for specdec-export, with the target's max_position_embeddings and architectures (its config.json when named)."""
+    facts = job.target.facts()
+    export_eagle(job.draft, job.out, fmt, base_model=job.base_model, extra_config=job.extra_config, max_position_embeddings=facts["max_position_embeddings"], verifier_architectures=facts["architectures"])
+
+
+def _speculative_tokens(config: dict) -> dict:
+    """The model card's `tokens` field: the greedy proposal length a speculators config.json records."""
+    proposals = (config.get("speculators_config") or {}).get("proposal_methods") or [{}]
+    return {"tokens": proposals[0].get("speculative_tokens", DEFAULT_SPECULATIVE_TOKENS)}
+
+
+def _describe_eagle3(config: dict, layout: str) -> str:
+    """The model card's line on an EAGLE-3 drafter, from its config.json (specdec, sglang or speculators)."""
+    ids = config.get("layer_ids") or (config.get("specdec_layer_ids") or {}).get(LAYER_ID_CONVENTION)
+    return f"one decoder layer fusing the target hidden states {ids} (Hugging Face output_hidden_states numbering), {config.get('draft_vocab_size')}-token draft vocabulary"
+
+
+def _register(fmt: str, detect, use: str, help: str, **fields) -> None:
+    """Register the layout `fmt` (ExportFormat's other fields in `fields`)."""
+    register_format(
+        ExportFormat(
+            name=fmt,
+            draft_types=(DRAFT_TYPE_OF[fmt],),
+            write=functools.partial(_write, fmt),
+            read=functools.partial(load_eagle_export, fmt=fmt),
+            detect=detect,
+            use=use,
+            error=EagleFormatError,
+            help=help,
+            **fields,
+        )
+    )
+
+
+_register(
+    "sglang",
+    _is_sglang,
+    "SGLang: `python -m sglang.launch_server --model-path {base} --speculative-algorithm EAGLE3 --speculative-draft-model-path PATH` "
+    "(tune with --speculative-num-steps, --speculative-eagle-topk, --speculative-num-draft-tokens). SafeAILab/EAGLE loads it too: "
+    '`EaModel.from_pretrained(base_model_path="{base}", ea_model_path="PATH", use_eagle3=True)` (it always fuses the inputs of layers 2, L//2, L-3).',
+    "SGLang / EAGLE repo",
+)
+_register(
+    "speculators",
+    _is_speculators,
+    'vLLM: `LLM(model="{base}", speculative_config={{"method": "eagle3", "model": "PATH", "num_speculative_tokens": {tokens}}})`, '
+    "or `vllm serve PATH`, which serves the verifier named in config.json with this drafter.",
+    "vLLM",
+    use_fields=_speculative_tokens,
+    target_field="`speculators_config.verifier.name_or_path` in config.json",
+    instead_of={"vllm": "vLLM loads EAGLE-3 drafts from the speculators layout"},
+)
+_register(
+    "eagle",
+    _is_eagle1,
+    'SafeAILab/EAGLE: `EaModel.from_pretrained(base_model_path="{base}", ea_model_path="PATH", use_eagle3=False)` '
+    "(EAGLE-1 weights; EAGLE-2's dynamic tree comes from its total_token / depth / top_k arguments).",
+    "SafeAILab/EAGLE ea_model folder",
+)
+register_description(Eagle3Drafter.draft_type, "EAGLE-3", _describe_eagle3)
+register_description(
+    Eagle1Drafter.draft_type, "EAGLE-1", lambda config, layout: "one decoder layer predicting the target's next last-layer feature, token logits through the target's lm_head"
+)

@@ -39,10 +39,14 @@ vocabulary projection Linear(H, V) without bias. Key names and config fields fol
   Face rope dict. Llama targets without biases only; the heads' ResBlocks use the config's
   hidden_act there, so it must be silu as in ours.
 - `specdec`: our own draft folder (`DraftModel.save_pretrained`), shared lm_head kept shared.
+
+Importing this module registers the three upstream layouts and the Medusa model-card description
+(specdec.models.formats); `specdec` is registered there, for every draft type.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import pickle
 import warnings
@@ -55,6 +59,7 @@ from transformers import PreTrainedModel
 
 from specdec.models.base import CONFIG_NAME, DraftMismatchError, atomic_write, lm_head_weight, load_draft, read_draft_config
 from specdec.models.decoder import LayerShape
+from specdec.models.formats import ExportFormat, ExportJob, FormatError, find_layout, register_description, register_format
 from specdec.models.medusa import MedusaConfig, MedusaHeads
 
 FORMATS = ("medusa", "vllm", "tensorrt_llm", "specdec")
@@ -74,7 +79,7 @@ MEDUSA_PT_FILE = "medusa_lm_head.pt"
 FasterDecoding/Medusa reads. We read it back (weights_only=True) only when the safetensors file is absent."""
 
 
-class MedusaFormatError(ValueError):
+class MedusaFormatError(FormatError):
     """An unknown layout, or a folder that does not hold the layout it claims."""
 
 
@@ -98,12 +103,10 @@ def key_map(fmt: str, num_heads: int, num_layers: int) -> dict[str, str]:
 
 
 def detect_format(config: dict) -> str:
-    """The layout a folder's parsed config.json describes."""
-    if "draft_type" in config:
-        return "specdec"
-    for fmt in ("medusa", "tensorrt_llm", "vllm"):
-        if LAYOUTS[fmt]["num_heads"] in config:
-            return fmt
+    """The Medusa layout a folder's parsed config.json describes (`specdec` for any specdec draft folder)."""
+    layout = find_layout(config)
+    if layout is not None and layout.name in FORMATS:
+        return layout.name
     raise MedusaFormatError(f"config.json matches no Medusa layout ({', '.join(FORMATS)}): it has none of the head-count fields {[LAYOUTS[f]['num_heads'] for f in LAYOUTS]}")
 
 
@@ -252,10 +255,9 @@ def load_medusa_export(directory, fmt: str | None = None) -> MedusaHeads:
     config = read_draft_config(directory)
     fmt = check_format(fmt) if fmt else detect_format(config)
     if fmt == "specdec":
-        draft = load_draft(directory)
-        if not isinstance(draft, MedusaHeads):
-            raise MedusaFormatError(f"{directory} holds a {draft.draft_type} draft, not Medusa heads")
-        return draft
+        if config.get("draft_type") != MedusaHeads.draft_type:
+            raise MedusaFormatError(f"{directory} holds a {config.get('draft_type')} draft, not Medusa heads")
+        return load_draft(directory)
     # Step 2: counts from the config, shapes from the first projection, tensors renamed to ours.
     layout = LAYOUTS[fmt]
     weights_path = directory / layout["weights"]
@@ -306,3 +308,62 @@ def _per_head_state(heads: MedusaHeads, lm_head_weight: torch.Tensor | None) -> 
 
 def _dtype_name(heads: MedusaHeads) -> str:
     return str(next(heads.parameters()).dtype).removeprefix("torch.")
+
+
+def _write(fmt: str, job: ExportJob) -> None:
+    """`export_medusa` for specdec-export: the target lm_head when the heads share it or a target
+    was named (checked against the heads), the whole target for `tensorrt_llm`."""
+    model = job.target.model() if fmt == "tensorrt_llm" else None
+    lm_head = job.target.lm_head() if job.target.named or job.draft.config.share_lm_head else None
+    export_medusa(job.draft, job.out, fmt, lm_head_weight=lm_head, base_model=job.base_model, extra_config=job.extra_config, target_model=model)
+
+
+def _head_count(fmt: str, config: dict) -> dict:
+    """The model card's `heads` field: the head count a `fmt` config.json records."""
+    return {"heads": config.get(LAYOUTS[fmt]["num_heads"])}
+
+
+def _describe(config: dict, layout: str) -> str:
+    """The model card's line on Medusa heads, from a config.json of `layout` (upstream or specdec)."""
+    fields = LAYOUTS.get(layout, LAYOUTS["specdec"])
+    return f"{config.get(fields['num_heads'])} heads of {config.get(fields['num_layers'])} ResBlock(s)"
+
+
+
+def _detect(fmt: str, config: dict) -> bool:
+    """Whether a config.json is of the upstream layout `fmt`: it has that layout's head-count field."""
+    return LAYOUTS[fmt]["num_heads"] in config
+
+
+def _register(fmt: str, use: str, **fields) -> None:
+    """Register the upstream layout `fmt` (ExportFormat's other fields in `fields`)."""
+    register_format(
+        ExportFormat(
+            name=fmt,
+            draft_types=(MedusaHeads.draft_type,),
+            write=functools.partial(_write, fmt),
+            read=functools.partial(load_medusa_export, fmt=fmt),
+            detect=functools.partial(_detect, fmt),
+            use=use,
+            use_fields=functools.partial(_head_count, fmt),
+            error=MedusaFormatError,
+            **fields,
+        )
+    )
+
+
+_register(
+    "medusa",
+    'FasterDecoding/Medusa: `MedusaModel.from_pretrained("PATH")` (reads `medusa_lm_head.pt` and the base model named in config.json; '
+    "`medusa_lm_head.safetensors` holds the same tensors). TensorRT-LLM: `python examples/medusa/convert_checkpoint.py --model_dir {base} "
+    "--medusa_model_dir PATH --num_medusa_heads {heads} --output_dir CKPT` (without `--num_medusa_heads` it builds 4 heads, whatever config.json says), "
+    "then `trtllm-build --checkpoint_dir CKPT --speculative_decoding_mode medusa`.",
+    target_field="`base_model_name_or_path` in config.json",
+)
+_register("vllm", 'vLLM: `LLM(model="{base}", speculative_config={{"model": "PATH", "num_speculative_tokens": {heads}}})`.')
+_register(
+    "tensorrt_llm",
+    "A TensorRT-LLM checkpoint (tp=1): the target's weights under TensorRT-LLM's Llama names and the heads, in `rank0.safetensors`. "
+    "Build the engine with `trtllm-build --checkpoint_dir PATH --speculative_decoding_mode medusa --output_dir ENGINE`, and run it with the tokenizer of `{base}`.",
+)
+register_description(MedusaHeads.draft_type, "Medusa", _describe)

@@ -1,8 +1,9 @@
 """Write the trained draft to `<output_dir>/draft/`: config.json, model.safetensors, the resolved
 recipe, a model card, and for Medusa-2 the fine-tuned target (LoRA merged) and/or the adapter.
 
-Also: `specdec-export` (the draft in a serving engine's layout, see specdec.models.medusa_formats
-and specdec.models.eagle_formats) and `push_to_hub` (upload a folder with a refreshed model card).
+Also: `specdec-export` (the draft in a serving engine's layout: any format registered in
+specdec.models.formats, see specdec.models.medusa_formats and specdec.models.eagle_formats) and
+`push_to_hub` (upload a folder with a refreshed model card).
 """
 
 from __future__ import annotations
@@ -19,26 +20,22 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from specdec.models.base import CONFIG_NAME, DraftMismatchError, DraftModel, atomic_write, lm_head_weight, load_draft, read_draft_config
+from specdec.models.base import CONFIG_NAME, DraftMismatchError, DraftModel, atomic_write, load_draft, read_draft_config
 from specdec.models.decoder import LayerShape
-from specdec.models.medusa import MedusaHeads
-from specdec.models.eagle_formats import EAGLE_FORMATS, EagleFormatError, detect_eagle_format, export_eagle
-from specdec.models.eagle_formats import formats_for as eagle_formats_for
-from specdec.models.medusa_formats import FORMATS, LAYOUTS, MedusaFormatError, detect_format, export_medusa
+from specdec.models.formats import ExportFormat, ExportJob, ExportTarget, FormatError, all_formats, describe_draft, detect_layout, draft_kind, fitting_format, format_draft_types, formats_for, get_format
 from specdec.train.config import RecipeError, parse_overrides
-from specdec.models.target import EMBEDDED_HUB_ID, EMBEDDED_NAME, Target, TargetLoadError, load_target
+from specdec.models.target import EMBEDDED_HUB_ID, EMBEDDED_NAME, Target, TargetLoadError
 
 FINETUNED_TARGET_DIR = "target"
 ADAPTER_DIR = "adapter"
-ALL_FORMATS = FORMATS + EAGLE_FORMATS
-"""Every layout specdec-export writes (hub.format choices): Medusa's (incl. specdec) then EAGLE's."""
 
 
-def draft_formats(draft_type: str) -> tuple[str, ...]:
-    """The layouts that hold a `draft_type` draft: Medusa's for Medusa heads, the EAGLE ones that fit, and specdec for every draft."""
-    if draft_type == MedusaHeads.draft_type:
-        return FORMATS
-    return (*eagle_formats_for(draft_type), "specdec")
+def __getattr__(name: str):
+    """`ALL_FORMATS`: every layout specdec-export writes (hub.format choices), read from the registry
+    (specdec.models.formats.all_formats) when imported, so formats registered later count too."""
+    if name == "ALL_FORMATS":
+        return all_formats()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def export_draft(draft: DraftModel, cfg: DictConfig, target_info: dict, metrics: dict[str, float], train_info: dict, out: Path | None = None, target: Target | None = None) -> Path:
@@ -95,26 +92,6 @@ EVAL_RESULTS = "eval_results.json"
 """Written into a draft folder by the evaluator: {metric name: value}; shown on the model card."""
 SIDE_FILES = ("recipe.yaml", EVAL_RESULTS)
 """Files of a draft folder that travel with every export."""
-LAYOUT_USE = {
-    "specdec": '`from specdec.models.base import load_draft; draft = load_draft("PATH")` (`check_target()` guards the pairing).',
-    "medusa": 'FasterDecoding/Medusa: `MedusaModel.from_pretrained("PATH")` (reads `medusa_lm_head.pt` and the base model named in config.json; '
-    "`medusa_lm_head.safetensors` holds the same tensors). TensorRT-LLM: `python examples/medusa/convert_checkpoint.py --model_dir {base} "
-    "--medusa_model_dir PATH --num_medusa_heads {heads} --output_dir CKPT` (without `--num_medusa_heads` it builds 4 heads, whatever config.json says), "
-    "then `trtllm-build --checkpoint_dir CKPT --speculative_decoding_mode medusa`.",
-    "vllm": 'vLLM: `LLM(model="{base}", speculative_config={{"model": "PATH", "num_speculative_tokens": {heads}}})`.',
-    "tensorrt_llm": "A TensorRT-LLM checkpoint (tp=1): the target's weights under TensorRT-LLM's Llama names and the heads, in `rank0.safetensors`. "
-    "Build the engine with `trtllm-build --checkpoint_dir PATH --speculative_decoding_mode medusa --output_dir ENGINE`, and run it with the tokenizer of `{base}`.",
-    "sglang": "SGLang: `python -m sglang.launch_server --model-path {base} --speculative-algorithm EAGLE3 --speculative-draft-model-path PATH` "
-    "(tune with --speculative-num-steps, --speculative-eagle-topk, --speculative-num-draft-tokens). SafeAILab/EAGLE loads it too: "
-    '`EaModel.from_pretrained(base_model_path="{base}", ea_model_path="PATH", use_eagle3=True)` (it always fuses the inputs of layers 2, L//2, L-3).',
-    "speculators": 'vLLM: `LLM(model="{base}", speculative_config={{"method": "eagle3", "model": "PATH", "num_speculative_tokens": {tokens}}})`, '
-    "or `vllm serve PATH`, which serves the verifier named in config.json with this drafter.",
-    "eagle": 'SafeAILab/EAGLE: `EaModel.from_pretrained(base_model_path="{base}", ea_model_path="PATH", use_eagle3=False)` '
-    "(EAGLE-1 weights; EAGLE-2's dynamic tree comes from its total_token / depth / top_k arguments).",
-}
-"""How each layout is loaded, for the model card (str.format with `heads`, `tokens` and `base`, the target engines load)."""
-
-
 class HubUploadError(RuntimeError):
     """An upload to the Hugging Face Hub failed; the local folder is intact and the message says how to retry."""
 
@@ -122,11 +99,11 @@ class HubUploadError(RuntimeError):
 def model_card(config: dict, eval_results: dict | None = None) -> str:
     """The README of a draft or export folder (also the Hub model card), from its parsed config.json."""
     # Step 1: what the folder holds and what it was trained for.
-    layout = detect_eagle_format(config) or detect_format(config)
+    layout = detect_layout(config)
     target = config.get("target") or {}
     base = target.get("name_or_path") or config.get("base_model_name_or_path") or ((config.get("speculators_config") or {}).get("verifier") or {}).get("name_or_path") or "unknown"
-    kind, summary, heads, tokens = _draft_summary(config, layout)
-    method = config.get("method", "medusa" if kind == "Medusa" else config.get("draft_type", layout))
+    kind, summary = describe_draft(config, layout)
+    method = config.get("method", layout.draft_type_of(config))
     engine = target.get("engine_name_or_path")
     hub_base = f"base_model: {engine or base}\n" if _is_hub_id(engine or base) else ""
     train = config.get("training") or {}
@@ -139,7 +116,7 @@ def model_card(config: dict, eval_results: dict | None = None) -> str:
 library_name: specdec
 tags: [speculative-decoding, {kind.split('-')[0].lower()}, {method}]
 {hub_base}---
-# {method} {kind} draft for `{base}` ({layout} layout)
+# {method} {kind} draft for `{base}` ({layout.name} layout)
 
 Trained with specdec `{method}` against the frozen target
 `{base}` (hidden size {target.get('hidden_size', config.get('hidden_size'))}, vocabulary {target.get('vocab_size', config.get('vocab_size'))}): {summary}.
@@ -149,13 +126,9 @@ conversations ({train.get('train_tokens')} tokens seen), {train.get('seconds', 0
 
 {chr(10).join(sections)}
 ## Use
-{LAYOUT_USE[layout].format(heads=heads, tokens=tokens, base=engine or "BASE_MODEL")}
+{layout.usage(config, base=engine or "BASE_MODEL")}
 {_engine_target_note(base, engine, layout)}The resolved training recipe is in `recipe.yaml`.
 """
-
-
-ENGINE_TARGET_FIELD = {"medusa": "`base_model_name_or_path` in config.json", "speculators": "`speculators_config.verifier.name_or_path` in config.json"}
-"""Layout -> the config field that names the target for engines (the other layouts take it on the command line)."""
 
 
 def engine_target_name(name_or_path: str) -> str:
@@ -167,11 +140,11 @@ def engine_target_name(name_or_path: str) -> str:
     return str(path.resolve()) if path.exists() else name_or_path
 
 
-def _engine_target_note(trained: str, engine: str | None, layout: str) -> str:
+def _engine_target_note(trained: str, engine: str | None, layout: ExportFormat) -> str:
     """The model card's line on which target the engine commands (and config field) name, and why."""
-    if not engine or layout == "specdec":
+    if not engine or layout.native:
         return ""
-    where = ENGINE_TARGET_FIELD.get(layout, "in the command above")
+    where = layout.target_field
     if trained == EMBEDDED_NAME:
         why = (
             f"the Hub id of specdec's embedded target `{EMBEDDED_NAME}`, an alias no engine resolves. The draft was trained against the "
@@ -182,24 +155,6 @@ def _engine_target_note(trained: str, engine: str | None, layout: str) -> str:
     else:
         why = "the Hub id the draft was trained with (or as passed to specdec-export)"
     return f"Serving engines load the target `{engine}` ({where}): {why}.\n"
-
-
-def _draft_summary(config: dict, layout: str) -> tuple[str, str, int | None, int]:
-    """(kind, one-line description, Medusa head count, speculative tokens) of a draft or export config."""
-    draft_type = config.get("draft_type") or {"sglang": "eagle3", "speculators": "eagle3", "eagle": "eagle1"}.get(layout, "medusa")
-    proposals = (config.get("speculators_config") or {}).get("proposal_methods") or [{}]
-    tokens = proposals[0].get("speculative_tokens", 3)
-    if draft_type == "eagle3":
-        ids = config.get("layer_ids") or (config.get("specdec_layer_ids") or {}).get("hf_hidden_states")
-        summary = f"one decoder layer fusing the target hidden states {ids} (Hugging Face output_hidden_states numbering), {config.get('draft_vocab_size')}-token draft vocabulary"
-        return "EAGLE-3", summary, None, tokens
-    if draft_type == "eagle1":
-        return "EAGLE-1", "one decoder layer predicting the target's next last-layer feature, token logits through the target's lm_head", None, tokens
-    if draft_type != "medusa":
-        return draft_type, f"a {draft_type} draft", None, tokens
-    fields = LAYOUTS[layout] if layout in LAYOUTS else LAYOUTS["specdec"]
-    heads, layers = config.get(fields["num_heads"]), config.get(fields["num_layers"])
-    return "Medusa", f"{heads} heads of {layers} ResBlock(s)", heads, tokens
 
 
 def write_model_card(folder) -> Path:
@@ -264,91 +219,41 @@ def _upload_failure(folder: Path, repo_id: str, private: bool, exc: BaseExceptio
 
 
 def export_folder(draft_dir, fmt: str, out=None, target: str | None = None, lm_head: torch.Tensor | None = None) -> Path:
-    """Write the draft in `draft_dir` in layout `fmt` to `out`; returns the folder.
+    """Write the draft in `draft_dir` in layout `fmt` (any registered format that holds its draft type) to `out`; returns the folder.
 
     `out` defaults to the draft itself for `specdec` and to `<draft_dir>/../export_<fmt>`
-    otherwise. Medusa: the target lm_head (needed when the heads share it) is `lm_head`, else
-    loaded from `target`, else from the target recorded in the draft (its fine-tuned copy for
-    Medusa-2); `tensorrt_llm` always loads that target, whose weights it converts. EAGLE: `target` (a model id or folder; only its config.json is read, and checked
-    against the draft) supplies max_position_embeddings and architectures for the config.
+    otherwise. The layout asks for what it needs of the target (see ExportTarget): the target is
+    `target` when named (checked against the draft), else the one recorded in the draft (its
+    fine-tuned copy for Medusa-2); `lm_head` is a target lm_head weight already at hand. Medusa
+    layouts take the target lm_head when the heads share it, `tensorrt_llm` the whole target, the
+    EAGLE layouts only its config.json (max_position_embeddings, architectures).
     """
-    # Step 1: the draft, the layouts that hold it, and the provenance its config.json carries.
+    # Step 1: the draft, a layout that holds it, and the provenance its config.json carries.
     draft_dir = Path(draft_dir)
     draft = load_draft(draft_dir)
-    fits = draft_formats(draft.draft_type)
-    error = EagleFormatError if fmt in EAGLE_FORMATS else MedusaFormatError
-    if fmt not in fits:
-        hint = " (vLLM loads EAGLE-3 drafts from the speculators layout)" if fmt == "vllm" and "speculators" in fits else ""
-        raise error(f"{draft_dir} holds a {draft.draft_type} draft, which the {fmt} layout cannot hold; formats that fit it: {', '.join(fits)}{hint}")
+    layout = fitting_format(fmt, draft.draft_type, draft_dir)
     config = read_draft_config(draft_dir)
     own = {"draft_type", "specdec_version", *type(draft).config_class.__dataclass_fields__}
     provenance = {k: v for k, v in config.items() if k not in own}
-    out = Path(out) if out else (draft_dir if fmt == "specdec" else draft_dir.parent / f"export_{fmt}")
+    out = Path(out) if out else (draft_dir if layout.native else draft_dir.parent / f"export_{fmt}")
     if out.resolve() == draft_dir.resolve():
-        if fmt != "specdec":
-            raise error(f"out={out} is the draft folder itself; pick another folder for the {fmt} layout")
+        if not layout.native:
+            raise layout.error(f"out={out} is the draft folder itself; pick another folder for the {fmt} layout")
         return out
-    # Step 2: the layout, naming the target as engines resolve it (Medusa: with the target lm_head when it needs one or a target is named, checked against the draft).
-    name = _target_name(draft_dir, config, target)
-    base = engine_target_name(name) if name else ""
+    # Step 2: the layout, naming the target as engines resolve it.
+    access = ExportTarget(draft, draft_dir, config, target, lm_head)
+    base = engine_target_name(access.name) if access.name else ""
     if base:
         provenance["target"] = {**(provenance.get("target") or {}), "engine_name_or_path": base}
-    if isinstance(draft, MedusaHeads):
-        model = None
-        if fmt == "tensorrt_llm" or (lm_head is None and (target or (draft.config.share_lm_head and fmt != "specdec"))):
-            model = _load_draft_target(draft_dir, config, target, draft).model
-        if lm_head is None and model is not None:
-            lm_head = lm_head_weight(model).detach()
-        export_medusa(draft, out, fmt, lm_head_weight=lm_head, base_model=base, extra_config=provenance, target_model=model if fmt == "tensorrt_llm" else None)
-    elif fmt == "specdec":
-        draft.save_pretrained(out, extra=provenance)
-    else:
-        facts = _target_facts(config, target, draft)
-        export_eagle(draft, out, fmt, base_model=base, extra_config=provenance, max_position_embeddings=facts["max_position_embeddings"], verifier_architectures=facts["architectures"])
-    # Step 3: the files that travel with it (and Medusa-2's target for specdec).
+    layout.write(ExportJob(draft=draft, out=out, base_model=base, extra_config=provenance, target=access))
+    # Step 3: the files that travel with it (and, for the native layout, the draft's subfolders: Medusa-2's target).
     for entry in draft_dir.iterdir():
         if entry.name in SIDE_FILES:
             shutil.copy2(entry, out / entry.name)
-        elif fmt == "specdec" and entry.is_dir():
+        elif layout.native and entry.is_dir():
             shutil.copytree(entry, out / entry.name, dirs_exist_ok=True)
     write_model_card(out)
     return out
-
-
-def _target_facts(config: dict, target: str | None, draft: DraftModel) -> dict:
-    """max_position_embeddings and architectures of the target: read from `target`'s config.json
-    when named (its sizes checked against the draft), else as the draft recorded them (if it did)."""
-    recorded = config.get("target") or {}
-    facts = {"max_position_embeddings": recorded.get("max_position_embeddings"), "architectures": recorded.get("architectures") or ["LlamaForCausalLM"]}
-    if not target:
-        return facts
-    from transformers import AutoConfig
-
-    try:
-        target_config = AutoConfig.from_pretrained(target)
-    except (OSError, ValueError) as exc:
-        raise TargetLoadError(f"cannot read the config of target {target!r} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); pass a model id or a folder with config.json") from exc
-    text = target_config.get_text_config()
-    draft.check_target(text.hidden_size, text.vocab_size)
-    return {"max_position_embeddings": getattr(text, "max_position_embeddings", None), "architectures": list(target_config.architectures or facts["architectures"])}
-
-
-def _target_name(draft_dir: Path, config: dict, target: str | None) -> str | None:
-    """The target a draft goes with: `target` when named, else the Medusa-2 fine-tuned copy inside the draft folder, else the recorded one."""
-    recorded = config.get("target") or {}
-    finetuned = recorded.get("finetuned_weights")
-    return target or (str(draft_dir / finetuned) if finetuned else recorded.get("name_or_path"))
-
-
-def _load_draft_target(draft_dir: Path, config: dict, target: str | None, heads: MedusaHeads) -> Target:
-    """Load the target (named, the Medusa-2 fine-tuned copy, or the recorded one), checked against the heads."""
-    recorded = config.get("target") or {}
-    name = _target_name(draft_dir, config, target)
-    if not name:
-        raise TargetLoadError(f"{draft_dir / CONFIG_NAME} records no target; pass target=NAME_OR_PATH")
-    loaded = load_target(name, None if target or recorded.get("finetuned_weights") else recorded.get("revision"))
-    heads.check_target(loaded.hidden_size, loaded.vocab_size)
-    return loaded
 
 
 def publish(draft_dir, fmt: str, repo_id: str, private: bool = False, lm_head: torch.Tensor | None = None) -> Path:
@@ -357,6 +262,15 @@ def publish(draft_dir, fmt: str, repo_id: str, private: bool = False, lm_head: t
     url = push_to_hub(folder, repo_id, private=private)
     print(f"{folder} uploaded: {url}")
     return folder
+
+
+def format_choices(indent: str = " " * 12) -> str:
+    """The layouts of each draft type that has its own, one line each ("EAGLE-3 drafts: sglang (SGLang / EAGLE repo), ..."), for `--help`."""
+    lines = []
+    for draft_type in format_draft_types():
+        names = [f"{name} ({get_format(name).help})" if get_format(name).help else name for name in formats_for(draft_type)]
+        lines.append(f"{draft_kind(draft_type)} drafts: {', '.join(names)}")
+    return f"\n{indent}".join(lines)
 
 
 EXPORT_USAGE = f"""usage: specdec-export draft=DIR format=FORMAT [out=DIR] [target=NAME_OR_PATH] [push=true repo_id=ORG/NAME [private=true]]
@@ -370,9 +284,7 @@ Writes a trained draft in a serving engine's layout and optionally uploads it.
   trusted   true to read a sharded checkpoint folder (DeepSpeed's and torch.distributed.checkpoint's
             readers unpickle, which runs code a crafted folder holds: only for folders your own run wrote);
             a .ckpt file is always read without running code
-  format    Medusa drafts: {', '.join(FORMATS)}
-            EAGLE-3 drafts: sglang (SGLang / EAGLE repo), speculators (vLLM), specdec
-            EAGLE-1 drafts: eagle (SafeAILab/EAGLE ea_model folder), specdec
+  format    {format_choices()}
   out       where to write (default: <draft>/../export_<format>; the draft itself for specdec)
   target    target whose lm_head fills the per-head projections of shared-lm_head Medusa drafts
             and whose weights tensorrt_llm converts (default: the target recorded in the draft's
@@ -405,10 +317,11 @@ def parse_export_args(argv: list[str]) -> dict:
     for key in ("draft", "format"):
         if not args.get(key):
             raise RecipeError(f"missing {key}=...; see `specdec-export --help`")
-    if args["format"] not in ALL_FORMATS:
-        close = difflib.get_close_matches(args["format"], ALL_FORMATS, n=1)
+    formats = all_formats()
+    if args["format"] not in formats:
+        close = difflib.get_close_matches(args["format"], formats, n=1)
         hint = f" Did you mean `{close[0]}`?" if close else ""
-        raise RecipeError(f"unknown format {args['format']!r}.{hint} Choose one of {', '.join(ALL_FORMATS)}")
+        raise RecipeError(f"unknown format {args['format']!r}.{hint} Choose one of {', '.join(formats)}")
     if not (Path(args["draft"]) / CONFIG_NAME).is_file():
         raise RecipeError(f"no draft at {args['draft']}: {CONFIG_NAME} is missing. Pass the draft/ folder that specdec-train wrote (<output_dir>/draft)")
     args["push"] = _bool(args, "push", "true" if args.get("repo_id") else "false")
@@ -448,7 +361,7 @@ def export_main(argv: list[str] | None = None) -> int:
         print(f"{args['format']} layout written to {folder}")
         if args["push"]:
             print(f"uploaded: {push_to_hub(folder, args['repo_id'], private=args['private'])}")
-    except (RecipeError, FileNotFoundError, TargetLoadError, DraftMismatchError, MedusaFormatError, EagleFormatError, HubUploadError) as exc:
+    except (RecipeError, FileNotFoundError, TargetLoadError, DraftMismatchError, FormatError, HubUploadError) as exc:
         print(f"specdec-export: error: {exc}", file=sys.stderr)
         return 1
     return 0
