@@ -120,6 +120,17 @@ def test_a_broken_generator_raises_a_loud_lossless_banner(tiny_llama, tiny_token
     assert "LOSSLESS MISMATCH: question 1 differs from plain greedy at token 3" in format_table(result)
 
 
+def test_summaries_take_trees_of_different_depths():
+    """Per-step layouts give questions acceptance lists of different lengths; a depth a question never drafted counts as not accepted."""
+    from specdec.eval.benchmark import summarize
+
+    base = {name: None for name in RATIO_METRICS} | {"lossless_match": 1.0, "hf_generate_matches_plain": None, "verifier": "greedy", "lossless": True}
+    records = [base | {"new_tokens": 6, "target_forwards": 4, "verify_steps": 3, "acceptance_by_depth": [1.0]}, base | {"new_tokens": 9, "target_forwards": 3, "verify_steps": 2, "acceptance_by_depth": [0.5, 0.5]}]
+    summary = summarize(records)
+    assert summary["acceptance_by_depth"] == pytest.approx([(3 * 1.0 + 2 * 0.5) / 5, 2 * 0.5 / 5])
+    assert summary["mean_accepted_tokens"] == pytest.approx(15 / 7) and summary["verifier"] == "greedy" and summary["lossless"] is True
+
+
 def test_first_mismatch_counts_a_length_difference():
     assert first_mismatch([1, 2, 3], [1, 2, 3]) is None
     assert first_mismatch([1, 9, 3], [1, 2, 3]) == 1
