@@ -55,7 +55,6 @@ def test_cli_trains_and_exports_a_loadable_draft(tmp_path, tiny_target_dir, prom
     assert (run_dir / "config.yaml").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
     config = json.loads((run_dir / "draft" / "config.json").read_text())
     assert config["method"] == "medusa1" and config["target"]["hidden_size"] == 32 and config["target"]["vocab_size"] == 320
-    assert 0.0 <= config["metrics"]["val/head1_top1"] <= 1.0
     ranks = config["head_rank_accuracy"]
     assert len(ranks) == 4 and all(len(row) == 10 and sum(row) <= 1.0 + 1e-6 for row in ranks)
     assert ranks[0][0] == pytest.approx(config["metrics"]["val/head1_top1"], abs=1e-4)

@@ -269,11 +269,13 @@ def _flat_keys(node: Any, prefix: str = "") -> list[str]:
 def _check_keys(tree: dict, origin: str, schema: type, method: str) -> None:
     valid = set(valid_keys(schema))
     owners = _methods().section_owners()
-    for key in _flat_keys(tree):
+    flat = _flat_keys(tree)
+    for key in flat:
         if key in valid:
             continue
         section = key.split(".")[0]
         if section in owners and method not in owners[section]:
+            key = max((k for k in flat if k.split(".")[0] == section), key=len)  # name the full key, not only its section
             raise RecipeError(f"`{key}` in {origin} belongs to method {' / '.join(owners[section])}, but this recipe trains {method}: drop it or set method={owners[section][0]}.")
         close = difflib.get_close_matches(key, sorted(valid), n=1, cutoff=0.5)
         hint = f" Did you mean `{close[0]}`?" if close else ""
