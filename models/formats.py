@@ -101,6 +101,7 @@ class ExportJob:
 
 
 def _no_fields(config: dict) -> dict:
+    """`use_fields` of a layout whose `use` names only `base`."""
     return {}
 
 
@@ -175,7 +176,7 @@ def get_format(name: str) -> ExportFormat:
 
 def formats_for(draft_type: str) -> tuple[str, ...]:
     """The layouts that hold a `draft_type` draft: its own, in registration order, then those holding every draft type."""
-    own = [f.name for f in FORMAT_REGISTRY.values() if f.draft_types is not None and draft_type in f.draft_types]
+    own = [f.name for f in FORMAT_REGISTRY.values() if f.draft_types is not None and f.holds(draft_type)]
     return (*own, *(f.name for f in FORMAT_REGISTRY.values() if f.draft_types is None))
 
 
@@ -241,7 +242,7 @@ def _write_specdec(job: ExportJob) -> None:
     job.draft.save_pretrained(job.out, extra=job.extra_config)
 
 
-SPECDEC = register_format(
+register_format(
     ExportFormat(
         name="specdec",
         draft_types=None,
@@ -252,4 +253,3 @@ SPECDEC = register_format(
         native=True,
     )
 )
-"""specdec's own draft folder, for every draft type."""

@@ -13,7 +13,7 @@ from torch import nn
 
 from specdec.models import base, formats
 from specdec.models.base import DraftModel, load_draft, register_draft
-from specdec.models.formats import ExportFormat, ExportJob, FormatError, all_formats, detect_layout, formats_for, load_export, register_description, register_format
+from specdec.models.formats import ExportFormat, ExportJob, FormatError, all_formats, detect_layout, formats_for, get_format, load_export, register_description, register_format
 from specdec.models.eagle_formats import export_eagle
 from specdec.models.medusa_formats import export_medusa
 from specdec.train.config import RecipeError, load_recipe
@@ -110,6 +110,8 @@ def test_the_registry_lists_a_plugged_in_layout_for_its_draft_type_only(toy):
 
 def test_without_the_plug_in_the_layout_is_unknown():
     assert LAYOUT not in all_formats()
+    with pytest.raises(FormatError, match=f"unknown export format '{LAYOUT}'; choose one of medusa, vllm, tensorrt_llm, specdec, sglang, speculators, eagle$"):
+        get_format(LAYOUT)
     with pytest.raises(RecipeError, match="hub.format"):
         load_recipe("medusa1", {"hub.format": LAYOUT})
 
