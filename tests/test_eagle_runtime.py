@@ -18,7 +18,7 @@ from specdec.runtime.generator import SpeculativeGenerator, plain_generate
 from specdec.runtime.proposers import Committed
 from specdec.runtime.tree import DraftTree
 from specdec.runtime.verify import SamplingConfig, target_probs
-from specdec.train.losses import eagle_losses, unrolled_mask
+from specdec.train.losses import chimera_losses, eagle_losses, unrolled_mask
 
 VOCAB, HIDDEN = 320, 64
 NO_EOS = [10**9]
@@ -51,6 +51,45 @@ def drafts(model):
     return {"eagle1": e1, "eagle3": e3, "chimera": ch}
 
 
+def _greedy_corpus(model, count=6, length=40):
+    """(prompts, prompt + the target's own greedy continuation as one batch [count, 6 + length])."""
+    prompts = [torch.randint(3, VOCAB, (1, 6), generator=torch.Generator().manual_seed(s)) for s in range(count)]
+    sequences = [torch.cat([p, torch.tensor([plain_generate(model, p, length, eos_token_ids=NO_EOS).tokens])], dim=1) for p in prompts]
+    return prompts, torch.cat(sequences)
+
+
+def fit(draft, model, steps=150):
+    """`draft` fitted with its training loss to the target's greedy continuations, in eval mode."""
+    _, batch = _greedy_corpus(model)
+    mask = torch.ones_like(batch)
+    emb, head = model.get_input_embeddings().weight, model.lm_head.weight
+    with torch.no_grad():
+        final, features = target_states(model, batch, draft.feature_layers)
+    optimizer = torch.optim.AdamW(draft.parameters(), lr=3e-3)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        if isinstance(draft, ChimeraDrafter):
+            loss = chimera_losses(draft, final, batch, mask, emb, head, with_accuracy=False).loss
+        else:
+            loss = eagle_losses(draft, features, final, batch, mask, emb, head, steps=2, with_accuracy=False).loss
+        loss.backward()
+        optimizer.step()
+    return draft.eval()
+
+
+@pytest.fixture(scope="module")
+def fitted(lively):
+    """One drafter of each type fitted to the target, so the lossless tests see long accepted paths too."""
+    e3 = Eagle3Drafter(Eagle3Config(HIDDEN, VOCAB, VOCAB, [1, 2, 3], layer=_shape(lively)))
+    e3.set_vocab(torch.arange(VOCAB), lively.lm_head.weight)
+    torch.manual_seed(0)
+    return {
+        "eagle1": fit(Eagle1Drafter(Eagle1Config(HIDDEN, VOCAB, layer=_shape(lively))), lively),
+        "eagle3": fit(e3, lively),
+        "chimera": fit(ChimeraDrafter(ChimeraConfig(HIDDEN, VOCAB, num_heads=3, layer=_shape(lively))), lively),
+    }
+
+
 SETUPS = [
     ("eagle1", EagleOptions(depth=4)),
     ("eagle1", EagleOptions(depth=4, top_k=3, total_tokens=10)),
@@ -69,6 +108,19 @@ def test_greedy_speculative_equals_plain_greedy(lively, kind, layout, seed):
     generator.eos = set(NO_EOS)
     for max_new in (1, 5, 40):
         assert generator.generate(prompt, max_new).tokens == plain_generate(lively, prompt, max_new, eos_token_ids=NO_EOS).tokens
+
+
+@pytest.mark.parametrize("kind,layout", SETUPS, ids=IDS)
+def test_greedy_speculative_equals_plain_greedy_with_accepted_drafts(lively, fitted, kind, layout):
+    """The same with fitted drafts, whose proposals are accepted: multi-token paths (and, for trees,
+    paths off the first branch) are committed, and the output is still plain greedy's."""
+    prompts, _ = _greedy_corpus(lively)
+    generator = SpeculativeGenerator.from_draft(lively, fitted[kind], layout)
+    generator.eos = set(NO_EOS)
+    for prompt in prompts[:2]:
+        out = generator.generate(prompt, 40)
+        assert out.tokens == plain_generate(lively, prompt, 40, eos_token_ids=NO_EOS).tokens
+        assert out.mean_accepted_tokens > 1.3, f"{kind} drafts were hardly accepted (tau {out.mean_accepted_tokens:.2f}): the test would not exercise accepted paths"
 
 
 @pytest.mark.parametrize("kind,layout", SETUPS, ids=IDS)
@@ -205,22 +257,10 @@ def test_speculative_sampling_with_a_dynamic_tree_keeps_the_target_distribution(
     assert chi2 < 18.47  # chi-square critical value, 4 degrees of freedom, p = 0.001
 
 
-def test_trained_drafter_is_accepted(lively):
+def test_trained_drafter_is_accepted(lively, fitted):
     """A drafter fitted with the EAGLE loss to the target's own greedy continuations gets its tokens accepted."""
-    draft = Eagle1Drafter(Eagle1Config(HIDDEN, VOCAB, layer=_shape(lively)))
-    prompts = [torch.randint(3, VOCAB, (1, 6), generator=torch.Generator().manual_seed(s)) for s in range(6)]
-    sequences = [torch.cat([p, torch.tensor([plain_generate(lively, p, 40, eos_token_ids=NO_EOS).tokens])], dim=1) for p in prompts]
-    batch = torch.cat(sequences)
-    mask = torch.ones_like(batch)
-    emb, head = lively.get_input_embeddings().weight, lively.lm_head.weight
-    with torch.no_grad():
-        final, _ = target_states(lively, batch)
-    optimizer = torch.optim.AdamW(draft.parameters(), lr=3e-3)
-    for _ in range(150):
-        optimizer.zero_grad()
-        eagle_losses(draft, final, final, batch, mask, emb, head, steps=2, with_accuracy=False).loss.backward()
-        optimizer.step()
-    result = SpeculativeGenerator.from_draft(lively, draft.eval(), EagleOptions(depth=3))
+    prompts, _ = _greedy_corpus(lively)
+    result = SpeculativeGenerator.from_draft(lively, fitted["eagle1"], EagleOptions(depth=3))
     result.eos = set(NO_EOS)
     out = result.generate(prompts[0], 40)
     assert out.tokens == plain_generate(lively, prompts[0], 40, eos_token_ids=NO_EOS).tokens

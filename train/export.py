@@ -26,9 +26,6 @@ from specdec.models.formats import ExportFormat, ExportJob, ExportTarget, Format
 from specdec.train.config import RecipeError, parse_overrides
 from specdec.models.target import EMBEDDED_HUB_ID, EMBEDDED_NAME, Target, TargetLoadError
 
-FINETUNED_TARGET_DIR = "target"
-ADAPTER_DIR = "adapter"
-
 
 def __getattr__(name: str):
     """`ALL_FORMATS`: every layout specdec-export writes (hub.format choices), read from the registry
@@ -43,21 +40,23 @@ def export_draft(draft: DraftModel, cfg: DictConfig, target_info: dict, metrics:
 
     `target_info` describes the target (see `target_record`); Medusa-2 also passes the live
     `target`, whose fine-tuned weights are exported beside the heads."""
+    from specdec.train.methods import method_class
+
     out = out or Path(cfg.output_dir) / "draft"
-    finetuned = cfg.method == "medusa2" and cfg.medusa2.merge_lora
+    out.mkdir(parents=True, exist_ok=True)
+    extras = method_class(cfg.method)(cfg).export_extras(target, out) if target is not None else {}
     extra = {
         "method": cfg.method,
         "target": {
             **{k: target_info.get(k) for k in ("name_or_path", "revision", "target_id", "hidden_size", "vocab_size", "max_position_embeddings", "architectures")},
-            "finetuned_weights": FINETUNED_TARGET_DIR if finetuned else None,
+            "finetuned_weights": None,
+            **extras,
         },
         "training": train_info,
         "metrics": metrics,
     }
     draft.save_pretrained(out, extra=extra)
     (out / "recipe.yaml").write_text(OmegaConf.to_yaml(cfg))
-    if cfg.method == "medusa2":
-        _export_finetuned_target(target, cfg, out)
     write_model_card(out)
     return out
 
@@ -76,16 +75,6 @@ def target_record(target: Target) -> dict:
         "max_position_embeddings": getattr(target.model.config, "max_position_embeddings", None),
         "architectures": getattr(target.model.config, "architectures", None),
     }
-
-
-def _export_finetuned_target(target: Target, cfg: DictConfig, out: Path) -> None:
-    peft_model = target.model
-    if cfg.medusa2.save_adapter:
-        peft_model.save_pretrained(out / ADAPTER_DIR)
-    if cfg.medusa2.merge_lora:
-        merged = peft_model.merge_and_unload()
-        merged.save_pretrained(out / FINETUNED_TARGET_DIR)
-        target.tokenizer.save_pretrained(out / FINETUNED_TARGET_DIR)
 
 
 EVAL_RESULTS = "eval_results.json"
