@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
+from specdec.models.acceptance import best_tree
+
 
 @dataclass(frozen=True)
 class DraftTree:
@@ -46,25 +48,9 @@ class DraftTree:
 
     @classmethod
     def from_accuracies(cls, rank_accuracy: list[list[float]], size: int) -> "DraftTree":
-        """The tree of `size` nodes with the largest expected accepted length.
-
-        `rank_accuracy[d][r]` is the measured probability that the r-th candidate of draft
-        position d+1 is the right token. A node's chance of being accepted is the product of
-        those along its path, so adding nodes greedily by that product (a child never beats its
-        parent) maximises the expected number of accepted tokens for the size.
-        """
-        # Step 1: frontier of candidate nodes, starting with the root's children.
-        chosen: list[tuple[int, ...]] = []
-        frontier = {(r,): rank_accuracy[0][r] for r in range(len(rank_accuracy[0]))} if rank_accuracy else {}
-        # Step 2: repeatedly take the most probable node and open its children.
-        while frontier and len(chosen) < size:
-            path = max(frontier, key=lambda p: (frontier[p], [-i for i in p]))
-            value = frontier.pop(path)
-            chosen.append(path)
-            if len(path) < len(rank_accuracy):
-                for r, acc in enumerate(rank_accuracy[len(path)]):
-                    frontier[path + (r,)] = value * acc
-        return cls.from_paths(chosen)
+        """The tree of `size` nodes with the largest expected accepted length under the measured
+        per-rank accuracies `rank_accuracy[d][r]` (see `specdec.models.acceptance.best_tree`)."""
+        return cls.from_paths(best_tree(rank_accuracy, size)[0])
 
     @property
     def size(self) -> int:
