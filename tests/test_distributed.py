@@ -173,7 +173,7 @@ def test_sharded_strategies_train_on_gpus(tmp_path, tiny_target_dir, prompts_fil
     job = _launch(["-m", "specdec.train.cli", "recipe=medusa1", *_cli_args(overrides)], tmp_path)
     assert job.returncode == 0, job.stderr[-3000:]
     assert (tmp_path / "run" / "draft" / "model.safetensors").is_file()
-    consolidated = _launch(["-m", "specdec.train.export", f"checkpoint={tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}", f"out={tmp_path / 'consolidated'}"], tmp_path)
+    consolidated = _launch(["-m", "specdec.train.export", f"checkpoint={tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}", f"out={tmp_path / 'consolidated'}", "trusted=true"], tmp_path)
     assert consolidated.returncode == 0, consolidated.stderr[-3000:]
     assert (tmp_path / "consolidated" / "model.safetensors").is_file()
 
@@ -194,7 +194,8 @@ def test_a_checkpoint_is_consolidated_into_the_plain_draft(tmp_path, tiny_target
     sharded = tmp_path / "run" / "checkpoints" / "sharded.ckpt"
     dcp.save({"model": ckpt.pop("state_dict")}, checkpoint_id=sharded, no_dist=True)
     torch.save({"global_step": ckpt["global_step"]}, sharded / "meta.pt")
-    assert export_main([f"checkpoint={sharded}", f"out={tmp_path / 'from_shards'}"]) == 0
+    assert export_main([f"checkpoint={sharded}", f"out={tmp_path / 'from_shards'}"]) == 1  # sharded readers unpickle: only for folders one trusts
+    assert export_main([f"checkpoint={sharded}", f"out={tmp_path / 'from_shards'}", "trusted=true"]) == 0
     from_shards = load_file(tmp_path / "from_shards" / "model.safetensors")
     assert all(torch.equal(from_shards[k], trained[k]) for k in trained)
     config = json.loads((tmp_path / "from_shards" / "config.json").read_text())
@@ -208,7 +209,7 @@ def test_consolidation_errors_are_actionable(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     (tmp_path / "run" / "checkpoints" / "odd").mkdir(parents=True)
     (tmp_path / "run" / "config.yaml").write_text("method: medusa1\n")
-    assert export_main([f"checkpoint={tmp_path / 'run' / 'checkpoints' / 'odd'}"]) == 1
+    assert export_main([f"checkpoint={tmp_path / 'run' / 'checkpoints' / 'odd'}", "trusted=true"]) == 1
     assert "neither a DeepSpeed nor an FSDP checkpoint" in capsys.readouterr().err
     assert export_main([f"checkpoint={tmp_path}", "format=vllm"]) == 2
     assert "takes only out=" in capsys.readouterr().err

@@ -18,7 +18,8 @@ from specdec.models.eagle3 import Eagle3Config, Eagle3Drafter
 from specdec.models.eagle_formats import EAGLE_FORMATS, EagleFormatError, export_eagle, load_eagle_export
 from specdec.models.medusa import MedusaConfig, MedusaHeads
 from specdec.models.target import EMBEDDED_HUB_ID, EMBEDDED_NAME
-from specdec.train.export import ALL_FORMATS, export_main
+from specdec.models.formats import all_formats
+from specdec.train.export import export_main
 
 H, V, VD, T = 32, 320, 64, 5
 SHAPE = LayerShape(hidden_size=H, num_heads=4, num_kv_heads=2, head_dim=8, intermediate_size=64, rms_norm_eps=1e-5, rope_theta=500000.0)
@@ -384,7 +385,7 @@ def test_cli_mismatched_format_is_one_line(eagle3_dir, tmp_path, capsys, fmt, me
 
 
 def test_cli_format_names(eagle3_dir, capsys):
-    assert set(EAGLE_FORMATS) <= set(ALL_FORMATS)
+    assert set(EAGLE_FORMATS) <= set(all_formats())
     assert export_main([f"draft={eagle3_dir}", "format=sglangg"]) == 2
     assert "Did you mean `sglang`" in capsys.readouterr().err
     assert export_main(["--help"]) == 0

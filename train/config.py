@@ -10,7 +10,6 @@ keys and wrong types fail before any work starts, naming the closest valid key.
 from __future__ import annotations
 
 import ast
-import difflib
 import importlib.util
 import inspect
 import math
@@ -21,6 +20,8 @@ from typing import Any, Optional
 import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
+from specdec.models.cli_args import AT_LEAST_1, did_you_mean, parse_bool, split_words, unknown_key
 
 @dataclass
 class TargetConfig:
@@ -166,7 +167,6 @@ class RecipeConfig:
     """Upload of the finished draft to the Hugging Face Hub (off unless hub.repo_id is set)."""
 
 
-AT_LEAST_1 = ("at least 1", lambda v: v >= 1)
 POSITIVE = ("a finite number > 0", lambda v: v > 0)
 NON_NEGATIVE = ("a finite number >= 0", lambda v: v >= 0)
 FRACTION = ("within [0, 1]", lambda v: 0 <= v <= 1)
@@ -213,9 +213,7 @@ def resolve_recipe_path(name_or_path: str) -> Path:
     bundled = recipes_dir() / f"{name_or_path}.yaml"
     if bundled.is_file():
         return bundled
-    close = difflib.get_close_matches(name_or_path, available_recipes(), n=1)
-    hint = f" Did you mean `{close[0]}`?" if close else ""
-    raise RecipeError(f"unknown recipe {name_or_path!r}.{hint} Bundled recipes: {', '.join(available_recipes())}; or pass a .yaml path.")
+    raise RecipeError(f"unknown recipe {name_or_path!r}.{did_you_mean(name_or_path, available_recipes())} Bundled recipes: {', '.join(available_recipes())}; or pass a .yaml path.")
 
 
 def _methods():
@@ -277,20 +275,16 @@ def _check_keys(tree: dict, origin: str, schema: type, method: str) -> None:
         if section in owners and method not in owners[section]:
             key = max((k for k in flat if k.split(".")[0] == section), key=len)  # name the full key, not only its section
             raise RecipeError(f"`{key}` in {origin} belongs to method {' / '.join(owners[section])}, but this recipe trains {method}: drop it or set method={owners[section][0]}.")
-        close = difflib.get_close_matches(key, sorted(valid), n=1, cutoff=0.5)
-        hint = f" Did you mean `{close[0]}`?" if close else ""
-        raise RecipeError(f"unknown key `{key}` in {origin}.{hint} Run `specdec-train --help` for every key.")
+        raise RecipeError(f"{unknown_key(key, sorted(valid), origin)} Run `specdec-train --help` for every key.")
 
 
 def parse_overrides(args: list[str]) -> dict[str, str]:
-    """`key=value` command-line words -> {key: value} (values stay strings for OmegaConf to type)."""
-    out = {}
-    for arg in args:
-        if "=" not in arg:
-            raise RecipeError(f"expected key=value, got {arg!r} (e.g. trainer.max_steps=100)")
-        key, value = arg.split("=", 1)
-        out[key.strip()] = value
-    return out
+    """`key=value` command-line words -> {key: value}, split as every specdec CLI splits them
+    (specdec.models.cli_args). Values stay strings for OmegaConf to type, except those of boolean
+    recipe keys: they take the shared spellings (true/false, 1/0, yes/no, on/off; UsageError otherwise)."""
+    overrides = split_words(args)
+    booleans = {key for key, default, _ in [*field_docs(), *(row for rows in method_field_docs().values() for row in rows)] if isinstance(default, bool)}
+    return {key: str(parse_bool(key, value)).lower() if key in booleans else value for key, value in overrides.items()}
 
 
 def load_recipe(recipe: str, overrides: dict[str, str] | None = None) -> DictConfig:
@@ -344,7 +338,7 @@ def _short_omegaconf_error(exc: OmegaConfBaseException) -> str:
 
 
 def _check_values(config: DictConfig) -> None:
-    from specdec.train.export import ALL_FORMATS
+    from specdec.models.formats import all_formats
 
     method = _methods().method_class(config.method)
     choices = {
@@ -352,7 +346,7 @@ def _check_values(config: DictConfig) -> None:
         "optim.schedule": ("cosine", "linear", "constant"),
         "trainer.logger": ("csv", "wandb", "none"),
         "target.dtype": ("float32", "bfloat16", "float16"),
-        "hub.format": ALL_FORMATS,
+        "hub.format": all_formats(),
         "trainer.fsdp_sharding": ("FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "NO_SHARD"),
         "data.features": ("online", "offline"),
         "data.features_dtype": ("bfloat16", "float16", "float32"),
@@ -398,9 +392,7 @@ def check_strategy_name(name: str) -> None:
 
     known = ["auto", "ddp", "fsdp", "deepspeed", *StrategyRegistry.available_strategies()]
     if name not in known:
-        close = difflib.get_close_matches(name, known, n=1)
-        hint = f" Did you mean `{close[0]}`?" if close else ""
-        raise RecipeError(f"unknown `trainer.strategy` {name!r}.{hint} Use auto, ddp, fsdp, deepspeed_stage_2 or deepspeed_stage_3 (or another Lightning strategy name).")
+        raise RecipeError(f"unknown `trainer.strategy` {name!r}.{did_you_mean(name, known)} Use auto, ddp, fsdp, deepspeed_stage_2 or deepspeed_stage_3 (or another Lightning strategy name).")
 
 
 def _check_repo_id(repo_id: str | None) -> None:

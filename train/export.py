@@ -27,14 +27,6 @@ from specdec.train.config import RecipeError, parse_overrides
 from specdec.models.target import EMBEDDED_HUB_ID, EMBEDDED_NAME, Target, TargetLoadError
 
 
-def __getattr__(name: str):
-    """`ALL_FORMATS`: every layout specdec-export writes (hub.format choices), read from the registry
-    (specdec.models.formats.all_formats) when imported, so formats registered later count too."""
-    if name == "ALL_FORMATS":
-        return all_formats()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def export_draft(draft: DraftModel, cfg: DictConfig, target_info: dict, metrics: dict[str, float], train_info: dict, out: Path | None = None, target: Target | None = None) -> Path:
     """Export the draft to `out` (default <output_dir>/draft); returns that folder.
 
