@@ -4,7 +4,7 @@ Input at position t: cat(E(x_{t+1}), f_t) -> fc: Linear(2H -> H) -> ONE decoder 
 input norm) -> predicted feature f_{t+1}. Token logits come from the frozen target lm_head
 (`W_lm f`), and the token embeddings E are the target's: neither is stored in the draft file.
 At draft time the drafter feeds its own predicted features back in; EAGLE-2's dynamic tree is a
-runtime choice (see specdec.runtime.proposers) and needs no other weights.
+runtime choice (see specdec.runtime.eagle_proposer) and needs no other weights.
 """
 
 from __future__ import annotations
