@@ -274,7 +274,7 @@ def test_cli_default_out_is_next_to_the_draft(draft_dir):
     [
         (["format=onnx"], 2, "unknown format 'onnx'.*medusa, vllm, tensorrt_llm, specdec"),
         (["format=vlm"], 2, "Did you mean `vllm`"),
-        (["fromat=vllm"], 2, "unknown key `fromat`. Did you mean `format`"),
+        (["fromat=vllm"], 2, "unknown key `fromat` in the command line. Did you mean `format`"),
         (["format=vllm", "push=maybe"], 2, "`push` must be true or false"),
         (["format=vllm", "push=true"], 2, "repo_id"),
     ],

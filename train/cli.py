@@ -5,67 +5,75 @@ from __future__ import annotations
 import sys
 
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
+from specdec.models import cli_args
+from specdec.models.cli_args import UsageError, help_page
 from specdec.train.config import RecipeError, available_recipes, field_docs, load_recipe, method_field_docs, parse_overrides
 from specdec.train.methods import section_owners
 
 USAGE = """usage: specdec-train recipe=NAME_OR_PATH [key=value ...]
 
 Trains a draft against a frozen target and exports it to <output_dir>/draft.
-  recipe        a bundled recipe ({recipes}) or a path to a YAML file (default: medusa1)
-  key=value     override any recipe key, e.g. trainer.max_steps=200 data.max_samples=500
-  resume=last   continue a killed run from <output_dir>/checkpoints/last.ckpt
-  --help        this text and every key with its default and meaning
-"""
+  recipe=NAME_OR_PATH  a bundled recipe ({recipes}) or a path to a YAML file (default: medusa1)
+  key=value            override any recipe key below, e.g. trainer.max_steps=200 data.max_samples=500
+  resume=last          continue a killed run from <output_dir>/checkpoints/last.ckpt
+  --help               this text and every key with its default and meaning
+Exit codes: 0 trained, 2 a bad command line or recipe (before any work), 1 a job that failed."""
 
 
 def help_text() -> str:
-    """The usage, every shared key, then each method's own sections (a recipe reads only its method's)."""
-    sections = method_field_docs()
+    """The usage, then every recipe key with its default and meaning."""
+    return help_page(USAGE.format(recipes=", ".join(available_recipes())), recipe_key_sections())
+
+
+def recipe_key_sections() -> list[tuple[str, list]]:
+    """`help_page` sections of the recipe keys: every shared key, then each method's own sections (a recipe reads only its method's)."""
     owners = section_owners()
-    width = max(len(key) for key, _, _ in [*field_docs(), *(row for rows in sections.values() for row in rows)])
-    lines = [USAGE.format(recipes=", ".join(available_recipes())), "keys of every recipe:", *_rows(field_docs(), width)]
-    for name, rows in sections.items():
-        lines += ["", f"keys of section `{name}` (method {' / '.join(owners[name])}):", *_rows(rows, width)]
-    return "\n".join(lines)
+    sections = [("keys of every recipe:", field_docs())]
+    return sections + [(f"keys of section `{name}` (method {' / '.join(owners[name])}):", rows) for name, rows in method_field_docs().items()]
 
 
-def _rows(rows, width: int) -> list[str]:
-    return [f"  {key.ljust(width)}  {str(default):>14}  {doc}" for key, default, doc in rows]
+def parse(argv: list[str], default_recipe: str = "medusa1") -> DictConfig:
+    """`recipe=` plus overrides -> the validated recipe; any problem with them is a usage error."""
+    overrides = parse_overrides(argv)
+    try:
+        return load_recipe(overrides.pop("recipe", default_recipe), overrides)
+    except RecipeError as exc:
+        raise UsageError(str(exc)) from exc
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Entry point of `specdec-train`."""
     return run_cli(sys.argv[1:] if argv is None else argv)
 
 
 def run_cli(argv: list[str], callbacks: list | tuple = ()) -> int:
-    """`specdec-train` on `argv`, with extra Lightning `callbacks` (for scripts that wrap the CLI); returns the exit code."""
-    if any(a in ("-h", "--help", "help") for a in argv):
-        print(help_text())
-        return 0
-    # Step 1: recipe + overrides, validated before any work starts.
-    try:
-        overrides = parse_overrides(argv)
-        cfg = load_recipe(overrides.pop("recipe", "medusa1"), overrides)
-    except RecipeError as exc:
-        print(f"specdec-train: error: {exc}", file=sys.stderr)
-        return 2
-    rank_zero_only(print)(OmegaConf.to_yaml(cfg), flush=True)
-    # Step 2: the job; expected failures print one actionable line instead of a traceback.
+    """`specdec-train` on `argv`, with extra Lightning `callbacks` (for scripts that wrap the CLI); returns the exit code:
+    2 for a bad command line or recipe (before any work), 1 for a job that failed on its inputs or lost a rank."""
+    from specdec.train.pipeline import user_errors
+
+    return cli_args.run_cli("specdec-train", argv, help_text, parse, lambda cfg: train(cfg, callbacks), (*user_errors(), DistributedFailure))
+
+
+class DistributedFailure(RuntimeError):
+    """Another rank died or stopped answering during a collective; the message says where to look and how to continue."""
+
+
+def train(cfg: DictConfig, callbacks: list | tuple = ()) -> int:
+    """Print the resolved recipe and run the job; returns 0."""
     from specdec.train.pipeline import run, user_errors
 
+    rank_zero_only(print)(OmegaConf.to_yaml(cfg), flush=True)
     try:
         run(cfg, callbacks)
-    except user_errors() as exc:
-        print(f"specdec-train: error: {exc}", file=sys.stderr)
-        return 1
     except RuntimeError as exc:
-        if not is_distributed_failure(exc):
+        if isinstance(exc, user_errors()) or not is_distributed_failure(exc):
             raise
-        print(f"specdec-train: error: a training process stopped or stopped answering ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
-              f"Check that rank's log (out of memory, node failure); checkpoints, once written, are in {cfg.output_dir}/checkpoints: continue with resume=last (or start again if none was written yet).", file=sys.stderr)
-        return 1
+        raise DistributedFailure(
+            f"a training process stopped or stopped answering ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
+            f"Check that rank's log (out of memory, node failure); checkpoints, once written, are in {cfg.output_dir}/checkpoints: continue with resume=last (or start again if none was written yet)."
+        ) from exc
     return 0
 
 

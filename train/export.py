@@ -9,7 +9,6 @@ specdec.models.formats, see specdec.models.medusa_formats and specdec.models.eag
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import os
 import re
@@ -23,7 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 from specdec.models.base import CONFIG_NAME, DraftMismatchError, DraftModel, atomic_write, load_draft, read_draft_config
 from specdec.models.decoder import LayerShape
 from specdec.models.formats import ExportFormat, ExportJob, ExportTarget, FormatError, all_formats, describe_draft, detect_layout, draft_kind, fitting_format, format_draft_types, formats_for, get_format
-from specdec.train.config import RecipeError, parse_overrides
+from specdec.models.cli_args import Option, UsageError, did_you_mean, help_page, parse_options, run_cli, spec_rows
+from specdec.train.config import RecipeError
 from specdec.models.target import EMBEDDED_HUB_ID, EMBEDDED_NAME, Target, TargetLoadError
 
 
@@ -254,97 +254,71 @@ def format_choices(indent: str = " " * 12) -> str:
     return f"\n{indent}".join(lines)
 
 
-EXPORT_USAGE = f"""usage: specdec-export draft=DIR format=FORMAT [out=DIR] [target=NAME_OR_PATH] [push=true repo_id=ORG/NAME [private=true]]
+EXPORT_USAGE = """usage: specdec-export draft=DIR format=FORMAT [out=DIR] [target=NAME_OR_PATH] [push=true repo_id=ORG/NAME [private=true]]
        specdec-export checkpoint=PATH [out=DIR] [trusted=true]
 
-Writes a trained draft in a serving engine's layout and optionally uploads it.
-  draft     the draft folder specdec-train wrote (<output_dir>/draft)
-  checkpoint  a training checkpoint (.ckpt file, or a sharded DeepSpeed / FSDP checkpoint folder):
-            consolidated on this machine into a plain draft folder at `out`
-            (default: <output_dir>/draft)
-  trusted   true to read a sharded checkpoint folder (DeepSpeed's and torch.distributed.checkpoint's
-            readers unpickle, which runs code a crafted folder holds: only for folders your own run wrote);
-            a .ckpt file is always read without running code
-  format    {format_choices()}
-  out       where to write (default: <draft>/../export_<format>; the draft itself for specdec)
-  target    target whose lm_head fills the per-head projections of shared-lm_head Medusa drafts
-            and whose weights tensorrt_llm converts (default: the target recorded in the draft's
-            config.json); checked against the draft.
-            EAGLE layouts read only its config.json (max_position_embeddings, architectures)
-  push      upload `out` to the Hugging Face Hub (default: true when repo_id is given)
-  repo_id   Hub model repo, ORG/NAME (created if missing; token from HF_TOKEN or `hf auth login`)
-  private   create the repo as private (default: false)
-"""
-EXPORT_KEYS = ("draft", "checkpoint", "trusted", "format", "out", "target", "push", "repo_id", "private")
+Writes a trained draft in a serving engine's layout and optionally uploads it, or consolidates a
+training checkpoint into a plain draft folder.
+Exit codes: 0 written, 2 a bad command line, 1 an export or upload that failed."""
+EXPORT_OPTIONS = {
+    "draft": Option(str, None, doc="the draft folder specdec-train wrote (<output_dir>/draft)"),
+    "checkpoint": Option(str, None, doc="a training checkpoint (.ckpt file, or a sharded DeepSpeed / FSDP folder), consolidated on this machine into a draft folder at out (unset out: <output_dir>/draft)"),
+    "trusted": Option(bool, False, doc="read a sharded checkpoint folder: its readers unpickle, which runs code a crafted folder holds, so only for your own run's folders (a .ckpt file is always read without running code)"),
+    "format": Option(str, None, doc="the layout to write: one of the formats below"),
+    "out": Option(str, None, doc="where to write (unset: <draft>/../export_<format>; the draft itself for specdec)"),
+    "target": Option(str, None, doc="target whose lm_head fills shared-lm_head Medusa heads and whose weights tensorrt_llm converts; EAGLE layouts read only its config.json (unset: the draft's recorded target); checked against the draft"),
+    "push": Option(bool, None, doc="upload out to the Hugging Face Hub (unset: true when repo_id is given)"),
+    "repo_id": Option(str, None, doc="Hub model repo, ORG/NAME (created if missing; token from HF_TOKEN or `hf auth login`)"),
+    "private": Option(bool, False, doc="create the Hub repo as private"),
+}
+"""key -> Option(type, default, range, meaning) of specdec-export."""
+
+
+def export_help() -> str:
+    """The usage, every key with its default and meaning, and each draft type's formats (read from the registry when asked)."""
+    return help_page(EXPORT_USAGE, [("keys:", spec_rows(EXPORT_OPTIONS))]) + "\n\nformats:\n  " + format_choices(indent="  ")
 
 
 def parse_export_args(argv: list[str]) -> dict:
-    """`key=value` words -> checked export arguments; RecipeError (one actionable line) otherwise."""
-    for word in argv:
-        if "=" not in word:
-            raise RecipeError(f"expected key=value, got {word!r} (e.g. draft=runs/medusa1/draft format=vllm)")
-    args = parse_overrides(argv)
-    for key in args:
-        if key not in EXPORT_KEYS:
-            close = difflib.get_close_matches(key, EXPORT_KEYS, n=1, cutoff=0.5)
-            hint = f" Did you mean `{close[0]}`?" if close else ""
-            raise RecipeError(f"unknown key `{key}`.{hint} Valid keys: {', '.join(EXPORT_KEYS)}")
-    if "checkpoint" in args:
-        extra = sorted(set(args) - {"checkpoint", "out", "trusted"})
+    """`key=value` words -> typed, checked export arguments; UsageError (one actionable line) otherwise."""
+    args = parse_options(argv, EXPORT_OPTIONS)
+    if args["checkpoint"]:
+        extra = sorted(key for key, value in args.items() if key not in ("checkpoint", "out", "trusted") and value != EXPORT_OPTIONS[key].default)
         if extra:
-            raise RecipeError(f"checkpoint=... takes only out=... and trusted=...; export the consolidated draft in a second call (got {', '.join(extra)})")
-        args["trusted"] = _bool(args, "trusted", "false")
+            raise UsageError(f"checkpoint=... takes only out=... and trusted=...; export the consolidated draft in a second call (got {', '.join(extra)})")
         return args
     for key in ("draft", "format"):
-        if not args.get(key):
-            raise RecipeError(f"missing {key}=...; see `specdec-export --help`")
+        if not args[key]:
+            raise UsageError(f"missing {key}=...; see `specdec-export --help`")
     formats = all_formats()
     if args["format"] not in formats:
-        close = difflib.get_close_matches(args["format"], formats, n=1)
-        hint = f" Did you mean `{close[0]}`?" if close else ""
-        raise RecipeError(f"unknown format {args['format']!r}.{hint} Choose one of {', '.join(formats)}")
+        raise UsageError(f"unknown format {args['format']!r}.{did_you_mean(args['format'], formats)} Choose one of {', '.join(formats)}")
     if not (Path(args["draft"]) / CONFIG_NAME).is_file():
-        raise RecipeError(f"no draft at {args['draft']}: {CONFIG_NAME} is missing. Pass the draft/ folder that specdec-train wrote (<output_dir>/draft)")
-    args["push"] = _bool(args, "push", "true" if args.get("repo_id") else "false")
-    args["private"] = _bool(args, "private", "false")
-    if args["push"] and not args.get("repo_id"):
-        raise RecipeError("push=true needs repo_id=ORG/NAME")
+        raise UsageError(f"no draft at {args['draft']}: {CONFIG_NAME} is missing. Pass the draft/ folder that specdec-train wrote (<output_dir>/draft)")
+    if args["push"] is None:
+        args["push"] = bool(args["repo_id"])
+    if args["push"] and not args["repo_id"]:
+        raise UsageError("push=true needs repo_id=ORG/NAME")
     return args
 
 
-def _bool(args: dict, key: str, default: str) -> bool:
-    value = args.get(key, default).lower()
-    if value not in ("true", "false"):
-        raise RecipeError(f"`{key}` must be true or false, got {value!r}")
-    return value == "true"
-
-
 def export_main(argv: list[str] | None = None) -> int:
-    """`specdec-export`: 0 on success, 2 for bad arguments, 1 when the export or upload fails."""
-    argv = sys.argv[1:] if argv is None else argv
-    if any(a in ("-h", "--help", "help") for a in argv):
-        print(EXPORT_USAGE)
-        return 0
-    # Step 1: arguments, checked before anything is loaded.
-    try:
-        args = parse_export_args(argv)
-    except RecipeError as exc:
-        print(f"specdec-export: error: {exc}", file=sys.stderr)
-        return 2
-    # Step 2: export, then upload; expected failures print one actionable line.
-    try:
-        if "checkpoint" in args:
-            from specdec.train.pipeline import export_checkpoint
+    """`specdec-export`: 0 on success, 2 for bad arguments (checked before anything loads), 1 when the export or upload fails."""
+    failures = (RecipeError, FileNotFoundError, TargetLoadError, DraftMismatchError, FormatError, HubUploadError)
+    return run_cli("specdec-export", sys.argv[1:] if argv is None else argv, export_help, parse_export_args, _export, failures)
 
-            print(f"draft written to {export_checkpoint(args['checkpoint'], args.get('out'), args['trusted'])}")
-            return 0
-        folder = export_folder(args["draft"], args["format"], args.get("out"), args.get("target"))
-        print(f"{args['format']} layout written to {folder}")
-        if args["push"]:
-            print(f"uploaded: {push_to_hub(folder, args['repo_id'], private=args['private'])}")
-    except (RecipeError, FileNotFoundError, TargetLoadError, DraftMismatchError, FormatError, HubUploadError) as exc:
-        print(f"specdec-export: error: {exc}", file=sys.stderr)
-        return 1
+
+def _export(args: dict) -> int:
+    """Consolidate the checkpoint, or write the draft in its format and upload it when asked; returns 0."""
+    if args["checkpoint"]:
+        from specdec.train.pipeline import export_checkpoint
+
+        print(f"draft written to {export_checkpoint(args['checkpoint'], args['out'], args['trusted'])}")
+        return 0
+    folder = export_folder(args["draft"], args["format"], args["out"], args["target"])
+    print(f"{args['format']} layout written to {folder}")
+    if args["push"]:
+        print(f"uploaded: {push_to_hub(folder, args['repo_id'], private=args['private'])}")
     return 0
 
 
