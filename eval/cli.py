@@ -1,10 +1,4 @@
-"""`specdec-eval draft=DIR [bench=mt-bench|PATH.jsonl] [key=value ...]`: benchmark a trained draft.
-
-Prints the table, writes the full result (`out`, default `eval_<bench>.json`), a figure (`plot`,
-default next to `out` as .png) and the overall summary into `<draft>/eval_results.json` (read by
-the model card). Exit codes: 0 ok, 1 a lossless method differed from plain greedy (or a draft,
-target or question file failed to load), 2 a bad command line.
-"""
+"""`specdec-eval draft=DIR [bench=mt-bench|PATH.jsonl] [key=value ...]`: benchmark a trained draft (USAGE and --help say the rest)."""
 
 from __future__ import annotations
 
@@ -15,26 +9,37 @@ import torch
 
 from specdec.eval.benchmark import TREE_KINDS, QuestionFileError, bench_path, evaluate, load_questions, prompt_ids
 from specdec.runtime.autotune import tune_tree
-from specdec.runtime.options import AT_LEAST_1, SHARED_OPTIONS, Option, UsageError, check_verifier, draft_folder, draft_layout, parse_options, run_cli, target_source
+from specdec.runtime.options import RUNTIME_ERRORS, SHARED_OPTIONS, check_verifier, draft_folder, draft_layout, target_source
 from specdec.eval.report import flat_summary, format_table, plot, write_json
 from specdec.models.base import load_draft
+from specdec.models.cli_args import AT_LEAST_1, Option, Rule, UsageError, help_page, parse_options, run_cli, spec_rows
 from specdec.models.target import load_target
 
 EVAL_RESULTS = "eval_results.json"
 OPTIONS = {
-    "draft": Option(str, None),
-    "bench": Option(str, "mt-bench"),
-    "max_questions": Option(int, None, AT_LEAST_1),
-    "per_category": Option(int, None, AT_LEAST_1),
+    "draft": Option(str, None, doc="the draft folder specdec-train wrote (<output_dir>/draft); required"),
+    "bench": Option(str, "mt-bench", doc="questions: mt-bench (bundled) or a .jsonl file of {question_id, category, turns}"),
+    "max_questions": Option(int, None, AT_LEAST_1, "evaluate at most this many questions (unset: all)"),
+    "per_category": Option(int, None, AT_LEAST_1, "at most this many questions of each category (unset: all)"),
     **SHARED_OPTIONS,
-    "out": Option(str, None),
-    "plot": Option(str, None),
-    "tree": Option(str, "default"),
-    "prompt_lookup_tokens": Option(int, 10, AT_LEAST_1),
-    "baselines": Option(bool, True),
+    "out": Option(str, None, doc="where the full result goes (unset: eval_<bench>.json)"),
+    "plot": Option(str, None, doc="where the figure goes (unset: next to out, as .png)"),
+    "tree": Option(str, "default", Rule(f"one of {', '.join(TREE_KINDS)}", lambda v: v in TREE_KINDS), "layout: default (the draft type's tree), chain, or tuned (the fastest of several, measured on two questions)"),
+    "prompt_lookup_tokens": Option(int, 10, AT_LEAST_1, "tokens the prompt-lookup baseline proposes per step"),
+    "baselines": Option(bool, True, doc="also time plain greedy decoding and prompt lookup beside the draft"),
 }
-"""key -> Option(type, default, range)."""
-USAGE = "usage: specdec-eval draft=DIR [" + " ".join(f"{k}={o.default}" if o.default is not None else f"{k}=" for k, o in list(OPTIONS.items())[1:]) + "]"
+"""key -> Option(type, default, range, meaning)."""
+USAGE = """usage: specdec-eval draft=DIR [bench=mt-bench|PATH.jsonl] [key=value ...]
+
+Benchmarks a trained draft: prints the table, writes the full result (out), a figure (plot) and
+the overall summary into <draft>/eval_results.json (read by the model card).
+Exit codes: 0 ok, 1 a lossless method differed from plain greedy (or a draft, target or question
+file failed to load), 2 a bad command line."""
+
+
+def help_text() -> str:
+    """The usage and every key with its default and meaning."""
+    return help_page(USAGE, [("keys:", spec_rows(OPTIONS))])
 
 
 def parse_args(argv: list[str]) -> dict:
@@ -42,8 +47,6 @@ def parse_args(argv: list[str]) -> dict:
     options = parse_options(argv, OPTIONS)
     if not options["draft"]:
         raise UsageError("draft=DIR is required (the draft/ folder that specdec-train wrote)")
-    if options["tree"] not in TREE_KINDS:
-        raise UsageError(f"tree={options['tree']} is not one of {', '.join(TREE_KINDS)}")
     check_verifier(options)
     return options
 
@@ -104,7 +107,7 @@ def _pick_tree(options: dict, target, draft, questions: list[dict]):
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `specdec-eval`."""
-    return run_cli("specdec-eval", sys.argv[1:] if argv is None else argv, USAGE, parse_args, run, QuestionFileError)
+    return run_cli("specdec-eval", sys.argv[1:] if argv is None else argv, help_text, parse_args, run, (*RUNTIME_ERRORS, QuestionFileError))
 
 
 if __name__ == "__main__":

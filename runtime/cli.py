@@ -8,35 +8,46 @@ import sys
 import torch
 
 from specdec.models.base import load_draft
+from specdec.models.cli_args import NON_NEGATIVE, PROBABILITY, Option, UsageError, help_page, parse_options, run_cli, spec_rows
 from specdec.models.target import load_target
-from specdec.runtime.options import NON_NEGATIVE, PROBABILITY, SHARED_OPTIONS, Option, UsageError, check_verifier, draft_folder, draft_layout, parse_options, run_cli, target_source
+from specdec.runtime.options import RUNTIME_ERRORS, SHARED_OPTIONS, check_verifier, draft_folder, draft_layout, target_source
 from specdec.runtime.generator import SpeculativeGenerator
 from specdec.runtime.verify import SamplingConfig
 
 OPTIONS = {
-    "draft": Option(str, None),
-    "prompt": Option(str, None),
+    "draft": Option(str, None, doc="the draft folder specdec-train wrote (<output_dir>/draft); required"),
+    "prompt": Option(str, None, doc="the user message to answer (sent through the target's chat template); required"),
     **SHARED_OPTIONS,
-    "top_p": Option(float, 1.0, PROBABILITY),
-    "top_k": Option(int, 0, NON_NEGATIVE),
-    "chain": Option(bool, False),
-    "stop": Option(str, None),
+    "top_p": Option(float, 1.0, PROBABILITY, "nucleus sampling threshold (temperature > 0)"),
+    "top_k": Option(int, 0, NON_NEGATIVE, "sample among the k most likely tokens only (0: all)"),
+    "chain": Option(bool, False, doc="verify a chain of top-1 draft tokens instead of a tree"),
+    "stop": Option(str, None, doc="stop once the answer contains this text"),
 }
-USAGE = "usage: specdec-generate draft=DIR prompt=TEXT [" + " ".join(f"{k}=" for k in list(OPTIONS)[2:]) + "]"
+"""key -> Option(type, default, range, meaning)."""
+USAGE = """usage: specdec-generate draft=DIR prompt=TEXT [key=value ...]
+
+Streams the target's answer to one prompt, decoded speculatively with the draft, then prints what
+it cost (tokens, mean accepted tokens per step, tokens/s) as one JSON line on stderr.
+Exit codes: 0 ok, 2 a bad command line, 1 a draft or target that fails to load."""
+
+
+def help_text() -> str:
+    """The usage and every key with its default and meaning."""
+    return help_page(USAGE, [("keys:", spec_rows(OPTIONS))])
 
 
 def parse(argv: list[str]) -> dict:
     """key=value words -> typed options, each in its range (UsageError otherwise)."""
     options = parse_options(argv, OPTIONS)
     if not options["draft"] or options["prompt"] is None:
-        raise UsageError(f"draft= and prompt= are required ({USAGE})")
+        raise UsageError("draft= and prompt= are required (usage: specdec-generate draft=DIR prompt=TEXT [key=value ...]; --help lists the keys)")
     check_verifier(options)
     return options
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `specdec-generate`: exit 0 ok, 2 bad command line, 1 a draft or target that fails to load."""
-    return run_cli("specdec-generate", sys.argv[1:] if argv is None else argv, USAGE, parse, run)
+    return run_cli("specdec-generate", sys.argv[1:] if argv is None else argv, help_text, parse, run, RUNTIME_ERRORS)
 
 
 def run(options: dict) -> int:

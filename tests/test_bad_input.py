@@ -143,7 +143,7 @@ def test_train_target_folder_that_is_not_a_model(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("option", "message"),
     [
-        ("max_new_token=3", "unknown key 'max_new_token': did you mean max_new_tokens=?"),
+        ("max_new_token=3", "unknown key `max_new_token` in the command line. Did you mean `max_new_tokens`?"),
         ("max_new_tokens=-5", "max_new_tokens=-5: must be at least 1"),
         ("temperature=-1", "temperature=-1: must be at least 0"),
         ("temperature=nan", "temperature=nan: expected a finite number"),

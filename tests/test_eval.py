@@ -163,7 +163,7 @@ def test_cli_exits_1_on_a_lossless_failure_after_writing_the_report(tmp_path, dr
 
 def test_cli_unknown_key_suggests_the_closest(capsys):
     assert cli.main(["draft=x", "max_new_token=5"]) == 2
-    assert "did you mean max_new_tokens=" in capsys.readouterr().err
+    assert "Did you mean `max_new_tokens`?" in capsys.readouterr().err
 
 
 def test_cli_missing_draft_is_a_clear_error(tmp_path, capsys):

@@ -310,7 +310,7 @@ def test_generate_cli_streams_the_plain_greedy_answer(tmp_path, tiny_target_dir,
     assert text.strip() and out == text
     assert '"mean_accepted_tokens"' in err and '"verification": "greedy"' in err
     assert main([f"draft={tmp_path / 'draft'}", "prompt=x", "max_new_token=3"]) == 2  # exit 2 like the other CLIs (was SystemExit 1)
-    assert "specdec-generate: error: unknown key 'max_new_token': did you mean max_new_tokens=" in capsys.readouterr().err
+    assert "specdec-generate: error: unknown key `max_new_token` in the command line. Did you mean `max_new_tokens`?" in capsys.readouterr().err
 
 
 def test_generate_help_lists_every_option(capsys):
