@@ -151,7 +151,10 @@ def upstream_config(config: MedusaConfig, fmt: str, base_model: str = "", dtype:
     """The config.json fields the `fmt` loader reads (see the module docstring for the sources)."""
     counts = {LAYOUTS[fmt]["num_heads"]: config.num_heads, LAYOUTS[fmt]["num_layers"]: config.num_layers}
     if fmt == "medusa":
-        return {**counts, "base_model_name_or_path": base_model}
+        # FasterDecoding reads the counts and the base model; vLLM (which also takes this layout) needs the
+        # sizes (its MedusaConfig defaults to 4096 / 32001) and medusa_fc_bias (else it drops the biases).
+        shape = {"hidden_size": config.hidden_size, "vocab_size": config.vocab_size, "medusa_fc_bias": True}
+        return {**counts, **shape, "base_model_name_or_path": base_model}
     if fmt == "vllm":
         shape = {"hidden_size": config.hidden_size, "vocab_size": config.vocab_size, "truncated_vocab_size": config.vocab_size}
         return {"model_type": "medusa", "architectures": ["MedusaModel"], **shape, **counts, "max_paths": 64, "topk": 10, "medusa_fc_bias": True, "original_lm_head": False}

@@ -79,6 +79,8 @@ def test_upstream_key_names_shapes_and_config(tmp_path, fmt):
     assert config["metrics"] == METRICS
     if fmt == "medusa":
         assert config["medusa_num_heads"] == K and config["medusa_num_layers"] == L and config["base_model_name_or_path"] == "org/base"
+        # vLLM loads this layout too: without the sizes its MedusaConfig assumes 4096 / 32001, without medusa_fc_bias it drops the biases
+        assert (config["hidden_size"], config["vocab_size"], config["medusa_fc_bias"]) == (H, V, True)
         assert torch.equal(tensors[f"0.{L}.weight"], lm_head)
         # FasterDecoding/Medusa's MedusaModel.from_pretrained reads only medusa_lm_head.pt: the same tensors, plain (weights_only loads it)
         pt = torch.load(out / MEDUSA_PT_FILE, weights_only=True)
