@@ -13,10 +13,27 @@ last finished shard and a repeated run is served from the cache without touching
 In a multi-process job (torchrun, SLURM) every rank calls ``self_distill`` with its ``rank``
 and ``world_size``: each generates its own share of the chunks, all wait for the missing
 shards to appear, rank 0 writes the data set and the other ranks load it.
+
+Three engines generate (``DistillConfig.engine``); all share the cache, the shards and the rank split:
+
+- ``specdec`` (default): this module's own decode loop over the Hugging Face model. Within a
+  chunk it sorts the prompts by length, batches as many as ``memory_mb`` allows (when
+  ``batch_size`` is None), drops finished answers from the batch and its KV cache every
+  ``STOP_CHECK_EVERY`` tokens, and restores the original order. Greedy float32 answers are
+  the same tokens as ``hf``'s.
+- ``hf``: ``model.generate`` on left-padded batches of ``batch_size`` prompts in their
+  original order (the pipeline before the ``specdec`` engine).
+- ``vllm``: a vLLM engine (when the ``vllm`` package is installed) loaded from a copy of
+  the target saved to a temporary folder.
+
+``dtype`` bfloat16 generates with a bfloat16 copy of the target: faster on CPUs with
+avx512_bf16 / AMX, but greedy bfloat16 answers differ from float32 ones, so the dtype is part
+of the cache key and of the data set's ``info.description`` (its data card).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -32,6 +49,8 @@ from pathlib import Path
 import datasets
 import torch
 from tqdm.auto import tqdm
+from transformers import DynamicCache, LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+from transformers.cache_utils import DynamicLayer
 
 from specdec.data.sources import DataError, user_turns
 
@@ -41,6 +60,12 @@ logger = logging.getLogger(__name__)
 CACHE_KEY_LENGTH = 16
 # Seconds between two looks at the shared cache folder while waiting for other ranks.
 POLL_INTERVAL_S = 1.0
+# Decode steps of the specdec engine between two looks at which answers have finished.
+STOP_CHECK_EVERY = 8
+ENGINES = ("specdec", "hf", "vllm")
+"""Generation engines: this module's decode loop, transformers `generate`, or vLLM."""
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+"""Dtypes the target may generate in."""
 
 
 class DistillTimeoutError(TimeoutError):
@@ -55,10 +80,13 @@ class DistillConfig:
     temperature: float = 0.0  # sampling temperature; 0 means greedy decoding
     top_p: float = 1.0  # nucleus sampling threshold (used only when temperature > 0)
     top_k: int = 0  # keep the k most likely tokens when sampling; 0 disables top-k
-    batch_size: int = 8  # prompts per `model.generate` call (left-padded together)
+    batch_size: int | None = 8  # prompts decoded together (left-padded); None: the most that fit in memory_mb
+    memory_mb: int = 2048  # memory bound (KV cache, prefill activations, logits) that chooses batch_size when it is None
     multi_turn: bool = False  # False: answer only the first user turn; True: answer every user turn in order
     seed: int = 0  # seed for sampling; each chunk is seeded from it so resumed runs match
     chunk_size: int = 64  # conversations per cache shard (the unit of resumption)
+    engine: str = "specdec"  # specdec (own decode loop), hf (transformers generate) or vllm; see the module docstring
+    dtype: str = "float32"  # float32 or bfloat16 (faster on CPUs with bf16 units; greedy answers differ from float32)
 
 
 def cache_key(target_id: str, conversations: list[list[dict]], config: DistillConfig) -> str:
@@ -132,19 +160,22 @@ def self_distill(
         logger.info("resuming self-distillation: %d of %d conversations already cached", done, total)
     progress = tqdm(total=total, initial=done, desc="self-distill", disable=not (show_progress and rank == 0))
     with progress:
+        generator = None
         for chunk in own:
             path = _shard_path(shard_dir, chunk)
             if path.exists():
                 continue
+            generator = generator or _generation_model(model, config.dtype)
             chunk_prompts = prompts[chunk * config.chunk_size : (chunk + 1) * config.chunk_size]
-            answered = _distill_chunk(model, tokenizer, chunk_prompts, config, chunk, progress)
+            answered = _distill_chunk(generator, tokenizer, chunk_prompts, config, chunk, progress)
             _write_shard(path, answered)
     # Step 3: wait until every rank has written its shards.
     _wait_for_shards(shard_dir, chunks, rank, world_size, wait_timeout_s)
     # Step 4: rank 0 assembles the shards and saves the data set atomically; the other ranks wait for it.
     if rank == 0:
         rows = [conversation for chunk in range(chunks) for conversation in _read_shard(_shard_path(shard_dir, chunk))]
-        save_dataset_atomically(datasets.Dataset.from_dict({"conversations": rows}), dataset_dir)
+        card = datasets.DatasetInfo(description=data_card(target_id, config))
+        save_dataset_atomically(datasets.Dataset.from_dict({"conversations": rows}, info=card), dataset_dir)
     elif _wait_for_paths([dataset_dir], wait_timeout_s):
         raise DistillTimeoutError(
             f"rank {rank} waited {wait_timeout_s:g} s for rank 0 to write the self-distilled data set {dataset_dir}. "
@@ -153,13 +184,24 @@ def self_distill(
     return datasets.load_from_disk(str(dataset_dir))
 
 
+def data_card(target_id: str, config: DistillConfig) -> str:
+    """The data set's description: JSON naming the target and every generation setting (engine, dtype, ...)."""
+    return json.dumps({"self_distilled_by": target_id, "generation": dataclasses.asdict(config)}, sort_keys=True)
+
+
 def _validate(config: DistillConfig, conversations: list[list[dict]], tokenizer) -> None:
     """Raise a clear error for settings or inputs that cannot work."""
-    if config.batch_size < 1 or config.chunk_size < 1 or config.max_new_tokens < 1:
+    if (config.batch_size is not None and config.batch_size < 1) or min(config.chunk_size, config.max_new_tokens, config.memory_mb) < 1:
         raise ValueError(
-            f"batch_size, chunk_size and max_new_tokens must be >= 1, got {config.batch_size}, "
-            f"{config.chunk_size} and {config.max_new_tokens}"
+            f"batch_size (or None), chunk_size, max_new_tokens and memory_mb must be >= 1, got {config.batch_size}, "
+            f"{config.chunk_size}, {config.max_new_tokens} and {config.memory_mb}"
         )
+    if config.engine not in ENGINES:
+        raise ValueError(f"unknown self-distillation engine {config.engine!r}: use one of {', '.join(ENGINES)}")
+    if config.dtype not in DTYPES:
+        raise ValueError(f"unknown self-distillation dtype {config.dtype!r}: use one of {', '.join(DTYPES)}")
+    if config.engine == "vllm":
+        _import_vllm()
     if config.temperature < 0:
         raise ValueError(f"temperature must be >= 0 (0 = greedy), got {config.temperature}")
     if not conversations:
@@ -176,8 +218,10 @@ def _distill_chunk(model, tokenizer, prompts: list[list[dict]], config: DistillC
     # Step 1: seed per chunk, so a resumed run samples the same tokens as an uninterrupted one.
     torch.manual_seed(config.seed + chunk)
     finished = []
-    for first in range(0, len(prompts), config.batch_size):
-        batch = prompts[first : first + config.batch_size]
+    # hf answers each batch of batch_size in order, as before; the other engines batch a whole chunk themselves.
+    group = config.batch_size if config.engine == "hf" and config.batch_size else len(prompts)
+    for first in range(0, len(prompts), group):
+        batch = prompts[first : first + group]
         # Step 2: split each conversation into the turns answered in order.
         pending = [_turn_groups(conversation, config.multi_turn) for conversation in batch]
         histories: list[list[dict]] = [[] for _ in batch]
@@ -186,7 +230,7 @@ def _distill_chunk(model, tokenizer, prompts: list[list[dict]], config: DistillC
             active = [i for i, groups in enumerate(pending) if turn < len(groups)]
             for i in active:
                 histories[i].extend(pending[i][turn])
-            answers = _generate(model, tokenizer, [histories[i] for i in active], config)
+            answers = _answer_turn(model, tokenizer, [histories[i] for i in active], config, config.seed + chunk)
             for i, (answer, stopped) in zip(active, answers):
                 # An answer cut off by max_new_tokens is marked, so its end-of-turn token is not trained on.
                 histories[i].append({"role": "assistant", "content": answer, "truncated": not stopped})
@@ -211,13 +255,12 @@ def _turn_groups(prompt: list[dict], multi_turn: bool) -> list[list[dict]]:
     return groups if multi_turn else groups[:1]
 
 
-@torch.inference_mode()
-def _generate(model, tokenizer, histories: list[list[dict]], config: DistillConfig) -> list[tuple[str, bool]]:
-    """Generate one assistant answer per conversation with a single left-padded batch.
+def _answer_turn(model, tokenizer, histories: list[list[dict]], config: DistillConfig, seed: int) -> list[tuple[str, bool]]:
+    """Generate one assistant answer per conversation with ``config.engine``.
 
     Returns (answer text, whether generation stopped at EOS rather than at max_new_tokens).
     """
-    # Step 1: render the prompts with the generation prompt and left-pad them by hand.
+    # Step 1: render the prompts with the generation prompt.
     encoded = [
         tokenizer(
             tokenizer.apply_chat_template(history, tokenize=False, add_generation_prompt=True),
@@ -226,22 +269,215 @@ def _generate(model, tokenizer, histories: list[list[dict]], config: DistillConf
         for history in histories
     ]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    width = max(len(ids) for ids in encoded)
-    input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in encoded], device=model.device)
-    attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded], device=model.device)
-    # Step 2: generate greedily or with sampling, stopping at the tokenizer's EOS.
+    # Step 2: generate the new tokens of every prompt.
+    if config.engine == "vllm":
+        rows = _vllm_generate(model, tokenizer, encoded, config, seed)
+    else:
+        rows = generate_token_ids(model, encoded, pad_id, tokenizer.eos_token_id, config)
+    # Step 3: cut each answer after its EOS and decode it.
+    answers = [_until_eos(row, tokenizer.eos_token_id) for row in rows]
+    texts = tokenizer.batch_decode(answers, skip_special_tokens=True)
+    return [(text, bool(answer) and answer[-1] == tokenizer.eos_token_id) for text, answer in zip(texts, answers)]
+
+
+def generate_token_ids(model, encoded: list[list[int]], pad_id: int, eos_id: int, config: DistillConfig) -> list[list[int]]:
+    """New token ids for each prompt of ``encoded`` with the ``hf`` or ``specdec`` engine, in the order given.
+
+    ``specdec`` decodes length-sorted batches (sized from ``memory_mb`` when ``batch_size`` is None);
+    ``hf`` calls ``model.generate`` on batches in the given order.
+    """
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i])) if config.engine == "specdec" else list(range(len(encoded)))
+    rows: list[list[int]] = [[] for _ in encoded]
+    first = 0
+    while first < len(order):
+        size = config.batch_size or auto_batch_size(model.config, len(encoded[order[-1]]), config.max_new_tokens, config.memory_mb, model.dtype.itemsize)
+        batch = order[first : first + size]
+        decode = _decode_batch if config.engine == "specdec" else _hf_generate
+        for index, row in zip(batch, decode(model, [encoded[i] for i in batch], pad_id, eos_id, config)):
+            rows[index] = row
+        first += size
+    return rows
+
+
+def auto_batch_size(model_config, prompt_len: int, max_new_tokens: int, memory_mb: int, itemsize: int) -> int:
+    """The most prompts of up to ``prompt_len`` tokens whose generation state fits in ``memory_mb``.
+
+    Per prompt: the KV cache of prompt and answer, one layer's prefill activations and the
+    float32 logits row with its sampling copies. The result depends only on its arguments, so
+    every rank and every rerun batches alike.
+    """
+    layers, hidden = model_config.num_hidden_layers, model_config.hidden_size
+    heads = model_config.num_attention_heads
+    kv_heads = getattr(model_config, "num_key_value_heads", None) or heads
+    head_dim = getattr(model_config, "head_dim", None) or hidden // heads
+    kv_cache = 2 * layers * kv_heads * head_dim * (prompt_len + max_new_tokens) * itemsize
+    prefill = prompt_len * (4 * hidden + 3 * model_config.intermediate_size + heads * prompt_len) * itemsize
+    logits = 3 * model_config.vocab_size * 4
+    return max(1, memory_mb * 2**20 // (kv_cache + prefill + logits))
+
+
+@torch.inference_mode()
+def _hf_generate(model, encoded: list[list[int]], pad_id: int, eos_id: int, config: DistillConfig) -> list[list[int]]:
+    """New tokens of one left-padded batch from ``model.generate`` (rows padded after EOS)."""
+    input_ids, attention_mask = _left_pad(encoded, pad_id, model.device)
     output = model.generate(
         input_ids=input_ids,
         attention_mask=attention_mask,
         pad_token_id=pad_id,
-        eos_token_id=tokenizer.eos_token_id,
+        eos_token_id=eos_id,
         max_new_tokens=config.max_new_tokens,
         **_sampling_kwargs(config),
     )
-    # Step 3: drop the prompt and decode only the new tokens.
-    new_tokens = output[:, width:]
-    stopped = (new_tokens == tokenizer.eos_token_id).any(dim=1).tolist()
-    return list(zip(tokenizer.batch_decode(new_tokens, skip_special_tokens=True), stopped))
+    return output[:, input_ids.shape[1] :].tolist()
+
+
+@torch.inference_mode()
+def _decode_batch(model, encoded: list[list[int]], pad_id: int, eos_id: int, config: DistillConfig) -> list[list[int]]:
+    """New tokens of one left-padded batch from the specdec decode loop (rows padded after EOS).
+
+    The same forward inputs as ``generate`` (positions from the attention mask, logits of the
+    last position in float32), but the KV cache is reserved once for prompt and answer
+    (``_ReservedLayer``), finished rows leave the batch and the cache every ``STOP_CHECK_EVERY``
+    steps, and the tokens go into one preallocated tensor.
+    """
+    # Step 1: prefill the left-padded prompts.
+    input_ids, mask = _left_pad(encoded, pad_id, model.device)
+    positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    cache = _reserved_cache(model.config, input_ids.shape[1] + config.max_new_tokens)
+    logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1).logits
+    tokens = torch.full((len(encoded), config.max_new_tokens), pad_id, dtype=torch.long, device=model.device)
+    live = torch.arange(len(encoded), device=model.device)  # batch row -> prompt index
+    done = torch.zeros(len(encoded), dtype=torch.bool, device=model.device)
+    choose = _token_chooser(config)
+    for step in range(config.max_new_tokens):
+        # Step 2: pick the next token of every live row; rows past EOS get padding.
+        chosen = choose(input_ids, logits[:, -1].to(torch.float32)).masked_fill(done, pad_id)
+        tokens[live, step] = chosen
+        done |= chosen == eos_id
+        if step + 1 == config.max_new_tokens:
+            break
+        # Step 3: every STOP_CHECK_EVERY steps, drop the finished rows (stop when none is left).
+        if (step + 1) % STOP_CHECK_EVERY == 0 and bool(done.any()):
+            keep = (~done).nonzero().squeeze(1)
+            if keep.numel() == 0:
+                break
+            cache.batch_select_indices(keep)
+            live, done, chosen, mask, positions = live[keep], done[keep], chosen[keep], mask[keep], positions[keep]
+        # Step 4: one forward over the chosen tokens.
+        mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+        positions = positions[:, -1:] + 1
+        input_ids = chosen[:, None]
+        logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True).logits
+    return tokens.tolist()
+
+
+class _ReservedLayer(DynamicLayer):
+    """A DynamicLayer whose keys and values live in buffers reserved for ``capacity`` tokens.
+
+    Each step writes the new states in place instead of concatenating; ``keys`` and ``values``
+    are views of the filled part, so attention reads the same numbers in the same shapes.
+    """
+
+    def __init__(self, capacity: int):
+        super().__init__()
+        self.capacity = capacity
+        self.length = 0
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        super().lazy_initialization(key_states, value_states)
+        batch, heads, _, _ = key_states.shape
+        self.key_buffer = key_states.new_empty((batch, heads, self.capacity, key_states.shape[-1]))
+        self.value_buffer = value_states.new_empty((batch, heads, self.capacity, value_states.shape[-1]))
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        end = self.length + key_states.shape[-2]
+        self.key_buffer[:, :, self.length : end] = key_states
+        self.value_buffer[:, :, self.length : end] = value_states
+        self.length = end
+        self._show()
+        return self.keys, self.values
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self.key_buffer, self.value_buffer = self.key_buffer[indices], self.value_buffer[indices]
+        self._show()
+
+    def _show(self) -> None:
+        """Point keys and values at the filled part of the buffers."""
+        self.keys, self.values = self.key_buffer[:, :, : self.length], self.value_buffer[:, :, : self.length]
+
+
+def _reserved_cache(model_config, capacity: int) -> DynamicCache:
+    """A DynamicCache for ``model_config`` whose plain layers reserve room for ``capacity`` tokens (others stay as they are)."""
+    cache = DynamicCache(config=model_config)
+    cache.layers = [_ReservedLayer(capacity) if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    return cache
+
+
+def _token_chooser(config: DistillConfig):
+    """A function (input ids, float32 logits) -> next token per row: argmax, or sampling as ``generate`` warps it."""
+    if config.temperature == 0:
+        return lambda input_ids, logits: logits.argmax(dim=-1)
+    warpers = LogitsProcessorList([TemperatureLogitsWarper(config.temperature)])
+    if config.top_k:
+        warpers.append(TopKLogitsWarper(config.top_k))
+    if config.top_p < 1.0:
+        warpers.append(TopPLogitsWarper(config.top_p))
+    return lambda input_ids, logits: torch.multinomial(torch.softmax(warpers(input_ids, logits), dim=-1), 1).squeeze(1)
+
+
+def _left_pad(encoded: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and attention mask of the prompts left-padded to the longest."""
+    width = max(len(ids) for ids in encoded)
+    input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in encoded], device=device)
+    attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded], device=device)
+    return input_ids, attention_mask
+
+
+def _until_eos(row: list[int], eos_id: int) -> list[int]:
+    """The tokens of one answer up to and including its first EOS (all of them when it has none)."""
+    return row[: row.index(eos_id) + 1] if eos_id in row else row
+
+
+def _generation_model(model, dtype: str):
+    """The target itself when it already has ``dtype``, else a copy cast to it (the target stays as it is)."""
+    if model.dtype == DTYPES[dtype]:
+        return model
+    return copy.deepcopy(model).to(DTYPES[dtype])
+
+
+def _import_vllm():
+    """The vllm module, or an ImportError that names the missing package and the alternatives."""
+    try:
+        import vllm
+    except ImportError as exc:
+        raise ImportError("data.engine=vllm needs the vllm package, which is not installed: pip install vllm, or use data.engine=specdec") from exc
+    return vllm
+
+
+_VLLM_ENGINES: dict[int, object] = {}
+"""One vLLM engine per target object in this process (id(model) -> vllm.LLM)."""
+
+
+def _vllm_generate(model, tokenizer, encoded: list[list[int]], config: DistillConfig, seed: int) -> list[list[int]]:
+    """New token ids for each prompt from a vLLM engine serving a saved copy of ``model``."""
+    vllm = _import_vllm()
+    if id(model) not in _VLLM_ENGINES:
+        folder = tempfile.mkdtemp(prefix="specdec-vllm-")
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        _VLLM_ENGINES[id(model)] = vllm.LLM(model=folder, dtype=config.dtype, seed=config.seed)
+    params = vllm.SamplingParams(
+        temperature=config.temperature,
+        top_p=config.top_p,
+        top_k=config.top_k or -1,
+        max_tokens=config.max_new_tokens,
+        seed=seed,
+        stop_token_ids=[tokenizer.eos_token_id],
+    )
+    outputs = _VLLM_ENGINES[id(model)].generate([{"prompt_token_ids": ids} for ids in encoded], params, use_tqdm=False)
+    return [list(output.outputs[0].token_ids) for output in outputs]
 
 
 def _sampling_kwargs(config: DistillConfig) -> dict:

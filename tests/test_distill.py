@@ -53,10 +53,11 @@ def _manual_greedy(model, tokenizer, prompt, max_new_tokens=5) -> str:
 
 
 class CountingGenerate:
-    """Wraps `model.generate`, counting calls and optionally failing on one call number."""
+    """Wraps the engine call that answers one batch of conversations (``distill._answer_turn``, one call per
+    batch and turn with every engine), counting calls and optionally failing on one call number."""
 
-    def __init__(self, model, fail_on_call: int | None = None):
-        self.original = model.generate
+    def __init__(self, fail_on_call: int | None = None):
+        self.original = distill._answer_turn
         self.fail_on_call = fail_on_call
         self.calls = 0
 
@@ -67,8 +68,9 @@ class CountingGenerate:
         return self.original(*args, **kwargs)
 
 
-def test_each_conversation_gets_an_answer_equal_to_unbatched_greedy(lively_llama, tiny_tokenizer, tmp_path):
-    dataset = self_distill(lively_llama, tiny_tokenizer, CONVERSATIONS, _config(batch_size=3), tmp_path, "tiny")
+@pytest.mark.parametrize("engine", ["specdec", "hf"])
+def test_each_conversation_gets_an_answer_equal_to_unbatched_greedy(lively_llama, tiny_tokenizer, tmp_path, engine):
+    dataset = self_distill(lively_llama, tiny_tokenizer, CONVERSATIONS, _config(batch_size=3, engine=engine), tmp_path, "tiny")
     rows = list(dataset["conversations"])
     assert dataset.column_names == ["conversations"] and len(rows) == len(CONVERSATIONS)
     answers = []
@@ -87,7 +89,7 @@ def test_second_call_is_served_from_the_cache(lively_llama, tiny_tokenizer, tmp_
     def must_not_generate(*args, **kwargs):
         raise AssertionError("generate called on a cache hit")
 
-    monkeypatch.setattr(lively_llama, "generate", must_not_generate)
+    monkeypatch.setattr(distill, "_answer_turn", must_not_generate)
     with caplog.at_level("INFO", logger="specdec.data.distill"):
         second = _distill(lively_llama, tiny_tokenizer, CONVERSATIONS, tmp_path)
     assert list(second["conversations"]) == list(first["conversations"])
@@ -96,21 +98,23 @@ def test_second_call_is_served_from_the_cache(lively_llama, tiny_tokenizer, tmp_
         _distill(lively_llama, tiny_tokenizer, CONVERSATIONS, tmp_path, _config(max_new_tokens=4))
 
 
-def test_interrupted_run_resumes_from_finished_shards(lively_llama, tiny_tokenizer, tmp_path, monkeypatch):
+@pytest.mark.parametrize("engine", ["specdec", "hf"])
+def test_interrupted_run_resumes_from_finished_shards(lively_llama, tiny_tokenizer, tmp_path, monkeypatch, engine):
     conversations = CONVERSATIONS[:4]  # two chunks of two, one generate call per chunk
-    reference = _distill(lively_llama, tiny_tokenizer, conversations, tmp_path / "ref")
+    config = _config(engine=engine)
+    reference = _distill(lively_llama, tiny_tokenizer, conversations, tmp_path / "ref", config)
 
-    failing = CountingGenerate(lively_llama, fail_on_call=2)
-    monkeypatch.setattr(lively_llama, "generate", failing)
+    failing = CountingGenerate(fail_on_call=2)
+    monkeypatch.setattr(distill, "_answer_turn", failing)
     with pytest.raises(RuntimeError, match="simulated interruption"):
-        _distill(lively_llama, tiny_tokenizer, conversations, tmp_path / "run")
-    key_dir = tmp_path / "run" / cache_key("tiny", conversations, _config())
+        _distill(lively_llama, tiny_tokenizer, conversations, tmp_path / "run", config)
+    key_dir = tmp_path / "run" / cache_key("tiny", conversations, config)
     assert sorted(p.name for p in (key_dir / "shards").iterdir()) == ["shard-00000.jsonl"]
     assert not (key_dir / "dataset").exists()
 
-    counting = CountingGenerate(lively_llama)
-    monkeypatch.setattr(lively_llama, "generate", counting)
-    resumed = _distill(lively_llama, tiny_tokenizer, conversations, tmp_path / "run")
+    counting = CountingGenerate()
+    monkeypatch.setattr(distill, "_answer_turn", counting)
+    resumed = _distill(lively_llama, tiny_tokenizer, conversations, tmp_path / "run", config)
     assert counting.calls == 1
     assert list(resumed["conversations"]) == list(reference["conversations"])
     assert (key_dir / "dataset").is_dir()
@@ -201,8 +205,8 @@ def test_rank_without_its_peer_times_out_and_keeps_its_shards(lively_llama, tiny
     assert not (key_dir / "dataset").exists()
 
     # A rerun of rank 0 generates nothing and gives up after about the timeout.
-    counting = CountingGenerate(lively_llama)
-    monkeypatch.setattr(lively_llama, "generate", counting)
+    counting = CountingGenerate()
+    monkeypatch.setattr(distill, "_answer_turn", counting)
     start = time.monotonic()
     with pytest.raises(TimeoutError, match=r"chunks \[1\]"):
         _distill(lively_llama, tiny_tokenizer, CONVERSATIONS, tmp_path, rank=0, world_size=2, wait_timeout_s=1)
@@ -217,7 +221,7 @@ def test_rank_without_its_peer_times_out_and_keeps_its_shards(lively_llama, tiny
     # With every shard on disk, rank 0 assembles the data set without generating.
     resumed = _distill(lively_llama, tiny_tokenizer, CONVERSATIONS, tmp_path, rank=0, world_size=2, wait_timeout_s=1)
     assert counting.calls == 1
-    monkeypatch.setattr(lively_llama, "generate", counting.original)
+    monkeypatch.setattr(distill, "_answer_turn", counting.original)
     reference = _distill(lively_llama, tiny_tokenizer, CONVERSATIONS, tmp_path / "ref")
     assert list(resumed["conversations"]) == list(reference["conversations"])
 

@@ -53,8 +53,14 @@ class DataConfig:
     """Self-distillation nucleus sampling threshold."""
     multi_turn: bool = False
     """Answer every user turn of multi-turn prompts (false: the first turn only)."""
-    generation_batch_size: int = 16
-    """Prompts generated together during self-distillation."""
+    generation_batch_size: Optional[int] = None
+    """Prompts generated together during self-distillation; null (auto): as many as data.generation_memory_mb holds, up to data.distill_chunk_size."""
+    generation_memory_mb: int = 2048
+    """Memory bound (KV cache, prefill activations, logits) that sizes the generation batch when data.generation_batch_size is null."""
+    engine: str = "specdec"
+    """Self-distillation engine: specdec (own decode loop: length-sorted batches, reserved KV cache, finished answers leave the batch), hf (transformers generate, batches in data order), or vllm (needs the vllm package)."""
+    distill_dtype: str = "float32"
+    """dtype the target generates in: float32, or bfloat16 (faster on CPUs with bf16 units; greedy answers differ from float32 ones; recorded in the cache key and the data card)."""
     distill_chunk_size: int = 64
     """Prompts per self-distillation cache shard: the unit of resumption and of the split across ranks in a multi-process job."""
     cache_dir: Optional[str] = None
@@ -173,7 +179,7 @@ FRACTION = ("within [0, 1]", lambda v: 0 <= v <= 1)
 VALUE_RANGES = {
     **dict.fromkeys(
         ["trainer.max_steps", "trainer.num_nodes", "trainer.timeout_s", "trainer.accumulate_grad_batches", "trainer.val_every_n_steps", "trainer.checkpoint_every_n_steps",
-         "trainer.log_every_n_steps", "trainer.num_threads", "data.max_samples", "data.batch_size", "data.distill_chunk_size", "data.generation_batch_size", "data.max_length",
+         "trainer.log_every_n_steps", "trainer.num_threads", "data.max_samples", "data.batch_size", "data.distill_chunk_size", "data.generation_batch_size", "data.generation_memory_mb", "data.max_length",
          "data.max_new_tokens", "data.features_shard_size", "trainer.val_tree_size"],
         AT_LEAST_1,
     ),
@@ -338,6 +344,7 @@ def _short_omegaconf_error(exc: OmegaConfBaseException) -> str:
 
 
 def _check_values(config: DictConfig) -> None:
+    from specdec.data.distill import DTYPES as DISTILL_DTYPES, ENGINES
     from specdec.models.formats import all_formats
 
     method = _methods().method_class(config.method)
@@ -350,6 +357,8 @@ def _check_values(config: DictConfig) -> None:
         "trainer.fsdp_sharding": ("FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "NO_SHARD"),
         "data.features": ("online", "offline"),
         "data.features_dtype": ("bfloat16", "float16", "float32"),
+        "data.engine": ENGINES,
+        "data.distill_dtype": tuple(DISTILL_DTYPES),
         **_section_rules(method, "choices"),
     }
     for key, allowed in choices.items():

@@ -246,7 +246,10 @@ def tokenized_data(cfg: DictConfig, target: Target, rank: int = 0, world_size: i
             temperature=cfg.data.temperature,
             top_p=cfg.data.top_p,
             batch_size=cfg.data.generation_batch_size,
+            memory_mb=cfg.data.generation_memory_mb,
             chunk_size=cfg.data.distill_chunk_size,
+            engine=cfg.data.engine,
+            dtype=cfg.data.distill_dtype,
             multi_turn=cfg.data.multi_turn,
             seed=cfg.seed,
         )
