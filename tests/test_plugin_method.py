@@ -22,7 +22,7 @@ from specdec.train.export import export_main
 from specdec.train.losses import RANKS, HeadLosses, head_targets
 from specdec.train.methods import TrainingMethod, register_method
 from specdec.train.pipeline import run
-from test_train import PROMPTS, tiny_overrides
+from test_train import prompts_file, tiny_overrides  # noqa: F401 (prompts_file is a fixture)
 
 NAME = "skipgram"
 
@@ -118,13 +118,6 @@ def _recipe(tmp_path, target_dir, prompts_file):
             tree[section] = str(value)
     path = tmp_path / f"{NAME}.yaml"
     path.write_text(yaml.safe_dump(tree))
-    return path
-
-
-@pytest.fixture()
-def prompts_file(tmp_path):
-    path = tmp_path / "prompts.jsonl"
-    path.write_text("".join(json.dumps({"prompt": f"{PROMPTS[i % 6]} {i}"}) + "\n" for i in range(30)))
     return path
 
 

@@ -8,7 +8,6 @@ from typing import Any, ClassVar
 
 import torch
 
-from specdec.models.base import lm_head_weight
 from specdec.models.medusa import MedusaConfig, MedusaHeads
 from specdec.train.config import AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE
 from specdec.train.losses import head_label_counts, heads_ramp, kl_to_original, medusa_head_losses
