@@ -17,7 +17,7 @@ from test_train import prompts_file, tiny_overrides  # noqa: F401 (prompts_file 
 
 def test_every_bundled_method_is_registered_with_its_draft_type():
     assert {name: cls.draft_type for name, cls in METHODS.items()} == {
-        "medusa1": "medusa", "medusa2": "medusa", "eagle1": "eagle1", "eagle3": "eagle3", "chimera": "chimera",
+        "medusa1": "medusa", "medusa2": "medusa", "eagle1": "eagle1", "eagle3": "eagle3", "chimera": "chimera", "sdsat": "sdsat",
     }
     with pytest.raises(ValueError, match="Did you mean `eagle3`"):
         method_class("eagel3")

@@ -64,6 +64,7 @@ def target_record(target: Target) -> dict:
         "num_layers": target.model.config.num_hidden_layers,
         "layer_shape": dataclasses.asdict(LayerShape.from_target_config(target.model.config)),
         "pad_token_id": target.tokenizer.pad_token_id,
+        "tokenizer_size": len(target.tokenizer),
         "max_position_embeddings": getattr(target.model.config, "max_position_embeddings", None),
         "architectures": getattr(target.model.config, "architectures", None),
     }
@@ -92,7 +93,7 @@ def model_card(config: dict, eval_results: dict | None = None) -> str:
     sections = [_metrics_table("Held-out metrics (self-distilled validation split)", config.get("metrics") or {})]
     if eval_results:
         sections.append(_metrics_table(f"Evaluation ({EVAL_RESULTS})", eval_results))
-    finetuned = f"\nThe heads were trained with a LoRA-fine-tuned target (`{target['finetuned_weights']}/` of the specdec draft folder): serve them with it.\n" if target.get("finetuned_weights") else ""
+    finetuned = f"\nThe draft goes with a fine-tuned target (`{target['finetuned_weights']}/` of the specdec draft folder, LoRA merged): serve it with that target.\n" if target.get("finetuned_weights") else ""
     return f"""---
 library_name: specdec
 tags: [speculative-decoding, {kind.split('-')[0].lower()}, {method}]

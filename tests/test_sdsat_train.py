@@ -1,0 +1,172 @@
+"""SDSAT training: the side-branch block against from-scratch forwards, anchor and span sampling,
+the losses on hand-made cases, and a tiny end-to-end run whose export is a plain transformers
+folder with the SA tokens, whose stage 1 leaves every standard output unchanged, and whose
+validation reports the standard-token guards."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from conftest import build_tiny_llama, enliven
+from specdec.models.base import load_draft
+from specdec.models.sdsat import SA_TOKEN_FORMAT, SdsatDraft
+from specdec.train.config import RecipeError, load_recipe
+from specdec.train.losses import RANKS
+from specdec.train.pipeline import export_checkpoint, run
+from specdec.train.sdsat_losses import IGNORE, greedy_agreement, sample_anchors, side_branch, slot_losses, span_lengths, standard_ce, standard_kl, standard_positions
+from test_train import prompts_file, tiny_overrides  # noqa: F401 (prompts_file is a fixture)
+
+K = 3
+
+
+def _batch():
+    torch.manual_seed(0)
+    ids = torch.randint(0, 300, (2, 12))
+    attention = torch.ones(2, 12, dtype=torch.long)
+    attention[1, 9:] = 0  # row 1 is right-padded
+    loss_mask = torch.zeros(2, 12, dtype=torch.long)
+    loss_mask[:, 4:] = 1
+    loss_mask[1, 9:] = 0
+    return ids, attention, loss_mask
+
+
+def test_side_branch_standard_states_are_the_plain_models_and_slots_equal_a_fresh_forward():
+    model = enliven(build_tiny_llama(330), seed=1)
+    ids, attention, loss_mask = _batch()
+    sa = torch.tensor([320, 321, 322])
+    anchors = sample_anchors(loss_mask, 3, seed=0)
+    branch = side_branch(ids, attention, loss_mask, anchors, sa, span_lengths(anchors, K, None, 0), torch.float32)
+    with torch.no_grad():
+        out = model.model(input_ids=branch.input_ids, attention_mask=branch.attention_mask, position_ids=branch.position_ids).last_hidden_state
+        plain = model.model(input_ids=ids, attention_mask=attention).last_hidden_state
+        # Step 1: standard tokens never see an SA slot: their states are the plain forward's.
+        torch.testing.assert_close(out[0, :12], plain[0], atol=1e-5, rtol=0)
+        torch.testing.assert_close(out[1, :9], plain[1, :9], atol=1e-5, rtol=0)
+        # Step 2: the slots of anchor i are the forward of x_0..x_i followed by the SA tokens.
+        for b in range(2):
+            for a, i in enumerate(anchors[b].tolist()):
+                fresh = model.model(input_ids=torch.cat([ids[b, : i + 1], sa])[None]).last_hidden_state[0, i + 1 :]
+                torch.testing.assert_close(out[b, 12 + a * K : 12 + (a + 1) * K], fresh, atol=1e-5, rtol=0)
+    # Step 3: slot m (0-based) of anchor i is labelled x_{i+m+2} where that is an assistant token.
+    for b in range(2):
+        for a, i in enumerate(anchors[b].tolist()):
+            for m in range(K):
+                label = int(branch.labels[b, a * K + m])
+                j = i + m + 2
+                expected = int(ids[b, j]) if j < 12 and loss_mask[b, j] else IGNORE
+                assert label == expected
+
+
+def test_anchors_are_distinct_candidates_fixed_by_the_batch_and_padded_with_minus_one():
+    _, _, loss_mask = _batch()
+    anchors = sample_anchors(loss_mask, 4, seed=7)
+    assert torch.equal(anchors, sample_anchors(loss_mask.clone(), 4, seed=7))
+    for b in range(2):
+        row = [a for a in anchors[b].tolist() if a >= 0]
+        assert row == sorted(set(row)) and all(loss_mask[b, a + 2] for a in row)
+    # Row 1 has 5 candidates (anchors 2..6); asking for all of them takes exactly those, row 0 has 8.
+    every = sample_anchors(loss_mask, 0, seed=0)
+    assert every.shape == (2, 8) and every[1].tolist() == [2, 3, 4, 5, 6, -1, -1, -1]
+    assert every[0].tolist() == list(range(2, 10))
+
+
+def test_poisson_spans_stay_within_one_and_k_and_cut_the_labels():
+    ids, attention, loss_mask = _batch()
+    anchors = sample_anchors(loss_mask, 0, seed=0)
+    spans = span_lengths(anchors, K, 1.0, seed=3)
+    assert spans.min() >= 1 and spans.max() <= K and len(set(spans.flatten().tolist())) > 1
+    branch = side_branch(ids, attention, loss_mask, anchors, torch.tensor([1, 2, 3]), spans, torch.float32)
+    labels = branch.labels.reshape(2, -1, K)
+    slot = torch.arange(K)
+    assert ((labels != IGNORE) <= (slot < spans[:, :, None])).all()
+
+
+def test_slot_losses_on_a_hand_made_case():
+    # Two trained entries of slot 0 and one of slot 1; the lm_head is the identity over 4 tokens.
+    hidden = torch.tensor([[[2.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 3.0, 0], [0, 0, 0, 0]]])
+    labels = torch.tensor([[0, 1, 3, IGNORE]])
+    slots = torch.tensor([0, 1, 0, 1])
+    out = slot_losses(hidden, labels, slots, lambda h: h, 2, decay=0.5)
+    ce = lambda row, y: -torch.log_softmax(torch.tensor(row), -1)[y]  # noqa: E731
+    slot0 = (ce([2.0, 0, 0, 0], 0) + ce([0, 0, 3.0, 0], 3)) / 2
+    slot1 = ce([0, 1.0, 0, 0], 1)
+    assert out.loss == pytest.approx(float(slot0 + 0.5 * slot1), rel=1e-5)
+    assert out.count.tolist() == [2, 1]
+    assert out.rank_hits.shape == (2, RANKS) and out.rank_hits[0, 0] == 1 and out.rank_hits[1, 0] == 1
+    # Data-parallel denominators replace the local counts.
+    assert slot_losses(hidden, labels, slots, lambda h: h, 2, decay=0.5, denominators=torch.tensor([4.0, 1.0])).loss == pytest.approx(float(slot0 / 2 + 0.5 * slot1), rel=1e-5)
+
+
+def test_standard_terms_and_agreement_on_hand_made_logits():
+    a = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    b = torch.tensor([[0.0, 2.0, 0.0], [0.0, 1.0, 0.0]])
+    assert standard_kl(a, a) == pytest.approx(0.0, abs=1e-7)
+    p, q = torch.softmax(a[0], -1), torch.softmax(b[0], -1)
+    assert standard_kl(a, b) == pytest.approx(float((p * (p / q).log()).sum()) / 2, rel=1e-5)
+    assert greedy_agreement(a, b) == pytest.approx(0.5)
+    assert standard_ce(b, torch.tensor([1, 1])) == pytest.approx(float(-torch.log_softmax(b, -1)[[0, 1], [1, 1]].mean()), rel=1e-5)
+    mask = torch.tensor([[0, 0, 1, 1]])
+    assert standard_positions(mask).tolist() == [[False, True, True, False]]
+
+
+def _sdsat(tmp_path, target_dir, prompts, **extra):
+    overrides = {"sdsat.num_sa_tokens": K, "sdsat.lora_r": 4, "sdsat.anchors_per_sequence": 8, "sdsat.sa_only_steps": 2, "optim.lr": 0.01, **extra}
+    return load_recipe("sdsat", tiny_overrides(tmp_path, target_dir, prompts, **overrides))
+
+
+def test_training_exports_a_transformers_folder_with_the_sa_tokens_and_reports_the_guards(tmp_path, tiny_target_dir, prompts_file):
+    cfg = _sdsat(tmp_path, tiny_target_dir, prompts_file)
+    result = run(cfg)
+    draft_dir = result.draft_dir
+    config = json.loads((draft_dir / "config.json").read_text())
+    # Step 1: the draft records k, the new ids past the tokenizer's 320, and the tuned target's folder.
+    assert config["draft_type"] == "sdsat" and config["sa_token_ids"] == [320, 321, 322] and config["vocab_size"] == 323
+    assert config["target"]["finetuned_weights"] == "target" and isinstance(load_draft(draft_dir), SdsatDraft)
+    # Step 2: the guards are validation metrics, in config.json and on the model card.
+    metrics = config["metrics"]
+    assert 0.0 <= metrics["val/standard_kl"] < 1.0 and 0.0 <= metrics["val/greedy_agreement"] <= 1.0
+    assert {"val/head1_top1", "val/expected_accept_length"} <= set(metrics)
+    card = (draft_dir / "README.md").read_text()
+    assert "val/standard_kl" in card and "val/greedy_agreement" in card and "SDSAT" in card
+    # Step 3: transformers alone loads the tuned target: SA tokens in the tokenizer at those ids, k in its config.
+    tuned = AutoModelForCausalLM.from_pretrained(draft_dir / "target")
+    tokenizer = AutoTokenizer.from_pretrained(draft_dir / "target")
+    assert [tokenizer.convert_tokens_to_ids(SA_TOKEN_FORMAT.format(j)) for j in range(K)] == [320, 321, 322]
+    assert tuned.config.sdsat == {"num_sa_tokens": K, "sa_token_ids": [320, 321, 322]}
+    assert tuned.get_input_embeddings().weight.shape[0] == 323 and not any("lora" in n for n, _ in tuned.named_parameters())
+    # Step 4: the last checkpoint (LoRA and SA rows only) consolidates into the same tuned target.
+    again = export_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt", tmp_path / "again")
+    rebuilt = AutoModelForCausalLM.from_pretrained(again / "target").state_dict()
+    assert all(torch.equal(rebuilt[name], tensor) for name, tensor in tuned.state_dict().items())
+    assert json.loads((again / "config.json").read_text())["sa_token_ids"] == [320, 321, 322]
+
+
+def test_stage_one_moves_only_the_sa_rows(tmp_path, tiny_target_dir, prompts_file):
+    """After sa_only_steps the merged target equals the original except the SA tokens' embedding rows."""
+    cfg = _sdsat(tmp_path, tiny_target_dir, prompts_file, **{"trainer.max_steps": 2, "sdsat.sa_only_steps": 2, "trainer.val_every_n_steps": 2})
+    result = run(cfg)
+    original = AutoModelForCausalLM.from_pretrained(tiny_target_dir).state_dict()
+    tuned = AutoModelForCausalLM.from_pretrained(result.draft_dir / "target").state_dict()
+    for name, tensor in original.items():
+        if "embed_tokens" in name or "lm_head" in name:
+            assert torch.equal(tuned[name][:320], tensor), name
+            assert not torch.equal(tuned[name][320:], tuned[name][:320].mean(0).expand(3, -1)), "the SA rows did not train"
+        else:
+            assert torch.equal(tuned[name], tensor), name
+    assert result.metrics["val/greedy_agreement"] == 1.0
+
+
+def test_one_repeated_existing_token_and_recipe_errors(tmp_path, tiny_target_dir, prompts_file):
+    cfg = _sdsat(tmp_path, tiny_target_dir, prompts_file, **{"sdsat.distinct_tokens": "false", "sdsat.token_id": 5, "trainer.max_steps": 2, "trainer.val_every_n_steps": 2})
+    config = json.loads((run(cfg).draft_dir / "config.json").read_text())
+    assert config["sa_token_ids"] == [5] * K and config["vocab_size"] == 320
+    with pytest.raises(RecipeError, match="distinct_tokens=false"):
+        _sdsat(tmp_path, tiny_target_dir, prompts_file, **{"sdsat.token_id": 5})
+    with pytest.raises(RecipeError, match="sa_only_steps=0"):
+        _sdsat(tmp_path, tiny_target_dir, prompts_file, **{"sdsat.finetune": "full"})
+    with pytest.raises(RecipeError, match="1..15"):
+        _sdsat(tmp_path, tiny_target_dir, prompts_file, **{"sdsat.num_sa_tokens": 16})
+    with pytest.raises(RecipeError, match="Did you mean"):
+        _sdsat(tmp_path, tiny_target_dir, prompts_file, **{"sdsat.num_sa_token": 4})
