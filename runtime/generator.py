@@ -131,7 +131,7 @@ class SpeculativeGenerator:
             new = [tokens[i] for i in path[1:]] + [root]
             committed = Committed(hidden[path], features[path], torch.tensor(new, device=self.weight.device))
             result.draft_depth = max(result.draft_depth, tree.depth)
-            result.target_forwards += 1
+            result.target_forwards += 1 + proposal.target_forwards
             result.accepted_lengths.append(len(path) - 1)
             result.draft_s.append(t1 - t0)
             result.step_s.append(t2 - t1)

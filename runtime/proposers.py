@@ -72,6 +72,8 @@ class Proposal:
     """[tree.size] the proposer's confidence in every non-root node, handed to the verifier; None: none."""
     extra: ExtraTokens | None = None
     """Query tokens verified alongside the tree whose target states go to `Proposer.observe`; None: none."""
+    target_forwards: int = 0
+    """Target forwards the proposer itself ran to draft this step (SDSAT's two-step loop: 1); the decode loop counts them in tau."""
 
 
 @dataclass
