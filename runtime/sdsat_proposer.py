@@ -191,4 +191,6 @@ class TwoStepSdsatProposer(SdsatProposer):
             self.cache.crop(-len(self.slots))
         self.pending = block[:0]
         # Step 4: depth 1 from the root's own logits, depth d+1 from slot d.
-        return self._proposal(self._top(hidden[root:]))
+        proposal = self._proposal(self._top(hidden[root:]))
+        proposal.target_forwards = 1  # this forward is a target forward too: tau counts it
+        return proposal

@@ -240,7 +240,7 @@ def test_a_layout_per_step_stays_lossless_and_is_measured_at_every_depth(lively)
 def test_importing_the_runtime_registers_every_method():
     code = "import json, specdec.runtime.proposers as p; print(json.dumps({t: c.name for t, c in sorted(p.PROPOSERS.items())}))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert json.loads(out) == {"chimera": "chimera", "eagle1": "eagle", "eagle3": "eagle", "medusa": "medusa"}
+    assert json.loads(out) == {"chimera": "chimera", "eagle1": "eagle", "eagle3": "eagle", "medusa": "medusa", "sdsat": "sdsat"}
 
 
 def test_unknown_draft_types_and_foreign_layouts_are_clear_errors(lively):
