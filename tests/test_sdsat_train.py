@@ -170,3 +170,16 @@ def test_one_repeated_existing_token_and_recipe_errors(tmp_path, tiny_target_dir
         _sdsat(tmp_path, tiny_target_dir, prompts_file, **{"sdsat.num_sa_tokens": 16})
     with pytest.raises(RecipeError, match="Did you mean"):
         _sdsat(tmp_path, tiny_target_dir, prompts_file, **{"sdsat.num_sa_token": 4})
+
+
+def test_the_exported_draft_decodes_losslessly_from_the_command_line(tmp_path, tiny_target_dir, prompts_file):
+    """specdec-eval finds the tuned target in the draft folder and reproduces its plain greedy output."""
+    from specdec.eval.cli import main
+
+    draft_dir = run(_sdsat(tmp_path, tiny_target_dir, prompts_file)).draft_dir
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text("".join(json.dumps({"question_id": i, "category": "c", "turns": [f"Tell me about the sea {i}."]}) + "\n" for i in range(2)))
+    out = tmp_path / "eval.json"
+    assert main([f"draft={draft_dir}", f"bench={questions}", "max_new_tokens=24", f"out={out}", "tree=chain"]) == 0
+    result = json.loads(out.read_text())
+    assert result["overall"]["lossless_match"] == 1.0 and result["setting"]["proposer"] == "sdsat"
