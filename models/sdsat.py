@@ -77,7 +77,7 @@ def draft_from_target_config(model_config, hidden_size: int | None = None) -> Sd
     entry = getattr(model_config, TARGET_CONFIG_KEY, None)
     if not entry:
         raise DraftMismatchError("this model is not an SDSAT-tuned target: its config.json has no `sdsat` entry (train one with specdec-train recipe=sdsat)")
-    return SdsatDraft(SdsatConfig(hidden_size or model_config.hidden_size, model_config.vocab_size, entry["num_sa_tokens"], list(entry["sa_token_ids"])))
+    return SdsatDraft(SdsatConfig(hidden_size or model_config.hidden_size, model_config.vocab_size, entry["num_sa_tokens"], list(entry["sa_token_ids"]), entry.get("head_rank_accuracy")))
 
 
 def embedding_init(embeddings: torch.Tensor, init_token: int | None) -> torch.Tensor:

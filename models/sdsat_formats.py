@@ -29,6 +29,7 @@ def _write(job: ExportJob) -> None:
     shutil.copytree(source, job.out, dirs_exist_ok=True)
     config = json.loads((job.out / CONFIG_NAME).read_text())
     config.update({k: job.extra_config[k] for k in PROVENANCE_KEYS if k in job.extra_config})
+    config[TARGET_CONFIG_KEY] = {**config.get(TARGET_CONFIG_KEY, {}), "head_rank_accuracy": job.draft.config.head_rank_accuracy}
     atomic_write(job.out / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(config, indent=2) + "\n"))
 
 

@@ -19,8 +19,8 @@ candidates are laid out as a Medusa-style static tree. Two variants (`SdsatOptio
   afterwards. The root's own logits give depth 1 (under greedy, the exact next token: it is
   always accepted) and slot d gives depth d+1 (tree depth <= k+1). Cost: a second KV cache as
   large as the generator's (2x KV memory), a second prefill of the prompt on the first step, and
-  one extra forward per step, which the generator's `target_forwards` (hence tau) does not count;
-  tokens/s does (it runs inside the proposal's time).
+  one extra forward per step, reported as `Proposal.target_forwards` so that the generator's
+  `target_forwards` (hence tau) counts it, as tokens/s does.
 
 Both draft deterministic top-k candidates (`Proposal.draft_probs` None), so the shared verifiers
 apply: greedy is lossless with respect to the tuned model's own greedy decoding, `sampling` is

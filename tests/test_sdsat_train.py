@@ -66,10 +66,11 @@ def test_anchors_are_distinct_candidates_fixed_by_the_batch_and_padded_with_minu
     for b in range(2):
         row = [a for a in anchors[b].tolist() if a >= 0]
         assert row == sorted(set(row)) and all(loss_mask[b, a + 2] for a in row)
-    # Row 1 has 5 candidates (anchors 2..6); asking for all of them takes exactly those, row 0 has 8.
+    # An anchor is an assistant token with one two places on: row 1 has 3 (4..6), row 0 has 6 (4..9).
     every = sample_anchors(loss_mask, 0, seed=0)
-    assert every.shape == (2, 8) and every[1].tolist() == [2, 3, 4, 5, 6, -1, -1, -1]
-    assert every[0].tolist() == list(range(2, 10))
+    assert every.shape == (2, 6) and every[1].tolist() == [4, 5, 6, -1, -1, -1]
+    assert every[0].tolist() == list(range(4, 10))
+    assert sample_anchors(loss_mask, 50, seed=0).shape == (2, 12)  # more than the row holds: capped at its length
 
 
 def test_poisson_spans_stay_within_one_and_k_and_cut_the_labels():
@@ -81,6 +82,24 @@ def test_poisson_spans_stay_within_one_and_k_and_cut_the_labels():
     labels = branch.labels.reshape(2, -1, K)
     slot = torch.arange(K)
     assert ((labels != IGNORE) <= (slot < spans[:, :, None])).all()
+
+
+def test_spans_and_label_counts_follow_the_batch(tmp_path, tiny_target_dir, prompts_file):
+    """Poisson spans differ between batches; the per-slot label counts DDP divides by are the loss's own counts."""
+    from specdec.train.methods import method_class
+
+    cfg = _sdsat(tmp_path, tiny_target_dir, prompts_file, **{"sdsat.span": "poisson", "sdsat.poisson_lambda": 1.5})
+    method = method_class("sdsat")(cfg)
+    method.sa_ids = [320, 321, 322]
+    ids, attention, loss_mask = _batch()
+    other = loss_mask.clone()
+    other[0, 3] = 1
+    spans = [method._branch(ids, attention, m, torch.float32).labels for m in (loss_mask, other)]
+    assert not torch.equal(spans[0] != IGNORE, spans[1] != IGNORE)
+    branch = method._branch(ids, attention, loss_mask, torch.float32)
+    out = slot_losses(torch.randn(2, branch.labels.shape[1], 330), branch.labels, branch.slots, lambda h: h, K)
+    counts = method.label_counts(loss_mask)
+    assert counts[:K].tolist() == out.count.tolist() and counts[K] == standard_positions(loss_mask).sum()
 
 
 def test_slot_losses_on_a_hand_made_case():
@@ -156,6 +175,14 @@ def test_stage_one_moves_only_the_sa_rows(tmp_path, tiny_target_dir, prompts_fil
         else:
             assert torch.equal(tuned[name], tensor), name
     assert result.metrics["val/greedy_agreement"] == 1.0
+
+
+@pytest.mark.parametrize("extra", [{"sdsat.standard_loss": "ce"}, {"sdsat.finetune": "full", "sdsat.sa_only_steps": 0}], ids=["ce", "full"])
+def test_the_lm_loss_and_the_full_fine_tune_train_and_export(tmp_path, tiny_target_dir, prompts_file, extra):
+    result = run(_sdsat(tmp_path, tiny_target_dir, prompts_file, **{"trainer.max_steps": 3, "trainer.val_every_n_steps": 3, "optim.lr": 0.001, **extra}))
+    assert result.metrics["val/standard_kl"] > 0 and 0.5 < result.metrics["val/greedy_agreement"] <= 1
+    tuned = AutoModelForCausalLM.from_pretrained(result.draft_dir / "target")
+    assert tuned.config.sdsat["sa_token_ids"] == [320, 321, 322]
 
 
 def test_one_repeated_existing_token_and_recipe_errors(tmp_path, tiny_target_dir, prompts_file):

@@ -1,5 +1,6 @@
 """Write the trained draft to `<output_dir>/draft/`: config.json, model.safetensors, the resolved
-recipe, a model card, and for Medusa-2 the fine-tuned target (LoRA merged) and/or the adapter.
+recipe, a model card, and whatever the method adds (Medusa-2 and SDSAT: the fine-tuned target,
+LoRA merged, and/or the adapter).
 
 Also: `specdec-export` (the draft in a serving engine's layout: any format registered in
 specdec.models.formats, see specdec.models.medusa_formats and specdec.models.eagle_formats) and

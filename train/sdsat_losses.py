@@ -52,14 +52,15 @@ def batch_seed(loss_mask: torch.Tensor, seed: int) -> int:
 def sample_anchors(loss_mask: torch.Tensor, per_sequence: int, seed: int) -> torch.Tensor:
     """[B, A] anchor positions of each sequence (-1 pads a row with fewer candidates).
 
-    A candidate anchor i has an assistant token at i + 2 (slot 1's label). `per_sequence` > 0
-    samples that many candidates per sequence without replacement; 0 takes every candidate."""
+    A candidate anchor i is an assistant token, as the last accepted token is at decode time, with
+    an assistant token at i + 2 (slot 1's label). `per_sequence` > 0 samples that many candidates
+    per sequence without replacement; 0 takes every candidate."""
     # Step 1: candidates per row.
     batch, length = loss_mask.shape
     candidates = torch.zeros(batch, length, dtype=torch.bool, device=loss_mask.device)
-    candidates[:, : max(length - 2, 0)] = loss_mask[:, 2:].bool()
+    candidates[:, : max(length - 2, 0)] = loss_mask[:, 2:].bool() & loss_mask[:, : max(length - 2, 0)].bool()
     counts = candidates.sum(1)
-    width = int(counts.max()) if per_sequence == 0 else per_sequence
+    width = int(counts.max()) if per_sequence == 0 else min(per_sequence, length)
     # Step 2: random scores, candidates first; keep the best `width` of each row, in position order.
     generator = torch.Generator().manual_seed(batch_seed(loss_mask, seed))
     scores = torch.rand(batch, length, generator=generator).to(loss_mask.device)
@@ -71,7 +72,8 @@ def sample_anchors(loss_mask: torch.Tensor, per_sequence: int, seed: int) -> tor
 
 
 def span_lengths(anchors: torch.Tensor, k: int, poisson_lambda: float | None, seed: int) -> torch.Tensor:
-    """[B, A] slots trained per anchor: k, or Poisson(poisson_lambda) clamped to 1..k (variable spans)."""
+    """[B, A] slots trained per anchor: k, or Poisson(poisson_lambda) clamped to 1..k (variable spans);
+    `seed` is the batch's (`batch_seed`), so spans differ between batches and repeat on resume."""
     if poisson_lambda is None:
         return torch.full_like(anchors, k)
     generator = torch.Generator().manual_seed(seed + 1)

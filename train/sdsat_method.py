@@ -25,7 +25,7 @@ import torch
 from specdec.models.sdsat import SA_TOKEN_FORMAT, TARGET_CONFIG_KEY, TUNED_TARGET_DIR, SdsatConfig, SdsatDraft, embedding_init, sdsat_config_entry
 from specdec.train.config import AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, RecipeError
 from specdec.train.methods import TrainingMethod, register_method
-from specdec.train.sdsat_losses import greedy_agreement, sample_anchors, side_branch, slot_losses, span_lengths, standard_ce, standard_kl, standard_positions
+from specdec.train.sdsat_losses import batch_seed, greedy_agreement, sample_anchors, side_branch, slot_losses, span_lengths, standard_ce, standard_kl, standard_positions
 
 ADAPTER_DIR = "adapter"
 """Folder of the draft that holds the LoRA adapter alone (peft format), when asked for."""
@@ -62,7 +62,7 @@ class SdsatSection:
     finetune: str = "lora"
     """lora: peft LoRA adapters plus the SA embedding rows; full: every weight of the target (a frozen copy serves the KL)."""
     sa_lr_multiplier: float = 4.0
-    """Learning rate of the SA embedding rows = optim.lr * this (the other weights use optim.lr)."""
+    """Learning rate of the SA embedding rows = optim.lr * this (the LoRA weights use optim.lr; lora only: a full fine-tune trains every weight at optim.lr)."""
     lora_r: int = 32
     """LoRA rank on the target's linear layers."""
     lora_alpha: int = 16
@@ -89,6 +89,7 @@ class SdsatMethod(TrainingMethod):
 
     name, draft_type = "sdsat", SdsatDraft.draft_type
     sections = {"sdsat": SdsatSection}
+    static_tree = True
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -113,6 +114,8 @@ class SdsatMethod(TrainingMethod):
         s = self.cfg.sdsat
         if s.token_id is not None and s.token_id >= record["vocab_size"]:
             raise RecipeError(f"`sdsat.token_id` {s.token_id} is outside the target's vocabulary of {record['vocab_size']}")
+        if s.init_token_id is not None and s.init_token_id >= record["vocab_size"]:
+            raise RecipeError(f"`sdsat.init_token_id` {s.init_token_id} is outside the target's vocabulary of {record['vocab_size']}")
         self.sa_ids, self.new_rows = self._slot_ids(record.get("tokenizer_size") or record["vocab_size"])
         vocab = max(record["vocab_size"], max(self.sa_ids) + 1)
         return SdsatDraft(SdsatConfig(record["hidden_size"], vocab, s.num_sa_tokens, list(self.sa_ids)))
@@ -135,11 +138,10 @@ class SdsatMethod(TrainingMethod):
             rows = max(self.new_rows) + 1
             if rows > model.get_input_embeddings().weight.shape[0]:
                 model.resize_token_embeddings(rows, mean_resizing=False)
+            start = self.new_rows[0]
             with torch.no_grad():
-                weight = model.get_input_embeddings().weight
-                start = self.new_rows[0]
-                init = embedding_init(weight[:start], s.init_token_id)
-                weight[self.new_rows] = init.to(weight.dtype)
+                for weight in {id(w): w for w in (model.get_input_embeddings().weight, model.get_output_embeddings().weight)}.values():
+                    weight[self.new_rows] = embedding_init(weight[:start], s.init_token_id).to(weight.dtype)
         # Step 2: what trains.
         if s.finetune == "full":
             self.original = copy.deepcopy(model).eval().requires_grad_(False)
@@ -189,11 +191,11 @@ class SdsatMethod(TrainingMethod):
         branch, hidden = self._forward(module, batch, grad=True)
         slots = self._slot_losses(module, branch, hidden, batch, with_accuracy=False, denominators=None if denominators is None else denominators[:-1])
         # Step 3: the standard-token term against the original model (or the data).
-        original, tuned = self._standard_logits(module, batch, hidden)
         std_denominator = None if denominators is None else denominators[-1]
         if s.standard_loss == "kl":
-            standard = standard_kl(original, tuned, std_denominator)
+            standard = standard_kl(*self._standard_logits(module, batch, hidden), std_denominator)
         else:
+            tuned = self._tuned_logits(module, batch, hidden)
             next_tokens = batch["input_ids"][:, 1:][standard_positions(batch["loss_mask"])[:, :-1]]
             standard = standard_ce(tuned, next_tokens, std_denominator)
         loss = s.standard_weight * standard + s.sa_weight * slots.loss
@@ -203,7 +205,7 @@ class SdsatMethod(TrainingMethod):
     def _branch(self, input_ids, attention_mask, loss_mask, dtype):
         s = self.cfg.sdsat
         anchors = sample_anchors(loss_mask, s.anchors_per_sequence, self.cfg.seed)
-        spans = span_lengths(anchors, s.num_sa_tokens, s.poisson_lambda if s.span == "poisson" else None, self.cfg.seed)
+        spans = span_lengths(anchors, s.num_sa_tokens, s.poisson_lambda if s.span == "poisson" else None, batch_seed(loss_mask, self.cfg.seed))
         return side_branch(input_ids, attention_mask, loss_mask, anchors, torch.tensor(self.sa_ids), spans, dtype)
 
     def _forward(self, module, batch: dict, grad: bool):
@@ -223,11 +225,15 @@ class SdsatMethod(TrainingMethod):
     def _standard_logits(self, module, batch: dict, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(original, tuned) next-token logits [N, V] at the standard positions; the original's without gradient."""
         select = standard_positions(batch["loss_mask"])
-        length = batch["input_ids"].shape[1]
-        tuned = module.target.get_output_embeddings()(hidden[:, :length][select])
+        tuned = self._tuned_logits(module, batch, hidden)
         with torch.no_grad(), self._original_model(module.target) as original:
             states = original.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
             return original.get_output_embeddings()(states[select]), tuned
+
+    def _tuned_logits(self, module, batch: dict, hidden: torch.Tensor) -> torch.Tensor:
+        """[N, V] the tuned target's next-token logits at the standard positions."""
+        select = standard_positions(batch["loss_mask"])
+        return module.target.get_output_embeddings()(hidden[:, : batch["input_ids"].shape[1]][select])
 
     @contextlib.contextmanager
     def _original_model(self, target):
