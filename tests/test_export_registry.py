@@ -110,7 +110,7 @@ def test_the_registry_lists_a_plugged_in_layout_for_its_draft_type_only(toy):
 
 def test_without_the_plug_in_the_layout_is_unknown():
     assert LAYOUT not in all_formats()
-    with pytest.raises(FormatError, match=f"unknown export format '{LAYOUT}'; choose one of medusa, vllm, tensorrt_llm, specdec, sglang, speculators, eagle$"):
+    with pytest.raises(FormatError, match=f"unknown export format '{LAYOUT}'; choose one of medusa, vllm, tensorrt_llm, specdec, sglang, speculators, eagle, transformers$"):
         get_format(LAYOUT)
     with pytest.raises(RecipeError, match="hub.format"):
         load_recipe("medusa1", {"hub.format": LAYOUT})
@@ -151,6 +151,20 @@ def test_layouts_that_do_not_fit_are_refused_naming_those_that_do(toy_dir, tmp_p
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
+def _sdsat_export(tmp_path) -> Path:
+    """An SDSAT draft folder with its tuned target in target/, exported as format=transformers."""
+    from specdec.models.sdsat import SdsatConfig, SdsatDraft, sdsat_config_entry
+
+    config = SdsatConfig(H, V, 2, [V - 2, V - 1], [[0.5] + [0.0] * 9, [0.25] + [0.0] * 9])
+    tuned = build_tiny_llama(V, hidden_size=H)
+    tuned.config.sdsat = sdsat_config_entry(config)
+    tuned.save_pretrained(tmp_path / "sdsat" / "target")
+    SdsatDraft(config).save_pretrained(tmp_path / "sdsat", extra={"target": {"finetuned_weights": "target"}})
+    out = export_folder(tmp_path / "sdsat", "transformers")
+    assert load_export(out).config == config  # the slot accuracies travel too
+    return out
+
+
 @pytest.mark.filterwarnings("ignore:FasterDecoding/Medusa's MedusaModel ties")
 def test_every_built_in_export_matches_exactly_one_layout(tmp_path):
     """The upstream layouts' detectors are disjoint on what the writers produce, and a specdec
@@ -159,6 +173,7 @@ def test_every_built_in_export_matches_exactly_one_layout(tmp_path):
     folders = {fmt: export_medusa(random_heads(), tmp_path / fmt, fmt, torch.randn(V, H), target_model=target if fmt == "tensorrt_llm" else None) for fmt in ("medusa", "vllm", "tensorrt_llm")}
     folders |= {fmt: export_eagle(eagle3(), tmp_path / fmt, fmt, max_position_embeddings=MAX_POS) for fmt in ("sglang", "speculators")}
     folders["eagle"] = export_eagle(eagle1(), tmp_path / "eagle", "eagle", max_position_embeddings=MAX_POS)
+    folders["transformers"] = _sdsat_export(tmp_path)
     assert set(folders) | {"specdec"} == set(all_formats())
     for name, folder in folders.items():
         config = json.loads((folder / "config.json").read_text())
