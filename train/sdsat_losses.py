@@ -86,7 +86,6 @@ def side_branch(input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask
     batch, length = input_ids.shape
     k, device = sa_ids.shape[0], input_ids.device
     width = anchors.shape[1]
-    valid = anchors >= 0
     anchor = anchors.clamp(min=0)  # an absent anchor sees token 0 only and trains nothing
     slot = torch.arange(k, device=device)
     # Step 1: tokens and positions: slot m (0-based) of anchor i is the m-th SA id at position i + m + 1.
@@ -94,13 +93,8 @@ def side_branch(input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask
     sa_positions = (anchor[:, :, None] + slot + 1).reshape(batch, width * k)
     ids = torch.cat([input_ids, sa_tokens], dim=1)
     positions = torch.cat([torch.arange(length, device=device).expand(batch, length), sa_positions], dim=1)
-    # Step 2: labels x_{i+m+2} (0-based m), kept where they exist, are assistant tokens and lie within the anchor's span.
-    label_at = anchor[:, :, None] + slot + 2
-    inside = label_at < length
-    at = label_at.clamp(max=length - 1).reshape(batch, -1)
-    labels = input_ids.gather(1, at).reshape(batch, width, k)
-    keep = inside & valid[:, :, None] & (slot < spans[:, :, None]) & loss_mask.gather(1, at).reshape(batch, width, k).bool()
-    labels = torch.where(keep, labels, torch.full_like(labels, IGNORE))
+    # Step 2: the slots' labels.
+    labels = slot_labels(input_ids, loss_mask, anchors, spans, k)
     # Step 3: visibility: standard tokens causal over real tokens; a slot sees its anchor's prefix and its own earlier slots.
     real = attention_mask.bool()
     size = length + width * k
@@ -110,7 +104,20 @@ def side_branch(input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask
     visible[:, length:, :length] = prefix & real[:, None, :]
     same_anchor = torch.block_diag(*[torch.ones(k, k, dtype=torch.bool, device=device).tril()] * width)
     visible[:, length:, length:] = same_anchor
-    return SideBranch(ids, positions, additive(visible, dtype)[:, None], labels.reshape(batch, width * k), slot.repeat(width))
+    return SideBranch(ids, positions, additive(visible, dtype)[:, None], labels, slot.repeat(width))
+
+
+def slot_labels(input_ids: torch.Tensor, loss_mask: torch.Tensor, anchors: torch.Tensor, spans: torch.Tensor, k: int) -> torch.Tensor:
+    """[B, A k] label x_{i+m+2} of slot m (0-based) of anchor i, IGNORE unless it exists, is an
+    assistant token and lies within the anchor's span (what `side_branch` trains, without its mask)."""
+    batch, length = input_ids.shape
+    width = anchors.shape[1]
+    slot = torch.arange(k, device=input_ids.device)
+    label_at = anchors.clamp(min=0)[:, :, None] + slot + 2
+    at = label_at.clamp(max=length - 1).reshape(batch, -1)
+    labels = input_ids.gather(1, at).reshape(batch, width, k)
+    keep = (label_at < length) & (anchors >= 0)[:, :, None] & (slot < spans[:, :, None]) & loss_mask.gather(1, at).reshape(batch, width, k).bool()
+    return torch.where(keep, labels, torch.full_like(labels, IGNORE)).reshape(batch, width * k)
 
 
 def slot_losses(

@@ -25,7 +25,7 @@ import torch
 from specdec.models.sdsat import SA_TOKEN_FORMAT, TARGET_CONFIG_KEY, TUNED_TARGET_DIR, SdsatConfig, SdsatDraft, embedding_init, sdsat_config_entry
 from specdec.train.config import AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, RecipeError
 from specdec.train.methods import TrainingMethod, register_method
-from specdec.train.sdsat_losses import batch_seed, greedy_agreement, sample_anchors, side_branch, slot_losses, span_lengths, standard_ce, standard_kl, standard_positions
+from specdec.train.sdsat_losses import IGNORE, batch_seed, greedy_agreement, sample_anchors, side_branch, slot_labels, slot_losses, span_lengths, standard_ce, standard_kl, standard_positions
 
 ADAPTER_DIR = "adapter"
 """Folder of the draft that holds the LoRA adapter alone (peft format), when asked for."""
@@ -168,9 +168,9 @@ class SdsatMethod(TrainingMethod):
 
     def label_counts(self, loss_mask: torch.Tensor) -> torch.Tensor:
         """[k] trained entries per slot (the same anchors the loss samples), then the standard positions."""
-        branch = self._branch(torch.zeros_like(loss_mask), torch.ones_like(loss_mask), loss_mask, torch.float32)
         k = self.cfg.sdsat.num_sa_tokens
-        trained = (branch.labels != -100).reshape(loss_mask.shape[0], -1, k).sum((0, 1)).float()
+        labels = slot_labels(torch.zeros_like(loss_mask), loss_mask, *self._anchors_and_spans(loss_mask), k)  # no block, no mask
+        trained = (labels != IGNORE).reshape(loss_mask.shape[0], -1, k).sum((0, 1)).float()
         return torch.cat([trained, standard_positions(loss_mask).sum().float()[None]])
 
     def losses(self, module, batch: dict, training: bool, denominators: torch.Tensor | None = None):
@@ -202,10 +202,14 @@ class SdsatMethod(TrainingMethod):
         logs = {f"train/standard_{s.standard_loss}": standard.detach(), "train/sa_loss": slots.loss.detach()}
         return loss, {**logs, **{f"train/slot{m + 1}_loss": v for m, v in enumerate(slots.per_head)}}
 
-    def _branch(self, input_ids, attention_mask, loss_mask, dtype):
+    def _anchors_and_spans(self, loss_mask):
+        """The batch's anchors [B, A] and their trained span lengths [B, A] (fixed by the batch, see `batch_seed`)."""
         s = self.cfg.sdsat
         anchors = sample_anchors(loss_mask, s.anchors_per_sequence, self.cfg.seed)
-        spans = span_lengths(anchors, s.num_sa_tokens, s.poisson_lambda if s.span == "poisson" else None, batch_seed(loss_mask, self.cfg.seed))
+        return anchors, span_lengths(anchors, s.num_sa_tokens, s.poisson_lambda if s.span == "poisson" else None, batch_seed(loss_mask, self.cfg.seed))
+
+    def _branch(self, input_ids, attention_mask, loss_mask, dtype):
+        anchors, spans = self._anchors_and_spans(loss_mask)
         return side_branch(input_ids, attention_mask, loss_mask, anchors, torch.tensor(self.sa_ids), spans, dtype)
 
     def _forward(self, module, batch: dict, grad: bool):
