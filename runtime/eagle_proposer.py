@@ -98,19 +98,25 @@ class EagleProposer(Proposer):
         return self._tree(hidden, anchor)
 
     def _chain(self, hidden: torch.Tensor, anchor: int) -> Proposal:
-        tokens = []
+        tokens, logits = [], []
         for d in range(self.options.depth):
             # Step 2: the drafter's top token, fed back with its own output state.
-            token = self.draft.to_target_ids(self.draft.logits(hidden, self.lm_head_weight).argmax(-1))
+            logits.append(self.draft.logits(hidden, self.lm_head_weight)[0])
+            token = self.draft.to_target_ids(logits[-1].argmax(-1, keepdim=True))
             tokens.append(token)
             if d + 1 < self.options.depth:
                 hidden = self.state.step(self.draft, self._embed(token), hidden, anchor + d + 1)
-        return Proposal(self.chain, torch.cat(tokens))
+        proposal = Proposal(self.chain, torch.cat(tokens))
+        # Step 3: when asked, the drafter's distribution after every node (the last node is not drafted from: a zero row).
+        if self.keep_distributions:
+            proposal.draft_dists = self._target_distributions(logits + [None])
+        return proposal
 
     def _tree(self, hidden: torch.Tensor, anchor: int) -> Proposal:
         # Step 2: depth 1: the top_k children of the root.
         nodes: list[_Node] = []
-        frontier = self._children(hidden, [None], nodes)
+        dists: dict[int | None, torch.Tensor] = {}  # expanded node (None: the root) -> the drafter's log-probabilities after it
+        frontier = self._children(hidden, [None], nodes, dists)
         expanded: list[int] = []  # node of each speculative cache entry, in cache order
         for d in range(1, self.options.depth):
             # Step 3: expand the best top_k nodes of the last depth: one drafter step for all of them,
@@ -121,14 +127,16 @@ class EagleProposer(Proposer):
             tokens = torch.tensor([nodes[n].token for n in best], device=inputs.device)
             out = self.state.step(self.draft, self._embed(tokens), inputs, anchor + d, ancestors.to(inputs.device))
             expanded += best
-            frontier = self._children(out, best, nodes)
+            frontier = self._children(out, best, nodes, dists)
         # Step 4: keep the best total_tokens nodes (a parent ranks above its children) as a tree.
         keep = sorted(range(len(nodes)), key=lambda n: (-nodes[n].score, len(nodes[n].ancestors)))[: self.options.total_tokens]
-        return self._as_proposal(keep, nodes)
+        return self._as_proposal(keep, nodes, dists)
 
-    def _children(self, hidden: torch.Tensor, parents: list[int | None], nodes: list[_Node]) -> list[int]:
-        """Append the top_k children of each row of `hidden` (the drafter state after `parents[row]`) to `nodes`; return their indices."""
+    def _children(self, hidden: torch.Tensor, parents: list[int | None], nodes: list[_Node], dists: dict) -> list[int]:
+        """Append the top_k children of each row of `hidden` (the drafter state after `parents[row]`) to `nodes`
+        and the row's log-probabilities to `dists[parent]`; return the children's indices."""
         log_p = torch.log_softmax(self.draft.logits(hidden, self.lm_head_weight).float(), dim=-1)
+        dists.update(zip(parents, log_p))
         top = log_p.topk(min(self.options.top_k, log_p.shape[-1]), dim=-1)
         ids, values = self.draft.to_target_ids(top.indices).tolist(), top.values.tolist()
         new = []
@@ -139,7 +147,7 @@ class EagleProposer(Proposer):
                 new.append(len(nodes) - 1)
         return new
 
-    def _as_proposal(self, keep: list[int], nodes: list[_Node]) -> Proposal:
+    def _as_proposal(self, keep: list[int], nodes: list[_Node], dists: dict) -> Proposal:
         # Step 5: a node's path is its parent's path plus its rank among its kept siblings.
         children: dict[int | None, list[int]] = {}
         for n in keep:
@@ -151,7 +159,22 @@ class EagleProposer(Proposer):
             path[n] = (() if parent is None else path[parent]) + (siblings.index(n),)
         tree = DraftTree.from_paths(path.values())
         by_path = {p: nodes[n].token for n, p in path.items()}
-        return Proposal(tree, torch.tensor([by_path[p] for p in tree.paths], device=self.embed_weight.device))
+        proposal = Proposal(tree, torch.tensor([by_path[p] for p in tree.paths], device=self.embed_weight.device))
+        # Step 6: when asked, the drafter's distribution after every node (an unexpanded node: a zero row).
+        if self.keep_distributions:
+            node_at = {p: n for n, p in path.items()}
+            proposal.draft_dists = self._target_distributions([dists[None]] + [dists.get(node_at[p]) for p in tree.paths])
+        return proposal
+
+    def _target_distributions(self, rows: list[torch.Tensor | None]) -> torch.Tensor:
+        """[len(rows), V] over the target vocabulary: the softmax of each row of drafter logits (or
+        log-probabilities) [V_draft] at its target token ids; None: a zero row (no distribution)."""
+        out = torch.zeros(len(rows), self.lm_head_weight.shape[0], device=self.lm_head_weight.device)
+        present = [i for i, row in enumerate(rows) if row is not None]
+        probs = torch.softmax(torch.stack([rows[i] for i in present]).float(), dim=-1)
+        ids = self.draft.to_target_ids(torch.arange(probs.shape[-1], device=probs.device))
+        out[torch.tensor(present, device=out.device)[:, None], ids] = probs
+        return out
 
 
 @dataclass

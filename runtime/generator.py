@@ -102,6 +102,7 @@ class SpeculativeGenerator:
         """Generate up to `max_new_tokens` after `input_ids` ([1, T] or [T])."""
         sampling = sampling or SamplingConfig()
         verifier = resolve_verifier(self.verifier, sampling)
+        self.proposer.keep_distributions = verifier.needs_draft_distributions
         input_ids = _single_sequence(input_ids).to(self.weight.device)
         generator = _generator(seed, self.weight.device)
         start = _now(self.weight)
@@ -118,10 +119,11 @@ class SpeculativeGenerator:
             t0 = _now(self.weight)
             proposal = self.proposer.propose(committed)
             t1 = _now(self.weight)
+            _check_distributions(verifier, self.proposer, proposal)
             # Step 3: verify root + all candidates (+ any extra tokens) in ONE target forward (tree mask, per-node positions).
             tokens, hidden, features = self._verify_forward(root, proposal, past_len, cache, layers)
             tree, n = proposal.tree, proposal.tree.size + 1
-            block = VerifyBlock(tree, tokens, hidden[:n] @ self.weight.T, hidden[:n], sampling, proposal.draft_probs, proposal.confidences)
+            block = VerifyBlock(tree, tokens, hidden[:n] @ self.weight.T, hidden[:n], sampling, proposal.draft_probs, proposal.confidences, proposal.draft_dists)
             # Step 4: accept a verified path; commit exactly its KV entries (never the extra tokens').
             path, root, tokens = verifier.verify(block, generator)
             commit_path(cache, past_len, path)
@@ -236,6 +238,12 @@ def default_eos_ids(target, tokenizer=None) -> set[int]:
     if tokenizer is not None and tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
     return ids
+
+
+def _check_distributions(verifier: Verifier, proposer: Proposer, proposal) -> None:
+    """A rule that reads the draft's distributions, with a proposer that does not report them, is a ValueError."""
+    if verifier.needs_draft_distributions and proposal.draft_dists is None:
+        raise ValueError(f"verifier={verifier.name} needs draft distributions, which the {proposer.name} proposer does not report; use verifier=judge or topk")
 
 
 def _single_sequence(input_ids: torch.Tensor) -> torch.Tensor:

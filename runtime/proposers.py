@@ -72,6 +72,9 @@ class Proposal:
     """[tree.size] the proposer's confidence in every non-root node, handed to the verifier; None: none."""
     extra: ExtraTokens | None = None
     """Query tokens verified alongside the tree whose target states go to `Proposer.observe`; None: none."""
+    draft_dists: torch.Tensor | None = None
+    """[tree.size + 1, V] the draft's next-token distribution at every node (what its children were drawn
+    from), over the target vocabulary; only filled when the generator asks (`Proposer.keep_distributions`)."""
     target_forwards: int = 0
     """Target forwards the proposer itself ran to draft this step (SDSAT's two-step loop: 1); the decode loop counts them in tau."""
 
@@ -100,6 +103,8 @@ class Proposer:
     """Type of the layout options `build` takes (checked by `SpeculativeGenerator.from_draft`)."""
     feature_layers: tuple[int, ...] | None = None
     """Target hidden states (HF output_hidden_states indices) the proposer reads besides the last one; None: only the last."""
+    keep_distributions: bool = False
+    """Set by the generator when the verifier reads `Proposal.draft_dists`; a proposer that can, then fills them."""
 
     @classmethod
     def layout(cls, draft, kind: str = "default", size: int | None = None, depth: int = 5, top_k: int = 4):

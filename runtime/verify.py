@@ -2,10 +2,10 @@
 
 A verifier is an object chosen by name from `VERIFIERS` (`register_verifier` adds one; a module
 named `*_verifier.py` in this package is imported with `specdec.runtime`). Each has a `name`, a
-`lossless` flag (read by eval, the CLIs and the model card) and
-`verify(block, generator) -> (accepted path, bonus token, node tokens)`, where the `VerifyBlock`
-holds the tree, its tokens, the target's logits and hidden states at every node, and what the
-proposer attached (draft distributions, per-node confidences).
+`lossless` flag (read by eval, the CLIs and the model card), `describe()` (its settings, for
+result JSON) and `verify(block, generator) -> (accepted path, bonus token, node tokens)`, where
+the `VerifyBlock` holds the tree, its tokens, the target's logits and hidden states at every
+node, and what the proposer attached (draft distributions, per-node confidences).
 
 - greedy: lossless; the output equals plain greedy decoding (temperature 0 only).
 - sampling: exact speculative sampling (Leviathan et al.; Chen et al.) generalised to trees by
@@ -17,6 +17,15 @@ proposer attached (draft distributions, per-node confidences).
 - typical: Medusa's typical acceptance, LOSSY by design: accept x if
   p(x) > min(epsilon, delta * exp(-H(p))).
 - auto (the default name): greedy at temperature 0, sampling above.
+
+LOSSY greedy rules (temperature 0; `judge_verifier.py`): at each node a child equal to the
+target's argmax is accepted first, else the rule may accept a mismatching child; the bonus token
+is the target's argmax where the walk stops. Each counts the tokens it accepted each way.
+- judge: the first child the judge head calls unimportant (p(important) < threshold, read from
+  the target's hidden state at the child; Judge Decoding / AutoJudge).
+- topk: the first child among the target's top-k tokens at the parent (k=1 is greedy).
+- kl: the parent's first child when KL(draft || target) at the parent < threshold (needs the
+  proposer's `draft_dists`, see `Verifier.needs_draft_distributions`).
 """
 
 from __future__ import annotations
@@ -67,6 +76,8 @@ class VerifyBlock:
     """[tree.size + 1, V] draft distribution each node was sampled from; None: deterministic top-k candidates."""
     confidences: torch.Tensor | None = None
     """[tree.size] the proposer's confidence in every non-root node (tree order), or None."""
+    draft_dists: torch.Tensor | None = None
+    """[tree.size + 1, V] the draft's next-token distribution at every node (`Proposal.draft_dists`), or None."""
 
 
 class Verifier:
@@ -76,6 +87,8 @@ class Verifier:
     """Registry key (the `verifier=` option of the CLIs)."""
     lossless: ClassVar[bool]
     """True when the output is distributed exactly as the target's own decoding."""
+    needs_draft_distributions: ClassVar[bool] = False
+    """True when the rule reads `VerifyBlock.draft_dists` (the generator then asks the proposer for them)."""
 
     def check(self, sampling: SamplingConfig) -> None:
         """Raise ValueError (one line: what to change) when this rule cannot verify under `sampling`."""
@@ -83,6 +96,10 @@ class Verifier:
     def verify(self, block: VerifyBlock, generator: torch.Generator | None) -> tuple[list[int], int, list[int]]:
         """(accepted path as node indices, root first; the bonus token after the path; the node tokens as a list)."""
         raise NotImplementedError(f"{type(self).__name__} must define verify(block, generator)")
+
+    def describe(self) -> dict:
+        """JSON-able settings for result JSON: `verifier`, `lossless` and the rule's own options."""
+        return {"verifier": self.name, "lossless": self.lossless}
 
 
 VERIFIERS: dict[str, type[Verifier]] = {}
@@ -225,6 +242,9 @@ class TypicalVerifier(_SiblingWalk):
 
     def __init__(self, options: TypicalOptions | None = None):
         self.options = options or TypicalOptions()
+
+    def describe(self) -> dict:
+        return super().describe() | {"epsilon": self.options.epsilon, "delta": self.options.delta}
 
     def _try(self, p, x, q, generator):
         entropy = -(p * torch.log(p.clamp_min(1e-20))).sum()
