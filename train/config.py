@@ -4,7 +4,8 @@ Every field carries a docstring; `specdec-train --help` prints them. A recipe is
 (or a name from `recipes/`) merged into the schema of its method: `RecipeConfig` (the sections
 every method shares) plus the sections the method's `TrainingMethod` declares (see
 `specdec.train.methods`); `key=value` overrides go on top. Unknown keys, another method's
-keys and wrong types fail before any work starts, naming the closest valid key.
+keys and wrong types fail before any work starts, naming the closest valid key. The judge recipe
+(`method: judge`, `specdec.train.judge`) trains no draft and has a schema of its own.
 """
 
 from __future__ import annotations
@@ -154,7 +155,7 @@ class HubConfig:
 @dataclass
 class RecipeConfig:
     method: str = "medusa1"
-    """Training method, one of the registered methods: medusa1 (frozen target), medusa2 (joint LoRA), eagle1, eagle3 or chimera (feature-level drafters on the frozen target); its sections (e.g. medusa, eagle3) join the recipe."""
+    """Training method, one of the registered methods: medusa1 (frozen target), medusa2 (joint LoRA), eagle1, eagle3 or chimera (feature-level drafters on the frozen target); its sections (e.g. medusa, eagle3) join the recipe. (method judge, recipe=judge, trains a judge head instead, with keys of its own.)"""
     output_dir: str = "runs/medusa1"
     """Where the resolved config, checkpoints, logs and the exported draft go."""
     seed: int = 0
@@ -190,6 +191,10 @@ VALUE_RANGES = {
 }
 """Numeric keys of the shared sections -> (what the value must be, test); a null value (optional keys) is not
 checked. A method's own sections declare theirs as a `ranges` class attribute of the section dataclass."""
+
+
+JUDGE_METHOD = "judge"
+"""The `method` of the judge recipe: a classifier over mined labels, not a draft `TrainingMethod` (see `specdec.train.judge`)."""
 
 
 class RecipeError(ValueError):
@@ -229,6 +234,13 @@ def _methods():
     return methods
 
 
+def _judge():
+    """The judge recipe's module (imported late: it imports this one)."""
+    from specdec.train import judge
+
+    return judge
+
+
 def method_names() -> list[str]:
     """Every registered training method."""
     return sorted(_methods().METHODS)
@@ -240,11 +252,13 @@ def feature_methods() -> list[str]:
 
 
 def recipe_schema(method: str) -> type:
-    """The structured config of a recipe of `method`: the shared sections plus the method's own."""
+    """The structured config of a recipe of `method`: the shared sections plus the method's own (the judge recipe: its own schema)."""
+    if method == JUDGE_METHOD:
+        return _judge().JudgeRecipeConfig
     try:
         cls = _methods().method_class(method)
     except ValueError as exc:
-        raise RecipeError(f"`method`: {exc}") from None
+        raise RecipeError(f"`method`: {exc}; or {JUDGE_METHOD} (a judge head on mined labels, recipe=judge).{did_you_mean(method, [JUDGE_METHOD])}") from None
     extra = [(name, section, field(default_factory=section)) for name, section in cls.sections.items()]
     return make_dataclass(f"{cls.__name__}Recipe", extra, bases=(RecipeConfig,))
 
@@ -270,9 +284,14 @@ def _flat_keys(node: Any, prefix: str = "") -> list[str]:
     return keys
 
 
+def section_owners() -> dict[str, list[str]]:
+    """Recipe section name -> the methods that read it: the draft methods' sections and the judge recipe's `judge`."""
+    return {**_methods().section_owners(), "judge": [JUDGE_METHOD]}
+
+
 def _check_keys(tree: dict, origin: str, schema: type, method: str) -> None:
     valid = set(valid_keys(schema))
-    owners = _methods().section_owners()
+    owners = section_owners()
     flat = _flat_keys(tree)
     for key in flat:
         if key in valid:
@@ -281,6 +300,7 @@ def _check_keys(tree: dict, origin: str, schema: type, method: str) -> None:
         if section in owners and method not in owners[section]:
             key = max((k for k in flat if k.split(".")[0] == section), key=len)  # name the full key, not only its section
             raise RecipeError(f"`{key}` in {origin} belongs to method {' / '.join(owners[section])}, but this recipe trains {method}: drop it or set method={owners[section][0]}.")
+        key = max((k for k in flat if k.startswith(key + ".")), key=len, default=key)  # an unknown section: name its full key (trainer.max_steps -> judge.max_steps)
         raise RecipeError(f"{unknown_key(key, sorted(valid), origin)} Run `specdec-train --help` for every key.")
 
 
@@ -289,7 +309,8 @@ def parse_overrides(args: list[str]) -> dict[str, str]:
     (specdec.models.cli_args). Values stay strings for OmegaConf to type, except those of boolean
     recipe keys: they take the shared spellings (true/false, 1/0, yes/no, on/off; UsageError otherwise)."""
     overrides = split_words(args)
-    booleans = {key for key, default, _ in [*field_docs(), *(row for rows in method_field_docs().values() for row in rows)] if isinstance(default, bool)}
+    rows = [*field_docs(), *(row for rows in method_field_docs().values() for row in rows), *field_docs(_judge().JudgeRecipeConfig)]
+    booleans = {key for key, default, _ in rows if isinstance(default, bool)}
     return {key: str(parse_bool(key, value)).lower() if key in booleans else value for key, value in overrides.items()}
 
 
@@ -311,7 +332,7 @@ def load_recipe(recipe: str, overrides: dict[str, str] | None = None) -> DictCon
         config = OmegaConf.merge(config, OmegaConf.from_dotlist([f"{k}={v}" for k, v in overrides.items()]))
     except OmegaConfBaseException as exc:
         raise RecipeError(f"invalid value: {_short_omegaconf_error(exc)}") from exc
-    _check_values(config)
+    (_judge().check_recipe if config.method == JUDGE_METHOD else _check_values)(config)
     OmegaConf.set_struct(config, True)
     return config
 
@@ -361,14 +382,7 @@ def _check_values(config: DictConfig) -> None:
         "data.distill_dtype": tuple(DISTILL_DTYPES),
         **_section_rules(method, "choices"),
     }
-    for key, allowed in choices.items():
-        value = OmegaConf.select(config, key)
-        if value not in allowed:
-            raise RecipeError(f"`{key}` is {value!r}; choose one of {', '.join(allowed)}")
-    for key, (meaning, holds) in {**VALUE_RANGES, **_section_rules(method, "ranges")}.items():
-        value = OmegaConf.select(config, key)
-        if value is not None and (not math.isfinite(value) or not holds(value)):
-            raise RecipeError(f"`{key}` is {value}; it must be {meaning}")
+    check_rules(config, choices, {**VALUE_RANGES, **_section_rules(method, "ranges")})
     if config.data.max_samples is not None and config.data.max_samples <= config.data.val_size:
         raise RecipeError(f"`data.max_samples` ({config.data.max_samples}) must be larger than `data.val_size` ({config.data.val_size}), which are held out for validation: raise data.max_samples or lower data.val_size")
     if config.data.features == "offline" and not method.reads_target_features:
@@ -378,6 +392,18 @@ def _check_values(config: DictConfig) -> None:
     check_strategy_name(config.trainer.strategy)
     if config.data.features != "offline":  # offline training reads stored features, not the source
         _check_data_source(config.data.source)
+
+
+def check_rules(config: DictConfig, choices: dict[str, tuple], ranges: dict[str, tuple]) -> None:
+    """Raise RecipeError for the first key whose value is not among its `choices`, or (when set) outside its `ranges` rule."""
+    for key, allowed in choices.items():
+        value = OmegaConf.select(config, key)
+        if value not in allowed:
+            raise RecipeError(f"`{key}` is {value!r}; choose one of {', '.join(allowed)}")
+    for key, (meaning, holds) in ranges.items():
+        value = OmegaConf.select(config, key)
+        if value is not None and (not math.isfinite(value) or not holds(value)):
+            raise RecipeError(f"`{key}` is {value}; it must be {meaning}")
 
 
 def _section_rules(method, kind: str) -> dict:
@@ -431,7 +457,8 @@ def field_docs(schema: type = RecipeConfig, prefix: str = "") -> list[tuple[str,
         if isinstance(f.default_factory, type) and is_dataclass(f.default_factory):
             rows += field_docs(f.default_factory, prefix + f.name + ".")
         else:
-            rows.append((prefix + f.name, f.default, docs.get(f.name, "")))
+            default = f.default_factory() if callable(f.default_factory) else f.default  # a list default is a factory
+            rows.append((prefix + f.name, default, docs.get(f.name, "")))
     return rows
 
 
