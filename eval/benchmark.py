@@ -67,9 +67,11 @@ class QuestionFileError(ValueError):
     """A question file that cannot be read (not UTF-8, a line that is not JSON, no usable question)."""
 
 
-def load_questions(path_or_name: str | Path, max_questions: int | None = None, per_category: int | None = None) -> list[dict]:
-    """Questions of an MT-Bench-shaped JSONL file (`question_id`, `category`, `turns`): the first
-    `per_category` of each category (all by default), then the first `max_questions` of those.
+def load_questions(path_or_name: str | Path, max_questions: int | None = None, per_category: int | None = None, skip: int = 0) -> list[dict]:
+    """Questions of an MT-Bench-shaped JSONL file (`question_id`, `category`, `turns`): after the
+    first `skip` usable records, the first `per_category` of each category (all by default), then
+    the first `max_questions` of those. A GSM8K-shaped record (`question`, `answer`) is one turn of
+    category `gsm8k` that keeps its `answer` (the outcome checkers read it).
 
     Records without a non-empty `turns` list are skipped with one warning that counts them;
     a file that is not UTF-8 or a line that is not JSON is a QuestionFileError naming the line.
@@ -87,14 +89,20 @@ def load_questions(path_or_name: str | Path, max_questions: int | None = None, p
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise QuestionFileError(f"{path}:{number} is not valid JSON ({exc.msg}); each line must be one question object") from exc
+        if isinstance(record, dict) and isinstance(record.get("question"), str) and "turns" not in record:
+            record = {"question_id": number, "category": "gsm8k", "turns": [record["question"]], "answer": record.get("answer")}
         turns = record.get("turns") if isinstance(record, dict) else None
         if not isinstance(turns, list) or not turns or not isinstance(turns[0], str):
             skipped.append(number)
             continue
+        if skip > 0:
+            skip -= 1
+            continue
         category = record.get("category", "all")
         if per_category is not None and sum(q["category"] == category for q in questions) >= per_category:
             continue
-        questions.append({"question_id": record.get("question_id", number), "category": category, "turns": turns})
+        question = {"question_id": record.get("question_id", number), "category": category, "turns": turns}
+        questions.append(question | ({"answer": record["answer"]} if record.get("answer") is not None else {}))
         if max_questions is not None and len(questions) >= max_questions:
             break
     if skipped:

@@ -9,10 +9,12 @@ import torch
 
 from specdec.eval.benchmark import TREE_KINDS, QuestionFileError, bench_path, evaluate, load_questions, prompt_ids
 from specdec.runtime.autotune import tune_tree
-from specdec.runtime.options import RUNTIME_ERRORS, SHARED_OPTIONS, check_verifier, draft_folder, draft_layout, target_source
+from specdec.runtime.options import RUNTIME_ERRORS, SHARED_OPTIONS, build_verifier, check_verifier, draft_folder, draft_layout, target_source
+from specdec.eval.checkers import build_checker
+from specdec.eval.judge_sweep import plot_sweep, run_sweep, sweep_points, sweep_table
 from specdec.eval.report import flat_summary, format_table, plot, write_json
 from specdec.models.base import load_draft
-from specdec.models.cli_args import AT_LEAST_1, Option, Rule, UsageError, help_page, parse_options, run_cli, spec_rows
+from specdec.models.cli_args import AT_LEAST_1, NON_NEGATIVE, Option, Rule, UsageError, help_page, parse_options, run_cli, spec_rows
 from specdec.models.target import load_target
 
 EVAL_RESULTS = "eval_results.json"
@@ -27,6 +29,10 @@ OPTIONS = {
     "tree": Option(str, "default", Rule(f"one of {', '.join(TREE_KINDS)}", lambda v: v in TREE_KINDS), "layout: default (the draft type's tree), chain, or tuned (the fastest of several, measured on two questions)"),
     "prompt_lookup_tokens": Option(int, 10, AT_LEAST_1, "tokens the prompt-lookup baseline proposes per step"),
     "baselines": Option(bool, True, doc="also time plain greedy decoding and prompt lookup beside the draft"),
+    "skip_questions": Option(int, 0, NON_NEGATIVE, "skip this many questions of the file first (e.g. the slice a judge was mined on)"),
+    "sweep": Option(str, None, doc="verifier=judge: comma-separated judge thresholds; measures exact verification and each threshold on the same questions (LOSSY points)"),
+    "training_free": Option(str, None, doc="sweep: training-free rules to add, comma-separated topk:K (target's top-K) and kl:T (KL(draft || target) < T)"),
+    "checker": Option(str, None, doc="sweep: outcome checker for quality (math: final number vs plain greedy's; code; general); unset: log-prob and identity only"),
 }
 """key -> Option(type, default, range, meaning)."""
 USAGE = """usage: specdec-eval draft=DIR [bench=mt-bench|PATH.jsonl] [key=value ...]
@@ -48,7 +54,31 @@ def parse_args(argv: list[str]) -> dict:
     if not options["draft"]:
         raise UsageError("draft=DIR is required (the draft/ folder that specdec-train wrote)")
     check_verifier(options)
+    if options["sweep"] and options["verifier"] != "judge":
+        raise UsageError(f"sweep= lists judge thresholds: add verifier=judge judge=DIR (got verifier={options['verifier']})")
+    if options["checker"] and not (options["sweep"] or options["training_free"]):
+        raise UsageError("checker= measures the quality of a sweep: add sweep=THRESHOLDS (verifier=judge) or training_free=RULES")
+    options["sweep"] = _floats(options["sweep"], "sweep")
+    options["training_free"] = [r.strip() for r in options["training_free"].split(",") if r.strip()] if options["training_free"] else []
+    if options["checker"]:
+        try:
+            build_checker(options["checker"])
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     return options
+
+
+def _floats(text: str | None, key: str) -> list[float]:
+    """A comma-separated list of numbers in [0, 1]; anything else is a usage error naming `key`."""
+    if not text:
+        return []
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"{key}={text} must be comma-separated numbers, e.g. {key}=0.1,0.3,0.5") from None
+    if not values or any(not 0 <= v <= 1 for v in values):
+        raise UsageError(f"{key}={text}: every threshold must lie within [0, 1]")
+    return values
 
 
 def run(options: dict) -> int:
@@ -61,12 +91,14 @@ def run(options: dict) -> int:
         raise UsageError(str(exc)) from None
     if options["threads"]:
         torch.set_num_threads(options["threads"])
-    questions = load_questions(options["bench"], options["max_questions"], options["per_category"])
+    questions = load_questions(options["bench"], options["max_questions"], options["per_category"], options["skip_questions"])
     draft = load_draft(draft_dir)
     source = options["target"] or target_source(draft_dir, config)
     target = load_target(source)
-    # Step 2: the benchmark itself.
+    # Step 2: the benchmark itself (a sweep of lossy rules, or one verifier against the baselines).
     layout, tree_speeds = _pick_tree(options, target, draft, questions)
+    if options["sweep"] or options["training_free"]:
+        return _sweep(options, target, draft, questions, layout)
     result = evaluate(
         target.model,
         target.tokenizer,
@@ -75,7 +107,7 @@ def run(options: dict) -> int:
         max_new_tokens=options["max_new_tokens"],
         temperature=options["temperature"],
         layout=layout,
-        verifier=options["verifier"],
+        verifier=build_verifier(options, target.model.config.hidden_size),
         prompt_lookup_tokens=options["prompt_lookup_tokens"],
         baselines=options["baselines"],
         seed=options["seed"],
@@ -92,6 +124,22 @@ def run(options: dict) -> int:
     print(format_table(result))
     print(f"wrote {out}, {figure} and {draft_dir / EVAL_RESULTS}")
     return 1 if result["lossless_failures"] else 0
+
+
+def _sweep(options: dict, target, draft, questions: list[dict], layout) -> int:
+    """Exact verification, the judge at each `sweep` threshold and each `training_free` rule on the
+    same questions: table, JSON and the quality plot (every point but exact is LOSSY)."""
+    judge = build_verifier(options, target.model.config.hidden_size).judge if options["sweep"] else None
+    points = sweep_points(judge, options["sweep"], options["training_free"])
+    checker = build_checker(options["checker"]) if options["checker"] else None
+    result = run_sweep(target.model, target.tokenizer, draft, questions, points, layout, options["max_new_tokens"], checker, options["baselines"])
+    result["setting"].update(draft=options["draft"], judge=options["judge"], bench=str(options["bench"]), skip_questions=options["skip_questions"], target=target.name_or_path)
+    out = Path(options["out"] or f"sweep_{Path(str(options['bench'])).stem}.json")
+    write_json(result, out)
+    figure = plot_sweep(result, options["plot"] or out.with_suffix(".png"))
+    print(sweep_table(result))
+    print(f"wrote {out} and {figure}")
+    return 0
 
 
 def _pick_tree(options: dict, target, draft, questions: list[dict]):

@@ -10,7 +10,7 @@ import torch
 from specdec.models.base import load_draft
 from specdec.models.cli_args import NON_NEGATIVE, PROBABILITY, Option, UsageError, help_page, parse_options, run_cli, spec_rows
 from specdec.models.target import load_target
-from specdec.runtime.options import RUNTIME_ERRORS, SHARED_OPTIONS, check_verifier, draft_folder, draft_layout, target_source
+from specdec.runtime.options import RUNTIME_ERRORS, SHARED_OPTIONS, build_verifier, check_verifier, draft_folder, draft_layout, target_source
 from specdec.runtime.generator import SpeculativeGenerator
 from specdec.runtime.verify import SamplingConfig
 
@@ -60,7 +60,7 @@ def run(options: dict) -> int:
     layout = draft_layout(draft, "chain" if options["chain"] else "default", options)
     source = options["target"] or target_source(draft_dir, config)
     target = load_target(source)
-    generator = SpeculativeGenerator.from_draft(target.model, draft, layout, tokenizer=target.tokenizer, verifier=options["verifier"])
+    generator = SpeculativeGenerator.from_draft(target.model, draft, layout, tokenizer=target.tokenizer, verifier=build_verifier(options, target.model.config.hidden_size))
     # Step 2: stream the answer as tokens are committed.
     ids = target.tokenizer.apply_chat_template([{"role": "user", "content": options["prompt"]}], add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
     printer = _StreamPrinter(target.tokenizer)

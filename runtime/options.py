@@ -7,10 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from specdec.models.base import DraftMismatchError, read_draft_config
+from specdec.models.judge import load_judge
 from specdec.models.cli_args import AT_LEAST_1, NON_NEGATIVE, Option, Rule, UsageError
 from specdec.models.target import TargetLoadError
 from specdec.runtime.generator import choose_layout
-from specdec.runtime.verify import SamplingConfig, resolve_verifier, verifier_names
+from specdec.runtime.judge_verifier import JudgeVerifier, KLVerifier, TopKVerifier
+from specdec.runtime.verify import SamplingConfig, Verifier, resolve_verifier, verifier_names
 
 VERIFIER_NAME = Rule(f"one of {', '.join(verifier_names())}", lambda v: v in verifier_names())
 
@@ -19,6 +21,10 @@ SHARED_OPTIONS = {
     "max_new_tokens": Option(int, 256, AT_LEAST_1, "tokens to generate per answer"),
     "temperature": Option(float, 0.0, NON_NEGATIVE, "sampling temperature; 0 decodes greedily"),
     "verifier": Option(str, "auto", VERIFIER_NAME, f"acceptance rule, one of {', '.join(verifier_names())} (auto: greedy at temperature 0, else sampling)"),
+    "judge": Option(str, None, doc="verifier=judge: the judge/ folder specdec-train recipe=judge wrote (LOSSY)"),
+    "judge_threshold": Option(float, None, Rule("within [0, 1]", lambda v: 0 <= v <= 1), "verifier=judge: keep a rejected draft token when p(important) < this (unset: the judge's own)"),
+    "accept_top_k": Option(int, 2, AT_LEAST_1, "verifier=topk: keep a draft token within the target's top-k (LOSSY; 1 = exact)"),
+    "kl_threshold": Option(float, 0.5, NON_NEGATIVE, "verifier=kl: keep the draft's token when KL(draft || target) < this (LOSSY)"),
     "tree_size": Option(int, None, AT_LEAST_1, "draft tokens verified per step: tree nodes, or the chain's length (unset: the draft type's default)"),
     "depth": Option(int, 5, AT_LEAST_1, "EAGLE: draft steps per tree or chain; tree=tuned: longest chain tried"),
     "tree_top_k": Option(int, 4, AT_LEAST_1, "EAGLE trees: nodes expanded and children per node at each depth"),
@@ -59,8 +65,33 @@ def draft_layout(draft, kind: str, options: dict):
 
 
 def check_verifier(options: dict) -> None:
-    """The `verifier` option against `temperature`: a rule that cannot decode at it (greedy above 0) is a usage error."""
+    """The `verifier` option against `temperature` and its own keys: a rule that cannot decode at it
+    (greedy above 0), or `verifier=judge` without `judge=DIR`, is a usage error."""
+    if options["verifier"] == "judge" and not options["judge"]:
+        raise UsageError("verifier=judge needs judge=DIR: the judge/ folder that `specdec-train recipe=judge` wrote")
+    if options["judge"] and options["verifier"] != "judge":
+        raise UsageError(f"judge={options['judge']} is only read by verifier=judge (got verifier={options['verifier']}): add verifier=judge or drop judge=")
+    if options["verifier"] == "judge":
+        if options["temperature"] > 0:
+            raise UsageError(f"verifier=judge decodes at temperature 0 (got temperature={options['temperature']}): set temperature=0")
+        return  # the judge is loaded (and checked against the target) by build_verifier
     try:
-        resolve_verifier(options["verifier"], SamplingConfig(temperature=options["temperature"]))
+        resolve_verifier(build_verifier(options), SamplingConfig(temperature=options["temperature"]))
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+
+
+def build_verifier(options: dict, hidden_size: int | None = None) -> str | Verifier:
+    """The verifier the options name: a registered name as is, or the lossy rules built with their keys
+    (`judge` loaded from `judge=DIR` and checked against the target's `hidden_size` when given)."""
+    name = options["verifier"]
+    if name == "judge":
+        judge = load_judge(options["judge"])
+        if hidden_size is not None:
+            judge.check_target(hidden_size)
+        return JudgeVerifier(judge, options["judge_threshold"])
+    if name == "topk":
+        return TopKVerifier(options["accept_top_k"])
+    if name == "kl":
+        return KLVerifier(options["kl_threshold"])
+    return name

@@ -259,8 +259,8 @@ def test_verifiers_by_name_with_their_lossless_flags():
     assert {name: VERIFIERS[name].lossless for name in ("greedy", "sampling", "typical")} == {"greedy": True, "sampling": True, "typical": False}
     assert resolve_verifier("auto", SamplingConfig()).name == "greedy"
     assert resolve_verifier("auto", SamplingConfig(temperature=0.7)).name == "sampling"
-    with pytest.raises(ValueError, match="unknown verifier 'judge': choose one of auto, greedy, sampling, typical"):
-        resolve_verifier("judge", SamplingConfig())
+    with pytest.raises(ValueError, match="unknown verifier 'jugde': choose one of auto, greedy, sampling, typical, judge, topk, kl"):
+        resolve_verifier("jugde", SamplingConfig())
     with pytest.raises(ValueError, match="verifier=greedy decodes at temperature 0 \\(got temperature=0.5\\)"):
         resolve_verifier("greedy", SamplingConfig(temperature=0.5))
 
@@ -280,7 +280,9 @@ def test_generate_cli_takes_a_verifier_and_labels_a_lossy_one(tmp_path, tiny_tar
     heads.save_pretrained(tmp_path / "draft", extra={"target": {"name_or_path": str(tiny_target_dir)}})
     assert main([f"draft={tmp_path / 'draft'}", "prompt=Hi", "max_new_tokens=4", "temperature=0.7", "verifier=typical"]) == 0
     assert '"verification": "typical (lossy)"' in capsys.readouterr().err
+    assert main([f"draft={tmp_path / 'draft'}", "prompt=Hi", "verifier=jugde"]) == 2
+    assert "verifier=jugde: must be one of auto, greedy, sampling, typical, judge, topk, kl" in capsys.readouterr().err
     assert main([f"draft={tmp_path / 'draft'}", "prompt=Hi", "verifier=judge"]) == 2
-    assert "verifier=judge: must be one of auto, greedy, sampling, typical" in capsys.readouterr().err
+    assert "verifier=judge needs judge=DIR" in capsys.readouterr().err
     assert main([f"draft={tmp_path / 'draft'}", "prompt=Hi", "verifier=greedy", "temperature=0.5"]) == 2
     assert "specdec-generate: error: verifier=greedy decodes at temperature 0" in capsys.readouterr().err
