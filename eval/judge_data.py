@@ -400,6 +400,7 @@ OPTIONS = {
     "max_shift": Option(int, 4, NON_NEGATIVE, "checker=general: how far (tokens) the rejoined stretch may sit from the reference's"),
     "target": SHARED_OPTIONS["target"],
     "threads": SHARED_OPTIONS["threads"],
+    "progress": Option(bool, True, doc="show a progress bar over the prompts (labels so far in its postfix)"),
 }
 """key -> Option(type, default, range, meaning)."""
 USAGE = """usage: specdec-judge-data draft=DIR out=DIR [prompts=gsm8k|sharegpt|PATH.jsonl] [checker=math|code|general] [key=value ...]
@@ -454,9 +455,8 @@ def run(options: dict) -> int:
         "prompts": options["prompts"],
         "prompts_file": str(path.resolve()),
         "skip_prompts": options["skip_prompts"],
-        "max_prompts": options["max_prompts"],
     }
-    card = mine_folder(miner, prompts, options["out"], settings, options["chunk_size"])
+    card = mine_folder(miner, prompts, options["out"], settings, options["chunk_size"], options["progress"])
     counts = card["counts"]
     print(f"{counts['labels']} labels from {counts['prompts']} prompts ({counts['important']} important, {counts['low_prob']} of them low_prob; {counts['unimportant']} unimportant) in {options['out']}")
     return 0

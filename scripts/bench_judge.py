@@ -1,6 +1,6 @@
 """Judge decoding on the standard setting's target (../shared/BENCHMARK.md): mine labels, train a judge, sweep.
 
-    python scripts/bench_judge.py drafts    # EAGLE-3 (offline, 400 steps) and Medusa-1 (online, 100 steps) on the standard set
+    python scripts/bench_judge.py drafts [eagle3|medusa1]    # EAGLE-3 (offline, 400 steps) and Medusa-1 (online, 100 steps) on the standard set
     python scripts/bench_judge.py mine      # specdec-judge-data: AutoJudge labels for the EAGLE-3 draft on GSM8K train rows 0..MINE_PROMPTS
     python scripts/bench_judge.py train     # specdec-train recipe=judge on those labels
     python scripts/bench_judge.py sweep     # exact vs judge thresholds vs training-free rules (EAGLE-3 and Medusa-1; GSM8K held-out slice, MT-Bench)
@@ -31,7 +31,7 @@ GSM8K = SHARED / "train" / "gsm8k_train.jsonl"
 RUNS = ROOT / "runs"
 LABELS = RUNS / "judge_labels_eagle3"
 JUDGE = RUNS / "judge_judge"
-MINE_PROMPTS = 48
+MINE_PROMPTS = 16
 """GSM8K train rows 0..MINE_PROMPTS are mined (the judge's train and validation prompts)."""
 HELD_OUT = ["skip_questions=7400", "max_questions=12"]
 """The GSM8K slice the sweeps decode: rows 7400.. of 7,473, never mined."""
@@ -42,7 +42,9 @@ DRAFTS = {
     "medusa1": ("runs/judge_medusa1/draft", ["tree=chain", "tree_size=4"]),
 }
 """Draft -> (folder, layout keys): chains, the layout a judge pays on (EAGLE-3 8 tokens, Medusa-1 all 4 heads)."""
-SWEEP = ["verifier=judge", f"judge={JUDGE}/judge", "sweep=0.1,0.3,0.5", "training_free=topk:2,kl:0.5", "threads=2", f"max_new_tokens={MAX_NEW}"]
+SWEEP = ["verifier=judge", f"judge={JUDGE}/judge", "training_free=topk:2,kl:1.0", "threads=2", f"max_new_tokens={MAX_NEW}"]
+ACCEPTED_SHARES = (0.1, 0.25, 0.5)
+"""Judge thresholds of the sweep: the serving default and the smallest thresholds that accept these shares of the validation mismatches."""
 RUNS_TO_SWEEP = {
     "judge_eagle3_gsm8k": ("eagle3", [f"bench={GSM8K}", *HELD_OUT, "checker=math"]),
     "judge_medusa1_gsm8k": ("medusa1", [f"bench={GSM8K}", *HELD_OUT, "checker=math"]),
@@ -63,13 +65,15 @@ def cpu_minutes(log: Path) -> float | None:
     return round(sum(seconds) / 60, 1) if seconds else None
 
 
-def drafts() -> None:
-    """The two drafts on the standard set (EAGLE-3 from stored features)."""
-    timed(["specdec-prepare", "recipe=eagle3", "output_dir=runs/judge_eagle3", *COMMON, "data.features_dir=runs/judge_features"], RUNS / "judge_prepare.log")
-    schedule = ["trainer.max_steps=400", "trainer.val_every_n_steps=200", "trainer.checkpoint_every_n_steps=100", "optim.lr=3e-3", "optim.warmup_steps=20"]
-    timed(["specdec-train", "recipe=eagle3", "output_dir=runs/judge_eagle3", *COMMON, "data.features_dir=runs/judge_features", "data.features=offline", *schedule], RUNS / "judge_eagle3.log")
-    schedule = ["trainer.max_steps=100", "trainer.val_every_n_steps=50", "trainer.checkpoint_every_n_steps=50"]
-    timed(["specdec-train", "recipe=medusa1", "output_dir=runs/judge_medusa1", *COMMON, *schedule], RUNS / "judge_medusa1.log")
+def drafts(which: str | None = None) -> None:
+    """The two drafts on the standard set (EAGLE-3 from stored features); `which`: only that one."""
+    if which in (None, "eagle3"):
+        timed(["specdec-prepare", "recipe=eagle3", "output_dir=runs/judge_eagle3", *COMMON, "data.features_dir=runs/judge_features"], RUNS / "judge_prepare.log")
+        schedule = ["trainer.max_steps=400", "trainer.val_every_n_steps=200", "trainer.checkpoint_every_n_steps=100", "optim.lr=3e-3", "optim.warmup_steps=20"]
+        timed(["specdec-train", "recipe=eagle3", "output_dir=runs/judge_eagle3", *COMMON, "data.features_dir=runs/judge_features", "data.features=offline", *schedule], RUNS / "judge_eagle3.log")
+    if which in (None, "medusa1"):
+        schedule = ["trainer.max_steps=100", "trainer.val_every_n_steps=50", "trainer.checkpoint_every_n_steps=50"]
+        timed(["specdec-train", "recipe=medusa1", "output_dir=runs/judge_medusa1", *COMMON, *schedule], RUNS / "judge_medusa1.log")
 
 
 def mine() -> None:
@@ -83,13 +87,27 @@ def train() -> None:
     timed(["specdec-train", "recipe=judge", f"data.labels={LABELS}", f"output_dir={JUDGE}"], RUNS / "judge_train.log")
 
 
-def sweep() -> None:
+def sweep(which: str | None = None) -> None:
+    """Every sweep of RUNS_TO_SWEEP not yet in bench/ (`which`: only that one)."""
     for name, (draft, questions) in RUNS_TO_SWEEP.items():
         out = ROOT / "bench" / f"{name}.json"
-        if out.is_file():
+        if out.is_file() or which not in (None, name):
             continue
         folder, layout = DRAFTS[draft]
-        timed(["specdec-eval", f"draft={folder}", *layout, *questions, *SWEEP, f"out={out}"], RUNS / f"{name}.log")
+        thresholds = ",".join(f"{t:.4g}" for t in judge_thresholds())
+        timed(["specdec-eval", f"draft={folder}", *layout, *questions, *SWEEP, f"sweep={thresholds}", f"out={out}"], RUNS / f"{name}.log")
+
+
+def judge_thresholds() -> list[float]:
+    """The judge's serving threshold and, from its validation threshold table, the smallest threshold accepting each of ACCEPTED_SHARES."""
+    report = json.loads((JUDGE / "judge_report.json").read_text())
+    rows = sorted(report["thresholds"], key=lambda row: row["threshold"])
+    chosen = {round(report["threshold"]["threshold"], 4)}
+    for share in ACCEPTED_SHARES:
+        row = next((r for r in rows if r["accepted_share"] >= share), None)
+        if row is not None:
+            chosen.add(round(row["threshold"], 4))
+    return sorted(chosen)
 
 
 def collect() -> None:
@@ -115,6 +133,6 @@ def collect() -> None:
 
 if __name__ == "__main__":
     commands = {"drafts": drafts, "mine": mine, "train": train, "sweep": sweep, "collect": collect}
-    if len(sys.argv) != 2 or sys.argv[1] not in commands:
-        sys.exit(f"usage: python scripts/bench_judge.py {'|'.join(commands)}")
-    commands[sys.argv[1]]()
+    if len(sys.argv) not in (2, 3) or sys.argv[1] not in commands or (len(sys.argv) == 3 and sys.argv[1] not in ("drafts", "sweep")):
+        sys.exit(f"usage: python scripts/bench_judge.py {'|'.join(commands)} (drafts and sweep take one name: eagle3|medusa1, or a sweep of RUNS_TO_SWEEP)")
+    commands[sys.argv[1]](*sys.argv[2:])

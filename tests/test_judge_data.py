@@ -398,10 +398,14 @@ def test_cli_mines_resumes_and_refuses(tmp_path, lively_dir, capsys):
     prompts = tmp_path / "gsm.jsonl"
     prompts.write_text("".join(json.dumps({"question": f"What is {i} + 3?", "answer": f"#### {i + 3}"}) + "\n" for i in range(3)))
     out = tmp_path / "labels"
-    args = [f"draft={draft}", f"prompts={prompts}", f"out={out}", "checker=math", "max_new_tokens=12", "chunk_size=2", "threads=1"]
+    args = [f"draft={draft}", f"prompts={prompts}", f"out={out}", "checker=math", "max_new_tokens=12", "chunk_size=2", "threads=1", "progress=false"]
+    # Mining 2 prompts, then a rerun asking for all of them extends the folder (max_prompts is not a setting).
+    assert jd.main(args + ["max_prompts=2"]) == 0 and json.loads((out / DATA_CARD).read_text())["counts"]["prompts"] == 2
+    first_shard = shard_path(out, 0).stat().st_mtime_ns
     assert jd.main(args) == 0
+    assert shard_path(out, 0).stat().st_mtime_ns == first_shard
     card = json.loads((out / DATA_CARD).read_text())
-    assert card["settings"]["draft_type"] == "medusa" and card["settings"]["draft"] == str(draft.resolve()) and card["settings"]["max_prompts"] is None
+    assert card["settings"]["draft_type"] == "medusa" and card["settings"]["draft"] == str(draft.resolve()) and "max_prompts" not in card["settings"]
     assert card["settings"]["prompts_file"] == str(prompts.resolve()) and card["counts"]["prompts"] == 3 and card["counts"]["shards"] == 2
     assert len(read_judge_data(out).records) == card["counts"]["labels"]
     assert f"{card['counts']['labels']} labels from 3 prompts" in capsys.readouterr().out
