@@ -114,6 +114,7 @@ class CodeChecker(OutcomeChecker):
     timeout_s: float = 5.0
     """Wall-clock limit of one run; a script that runs longer fails."""
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
+    """Program -> its pass status, so R's own tests run once per prompt."""
 
     def same_outcome(self, prompt_record: dict, reference_text: str, candidate_text: str) -> bool:
         tests = record_tests(prompt_record)
@@ -169,7 +170,9 @@ class GeneralChecker(OutcomeChecker):
       lengths differ by at most `max_shift` (both answers end the same way).
     The first start with less than a full window decides (later ones are shorter still). So the
     rule reads at most a + 1 + rejoin_tokens + window tokens of c: after a substitution at a, the
-    miner regenerates only `max_regen_tokens` = rejoin_tokens + window tokens."""
+    miner regenerates only `max_regen_tokens` = rejoin_tokens + window + max_shift tokens (the
+    margin keeps a full window when decoding and re-tokenizing the text shifts a few tokens, so a
+    cut-off candidate is not read as one that ended)."""
 
     name: ClassVar[str] = "general"
     judges_locally: ClassVar[bool] = True
@@ -188,7 +191,7 @@ class GeneralChecker(OutcomeChecker):
 
     @property
     def max_regen_tokens(self) -> int:
-        return self.rejoin_tokens + self.window
+        return self.rejoin_tokens + self.window + self.max_shift
 
     def same_outcome(self, prompt_record: dict, reference_text: str, candidate_text: str) -> bool:
         split = self.tokenize or WORD.findall

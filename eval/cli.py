@@ -8,14 +8,15 @@ from pathlib import Path
 import torch
 
 from specdec.eval.benchmark import TREE_KINDS, QuestionFileError, bench_path, evaluate, load_questions, prompt_ids
-from specdec.runtime.autotune import tune_tree
-from specdec.runtime.options import RUNTIME_ERRORS, SHARED_OPTIONS, build_verifier, check_verifier, draft_folder, draft_layout, target_source
-from specdec.eval.checkers import build_checker
+from specdec.eval.checkers import CheckerError, build_checker
 from specdec.eval.judge_sweep import plot_sweep, run_sweep, sweep_points, sweep_table
 from specdec.eval.report import flat_summary, format_table, plot, write_json
 from specdec.models.base import load_draft
 from specdec.models.cli_args import AT_LEAST_1, NON_NEGATIVE, Option, Rule, UsageError, help_page, parse_options, run_cli, spec_rows
+from specdec.models.judge import read_judge_config
 from specdec.models.target import load_target
+from specdec.runtime.autotune import tune_tree
+from specdec.runtime.options import RUNTIME_ERRORS, SHARED_OPTIONS, build_verifier, check_verifier, draft_folder, draft_layout, target_source
 
 EVAL_RESULTS = "eval_results.json"
 OPTIONS = {
@@ -58,8 +59,18 @@ def parse_args(argv: list[str]) -> dict:
         raise UsageError(f"sweep= lists judge thresholds: add verifier=judge judge=DIR (got verifier={options['verifier']})")
     if options["checker"] and not (options["sweep"] or options["training_free"]):
         raise UsageError("checker= measures the quality of a sweep: add sweep=THRESHOLDS (verifier=judge) or training_free=RULES")
+    if options["sweep"] and options["judge_threshold"] is not None:
+        raise UsageError(f"sweep= sets the judge's thresholds: drop judge_threshold={options['judge_threshold']}")
+    if options["verifier"] == "judge" and options["training_free"] and not options["sweep"]:
+        raise UsageError("training_free= with verifier=judge needs sweep=THRESHOLDS (the judge's points); or drop verifier=judge to compare the training-free rules alone")
     options["sweep"] = _floats(options["sweep"], "sweep")
     options["training_free"] = [r.strip() for r in options["training_free"].split(",") if r.strip()] if options["training_free"] else []
+    try:
+        sweep_points(None, options["sweep"], options["training_free"])
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if options["checker"] == "code":
+        raise UsageError("checker=code reads each question's `tests`, which specdec-eval's question files do not carry: use checker=math or general (specdec-judge-data takes checker=code)")
     if options["checker"]:
         try:
             build_checker(options["checker"])
@@ -130,6 +141,8 @@ def _sweep(options: dict, target, draft, questions: list[dict], layout) -> int:
     """Exact verification, the judge at each `sweep` threshold and each `training_free` rule on the
     same questions: table, JSON and the quality plot (every point but exact is LOSSY)."""
     judge = build_verifier(options, target.model.config.hidden_size).judge if options["sweep"] else None
+    if options["sweep"]:
+        _check_held_out(options, questions)
     points = sweep_points(judge, options["sweep"], options["training_free"])
     checker = build_checker(options["checker"]) if options["checker"] else None
     result = run_sweep(target.model, target.tokenizer, draft, questions, points, layout, options["max_new_tokens"], checker, options["baselines"])
@@ -140,6 +153,21 @@ def _sweep(options: dict, target, draft, questions: list[dict], layout) -> int:
     print(sweep_table(result))
     print(f"wrote {out} and {figure}")
     return 0
+
+
+def _check_held_out(options: dict, questions: list[dict]) -> None:
+    """Refuse to measure a judge on questions it was mined on: the same prompts file (the judge's
+    config.json `labels.settings`) and a question among the mined rows (question ids of GSM8K-shaped
+    files are line numbers; the miner's prompt indices count lines from 0)."""
+    settings = (read_judge_config(options["judge"]).get("labels") or {}).get("settings") or {}
+    mined_file = settings.get("prompts_file")
+    if not mined_file or Path(mined_file).resolve() != bench_path(options["bench"]).resolve():
+        return
+    first = settings.get("skip_prompts", 0)
+    count = (read_judge_config(options["judge"])["labels"].get("counts") or {}).get("prompts", 0)
+    seen = [q["question_id"] for q in questions if isinstance(q["question_id"], int) and first <= q["question_id"] - 1 < first + count]
+    if seen:
+        raise UsageError(f"the judge was mined on rows {first}..{first + count - 1} of {mined_file}, which include question(s) {', '.join(map(str, seen[:5]))}: choose skip_questions= past them")
 
 
 def _pick_tree(options: dict, target, draft, questions: list[dict]):
@@ -155,7 +183,7 @@ def _pick_tree(options: dict, target, draft, questions: list[dict]):
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `specdec-eval`."""
-    return run_cli("specdec-eval", sys.argv[1:] if argv is None else argv, help_text, parse_args, run, (*RUNTIME_ERRORS, QuestionFileError))
+    return run_cli("specdec-eval", sys.argv[1:] if argv is None else argv, help_text, parse_args, run, (*RUNTIME_ERRORS, QuestionFileError, CheckerError))
 
 
 if __name__ == "__main__":

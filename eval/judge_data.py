@@ -44,7 +44,7 @@ from specdec.eval.checkers import CHECKERS, CheckerError, OutcomeChecker, build_
 from specdec.models.base import atomic_write, final_hidden_states, lm_head_weight, load_draft, specdec_version
 from specdec.models.cli_args import AT_LEAST_1, NON_NEGATIVE, Option, Rule, UsageError, did_you_mean, help_page, parse_options, run_cli, spec_rows
 from specdec.models.decoder import additive
-from specdec.models.judge_data import DATA_CARD, LABEL_FIELDS, SHARD_GLOB, JudgeDataError, read_shard, shard_path, write_shard
+from specdec.models.judge_data import DATA_CARD, LABEL_FIELDS, SHARD_GLOB, JudgeDataError, read_shard, shard_path, shard_prompts, write_shard
 from specdec.models.target import load_target
 from specdec.runtime.generator import SpeculativeGenerator, default_eos_ids, plain_generate
 from specdec.runtime.lookup import ReferenceLookupProposer
@@ -204,7 +204,8 @@ def _record(values: dict, rule: str, important: bool) -> dict:
 
 
 def mine_folder(miner: LabelMiner, prompts: list[MinedPrompt], out: str | os.PathLike, settings: dict, chunk_size: int = 8, progress: bool = True) -> dict:
-    """Mine every chunk of `chunk_size` prompts that has no shard in `out` yet; returns the data card.
+    """Mine every chunk of `chunk_size` prompts that no shard in `out` covers exactly yet (a shard of a
+    shorter last chunk is mined again in full); returns the data card.
 
     `settings` (the target, the draft folder, the prompts source and slice: what the caller
     knows) join the miner's own and `chunk_size` as the folder's cache key."""
@@ -213,7 +214,7 @@ def mine_folder(miner: LabelMiner, prompts: list[MinedPrompt], out: str | os.Pat
     # Step 1: a folder mined with other settings is refused; one mined with these resumes.
     previous = _existing_card(out, settings)
     chunks = [prompts[i : i + chunk_size] for i in range(0, len(prompts), chunk_size)]
-    finished = {i for i in range(len(chunks)) if shard_path(out, i).exists()}
+    finished = {i for i, chunk in enumerate(chunks) if shard_prompts(shard_path(out, i)) == (chunk[0].index, len(chunk))}
     # Step 2: the finished shards' labels count; the card is written before any mining.
     tally = _Tally.of(record for i in sorted(finished) for record in read_shard(shard_path(out, i))[3])
     tally.prompts, tally.shards = sum(len(chunks[i]) for i in finished), len(finished)
@@ -235,7 +236,7 @@ def mine_folder(miner: LabelMiner, prompts: list[MinedPrompt], out: str | os.Pat
                 bar.update(1)
                 bar.set_postfix(tally.postfix())
             records = [r for m in mined for r in m.records]
-            write_shard(shard_path(out, index), torch.cat([m.features for m in mined]), records)
+            write_shard(shard_path(out, index), torch.cat([m.features for m in mined]), records, (chunk[0].index, len(chunk)))
             tally.prompts, tally.shards = tally.prompts + len(chunk), tally.shards + 1
             tally.wall_s, tally.cpu_s = tally.wall_s + time.perf_counter() - wall, tally.cpu_s + _cpu_s() - cpu
             _write_card(out, settings, tally)
@@ -247,12 +248,19 @@ class _Tally:
     """Running counts of a label folder."""
 
     important: int = 0
+    """Labels that change the outcome (low_prob ones included)."""
     unimportant: int = 0
+    """Labels that do not."""
     low_prob: int = 0
+    """Important labels decided by the probability floor, without a search."""
     prompts: int = 0
+    """Prompts mined into finished shards."""
     shards: int = 0
+    """Finished shards."""
     wall_s: float = 0.0
+    """Wall seconds of mining, over every run into the folder."""
     cpu_s: float = 0.0
+    """CPU seconds of mining (the code checker's runs included), over every run."""
 
     @classmethod
     def of(cls, records: Iterable[dict]) -> "_Tally":

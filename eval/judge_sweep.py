@@ -48,7 +48,9 @@ class SweepPoint:
 
 
 def sweep_points(judge=None, thresholds=(), training_free=()) -> list[SweepPoint]:
-    """`exact` first, then the judge at each threshold, then each training-free rule (`topk:K`, `kl:T`)."""
+    """`exact` first, then the judge at each threshold, then each training-free rule (`topk:K`, `kl:T`);
+    a malformed rule or a repeated point raises ValueError."""
+    # Step 1: the points in order.
     points = [SweepPoint("exact", GreedyVerifier())]
     points += [SweepPoint(f"judge@{t:g}", JudgeVerifier(judge, t)) for t in thresholds]
     for spec in training_free:
@@ -56,7 +58,15 @@ def sweep_points(judge=None, thresholds=(), training_free=()) -> list[SweepPoint
         if name not in TRAINING_FREE or not value:
             raise ValueError(f"unknown training-free rule {spec!r}: write topk:K (accept the target's top-K) or kl:T (accept when KL(draft || target) < T)")
         cls, kind = TRAINING_FREE[name]
-        points.append(SweepPoint(f"{name}:{value}", cls(kind(value))))
+        try:
+            setting = kind(value)
+        except ValueError:
+            raise ValueError(f"training-free rule {spec!r}: {name} takes {'an integer' if kind is int else 'a number'}, as in {name}:{'2' if kind is int else '0.5'}") from None
+        points.append(SweepPoint(f"{name}:{value}", cls(setting)))
+    # Step 2: every label once (a repeated point would merge two runs into one summary).
+    labels = [p.label for p in points]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"the sweep repeats {', '.join(sorted({l for l in labels if labels.count(l) > 1}))}: list every threshold and rule once")
     return points
 
 

@@ -62,8 +62,10 @@ def shard_path(folder: Path, index: int) -> Path:
     return Path(folder) / f"shard_{index:05d}.safetensors"
 
 
-def write_shard(path: Path, features: torch.Tensor, records: list[dict]) -> None:
-    """Write one shard atomically: `features` [n, H] and one record per row (an empty shard is valid)."""
+def write_shard(path: Path, features: torch.Tensor, records: list[dict], prompts: tuple[int, int] | None = None) -> None:
+    """Write one shard atomically: `features` [n, H] and one record per row (an empty shard is valid);
+    `prompts`: (first prompt index, number of prompts) the shard covers, kept in its metadata so a
+    resumed run knows which prompts it holds (`shard_prompts`)."""
     if features.shape[0] != len(records):
         raise ValueError(f"{features.shape[0]} feature rows but {len(records)} records: give one record per row")
     tensors = {
@@ -71,7 +73,7 @@ def write_shard(path: Path, features: torch.Tensor, records: list[dict]) -> None
         "important": torch.tensor([int(r["important"]) for r in records], dtype=torch.int8),
         "prompt_index": torch.tensor([int(r["prompt_index"]) for r in records], dtype=torch.int64),
     }
-    metadata = {"format": "pt", "records": json.dumps(records)}
+    metadata = {"format": "pt", "records": json.dumps(records)} | ({"prompts": json.dumps(list(prompts))} if prompts is not None else {})
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda p: save_file(tensors, p, metadata=metadata))
 
@@ -81,9 +83,25 @@ def read_shard(path: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, li
     try:
         with safe_open(str(path), framework="pt") as f:
             records = json.loads(f.metadata()["records"])
-            return f.get_tensor("target_hidden"), f.get_tensor("important"), f.get_tensor("prompt_index"), records
+            features, important, prompt_index = f.get_tensor("target_hidden"), f.get_tensor("important"), f.get_tensor("prompt_index")
     except (SafetensorError, KeyError, json.JSONDecodeError, OSError) as exc:
         raise JudgeDataError(f"{path} is damaged ({type(exc).__name__}: {exc}); delete it and rerun specdec-judge-data, which regenerates missing shards") from None
+    if not features.shape[0] == important.shape[0] == prompt_index.shape[0] == len(records):
+        raise JudgeDataError(
+            f"{path} is damaged: {features.shape[0]} feature rows, {important.shape[0]} labels, {prompt_index.shape[0]} prompt indices and {len(records)} records; "
+            "delete it and rerun specdec-judge-data, which regenerates missing shards"
+        )
+    return features, important, prompt_index, records
+
+
+def shard_prompts(path: Path) -> tuple[int, int] | None:
+    """(first prompt index, number of prompts) a shard covers, from its metadata; None when it does not say."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            value = (f.metadata() or {}).get("prompts")
+    except (SafetensorError, OSError):
+        return None
+    return tuple(json.loads(value)) if value else None
 
 
 def read_judge_data(folder: str | os.PathLike) -> JudgeData:
@@ -97,7 +115,10 @@ def read_judge_data(folder: str | os.PathLike) -> JudgeData:
     if not records:
         raise JudgeDataError(f"{folder} holds no labels ({len(shards)} shard(s)): mine more prompts with specdec-judge-data")
     card_path = folder / DATA_CARD
-    card = json.loads(card_path.read_text()) if card_path.is_file() else {}
+    try:
+        card = json.loads(card_path.read_text()) if card_path.is_file() else {}
+    except json.JSONDecodeError as exc:
+        raise JudgeDataError(f"{card_path} is not valid JSON ({exc.msg}): rerun specdec-judge-data on the folder, which rewrites it") from None
     return JudgeData(
         torch.cat([p[0] for p in parts]).float(),
         torch.cat([p[1] for p in parts]),

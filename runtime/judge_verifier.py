@@ -129,7 +129,11 @@ class TopKVerifier(RelaxedGreedyVerifier):
 
 @register_verifier
 class KLVerifier(RelaxedGreedyVerifier):
-    """Accept the parent's first child when the draft's distribution there is close to the target's: KL(q || p) < threshold."""
+    """Accept the parent's first child when the draft's distribution there is close to the target's: KL(q || p) < threshold.
+
+    q is what the proposer reports for the parent (`Proposal.draft_dists`): EAGLE's drafter state
+    after that node; for Medusa, head d's distribution, which does not depend on the tokens drafted
+    along the path (p, the target's, does), so deeper Medusa nodes compare an approximation."""
 
     name = "kl"
     needs_draft_distributions = True

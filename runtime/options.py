@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from specdec.models.base import DraftMismatchError, read_draft_config
-from specdec.models.judge import load_judge
+from specdec.models.judge import load_judge, read_judge_config
 from specdec.models.cli_args import AT_LEAST_1, NON_NEGATIVE, Option, Rule, UsageError
 from specdec.models.target import TargetLoadError
 from specdec.runtime.generator import choose_layout
@@ -23,8 +23,8 @@ SHARED_OPTIONS = {
     "verifier": Option(str, "auto", VERIFIER_NAME, f"acceptance rule, one of {', '.join(verifier_names())} (auto: greedy at temperature 0, else sampling)"),
     "judge": Option(str, None, doc="verifier=judge: the judge/ folder specdec-train recipe=judge wrote (LOSSY)"),
     "judge_threshold": Option(float, None, Rule("within [0, 1]", lambda v: 0 <= v <= 1), "verifier=judge: keep a rejected draft token when p(important) < this (unset: the judge's own)"),
-    "accept_top_k": Option(int, 2, AT_LEAST_1, "verifier=topk: keep a draft token within the target's top-k (LOSSY; 1 = exact)"),
-    "kl_threshold": Option(float, 0.5, NON_NEGATIVE, "verifier=kl: keep the draft's token when KL(draft || target) < this (LOSSY)"),
+    "accept_top_k": Option(int, None, AT_LEAST_1, "verifier=topk: keep a draft token within the target's top-k (LOSSY; 1 = exact; unset: 2)"),
+    "kl_threshold": Option(float, None, NON_NEGATIVE, "verifier=kl: keep the draft's token when KL(draft || target) < this (LOSSY; unset: 0.5)"),
     "tree_size": Option(int, None, AT_LEAST_1, "draft tokens verified per step: tree nodes, or the chain's length (unset: the draft type's default)"),
     "depth": Option(int, 5, AT_LEAST_1, "EAGLE: draft steps per tree or chain; tree=tuned: longest chain tried"),
     "tree_top_k": Option(int, 4, AT_LEAST_1, "EAGLE trees: nodes expanded and children per node at each depth"),
@@ -32,6 +32,9 @@ SHARED_OPTIONS = {
     "threads": Option(int, None, AT_LEAST_1, "torch CPU threads (unset: torch's default)"),
 }
 """Options specdec-generate and specdec-eval both take, with the same defaults, ranges and meanings."""
+
+RULE_KEYS = {"judge": "judge", "judge_threshold": "judge", "accept_top_k": "topk", "kl_threshold": "kl"}
+"""Key -> the only verifier that reads it (a key given with another verifier is a usage error)."""
 
 RUNTIME_ERRORS = (FileNotFoundError, DraftMismatchError, TargetLoadError)
 """Failures of inputs the command line names correctly (a damaged draft, a target that does not load): exit 1."""
@@ -69,11 +72,16 @@ def check_verifier(options: dict) -> None:
     (greedy above 0), or `verifier=judge` without `judge=DIR`, is a usage error."""
     if options["verifier"] == "judge" and not options["judge"]:
         raise UsageError("verifier=judge needs judge=DIR: the judge/ folder that `specdec-train recipe=judge` wrote")
-    if options["judge"] and options["verifier"] != "judge":
-        raise UsageError(f"judge={options['judge']} is only read by verifier=judge (got verifier={options['verifier']}): add verifier=judge or drop judge=")
+    for key, owner in RULE_KEYS.items():
+        if options[key] is not None and options["verifier"] != owner:
+            raise UsageError(f"{key}={options[key]} is only read by verifier={owner} (got verifier={options['verifier']}): add verifier={owner} or drop {key}=")
     if options["verifier"] == "judge":
         if options["temperature"] > 0:
             raise UsageError(f"verifier=judge decodes at temperature 0 (got temperature={options['temperature']}): set temperature=0")
+        try:
+            read_judge_config(options["judge"])
+        except (FileNotFoundError, DraftMismatchError) as exc:
+            raise UsageError(str(exc)) from None
         return  # the judge is loaded (and checked against the target) by build_verifier
     try:
         resolve_verifier(build_verifier(options), SamplingConfig(temperature=options["temperature"]))
@@ -91,7 +99,7 @@ def build_verifier(options: dict, hidden_size: int | None = None) -> str | Verif
             judge.check_target(hidden_size)
         return JudgeVerifier(judge, options["judge_threshold"])
     if name == "topk":
-        return TopKVerifier(options["accept_top_k"])
+        return TopKVerifier(*[v for v in (options["accept_top_k"],) if v is not None])
     if name == "kl":
-        return KLVerifier(options["kl_threshold"])
+        return KLVerifier(*[v for v in (options["kl_threshold"],) if v is not None])
     return name

@@ -20,7 +20,7 @@ from specdec.models.decoder import LayerShape, causal_mask
 from specdec.models.eagle1 import Eagle1Config, Eagle1Drafter
 from specdec.models.eagle3 import Eagle3Config, Eagle3Drafter
 from specdec.models.chimera import ChimeraConfig, ChimeraDrafter
-from specdec.models.judge_data import DATA_CARD, LABEL_FIELDS, read_judge_data, read_shard, shard_path
+from specdec.models.judge_data import DATA_CARD, LABEL_FIELDS, read_judge_data, read_shard, shard_path, shard_prompts
 from specdec.models.medusa import MedusaConfig, MedusaHeads
 from specdec.models.sdsat import SdsatConfig, SdsatDraft
 from specdec.runtime.eagle_proposer import EagleOptions
@@ -246,7 +246,7 @@ def test_code_checker_runs_the_last_python_block_against_the_tests():
 def test_general_checker_asks_whether_the_answer_rejoins_the_reference_soon():
     rule = GeneralChecker(rejoin_tokens=2, window=3, max_shift=1)
     ref = list(range(20))
-    assert rule.max_regen_tokens == 5
+    assert rule.max_regen_tokens == 6
     assert rule.rejoins(ref, list(ref))
     assert rule.rejoins(ref, ref[:5] + [99] + ref[6:])  # one token replaced, same continuation
     assert rule.rejoins(ref, ref[:5] + [99] + ref[5:])  # one token inserted: shifted by 1
@@ -399,11 +399,13 @@ def test_cli_mines_resumes_and_refuses(tmp_path, lively_dir, capsys):
     prompts.write_text("".join(json.dumps({"question": f"What is {i} + 3?", "answer": f"#### {i + 3}"}) + "\n" for i in range(3)))
     out = tmp_path / "labels"
     args = [f"draft={draft}", f"prompts={prompts}", f"out={out}", "checker=math", "max_new_tokens=12", "chunk_size=2", "threads=1", "progress=false"]
-    # Mining 2 prompts, then a rerun asking for all of them extends the folder (max_prompts is not a setting).
-    assert jd.main(args + ["max_prompts=2"]) == 0 and json.loads((out / DATA_CARD).read_text())["counts"]["prompts"] == 2
-    first_shard = shard_path(out, 0).stat().st_mtime_ns
+    # Mining 1 prompt, then a rerun asking for all of them extends the folder (max_prompts is not a
+    # setting); the first shard covered a shorter chunk (1 of 2 prompts), so it is mined again in full.
+    assert jd.main(args + ["max_prompts=1"]) == 0 and json.loads((out / DATA_CARD).read_text())["counts"]["prompts"] == 1
+    assert shard_prompts(shard_path(out, 0)) == (0, 1)
     assert jd.main(args) == 0
-    assert shard_path(out, 0).stat().st_mtime_ns == first_shard
+    assert shard_prompts(shard_path(out, 0)) == (0, 2) and shard_prompts(shard_path(out, 1)) == (2, 1)
+    assert sorted({r["prompt_index"] for r in read_judge_data(out).records}) == [0, 1, 2]
     card = json.loads((out / DATA_CARD).read_text())
     assert card["settings"]["draft_type"] == "medusa" and card["settings"]["draft"] == str(draft.resolve()) and "max_prompts" not in card["settings"]
     assert card["settings"]["prompts_file"] == str(prompts.resolve()) and card["counts"]["prompts"] == 3 and card["counts"]["shards"] == 2

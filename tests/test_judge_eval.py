@@ -122,15 +122,36 @@ def test_cli_sweep_writes_the_table_json_and_plot(tmp_path, draft_dir, judge_dir
     "extra, message",
     [
         (["verifier=judge"], "needs judge=DIR"),
+        (["verifier=judge", "judge=nowhere"], "nowhere/config.json does not exist"),
         (["sweep=0.3"], "add verifier=judge"),
         (["checker=math"], "measures the quality of a sweep"),
-        (["verifier=judge", "judge=J", "sweep=0.3,x"], "comma-separated numbers"),
-        (["verifier=judge", "judge=J", "temperature=0.7"], "temperature 0"),
+        (["verifier=judge", "judge=JUDGE", "sweep=0.3,x"], "comma-separated numbers"),
+        (["verifier=judge", "judge=JUDGE", "temperature=0.7"], "temperature 0"),
+        (["verifier=judge", "judge=JUDGE", "sweep=0.3", "judge_threshold=0.2"], "drop judge_threshold=0.2"),
+        (["verifier=judge", "judge=JUDGE", "training_free=topk:2"], "needs sweep=THRESHOLDS"),
+        (["verifier=judge", "judge=JUDGE", "sweep=0.3,0.3"], "the sweep repeats judge@0.3"),
+        (["training_free=topk:x"], "topk takes an integer"),
+        (["training_free=wide:3"], "unknown training-free rule 'wide:3'"),
+        (["training_free=topk:2", "checker=code"], "checker=code reads each question's `tests`"),
+        (["accept_top_k=3"], "accept_top_k=3 is only read by verifier=topk"),
+        (["verifier=topk", "kl_threshold=0.2"], "kl_threshold=0.2 is only read by verifier=kl"),
     ],
 )
-def test_cli_usage_errors_say_what_to_add(tmp_path, extra, message, capsys):
-    code = cli.main(["draft=D", *extra])
+def test_cli_usage_errors_say_what_to_add(judge_dir, extra, message, capsys):
+    code = cli.main(["draft=D", *(word.replace("JUDGE", str(judge_dir)) for word in extra)])
     assert code == 2 and message in capsys.readouterr().err
+
+
+def test_cli_refuses_questions_the_judge_was_mined_on(tmp_path, draft_dir, capsys):
+    bench = tmp_path / "gsm8k.jsonl"
+    bench.write_text("".join(json.dumps({"question": f"What is {i} + 1?", "answer": f"#### {i + 1}"}) + "\n" for i in range(4)))
+    labels = {"settings": {"prompts_file": str(bench), "skip_prompts": 0}, "counts": {"prompts": 2}}
+    judge = constant_judge(0.5).save_pretrained(tmp_path / "mined-judge", extra={"labels": labels})
+    args = [f"draft={draft_dir}", f"bench={bench}", "max_new_tokens=4", "threads=1", "baselines=false", "verifier=judge", f"judge={judge}", "sweep=0.5", "max_questions=1"]
+    assert cli.main(args + ["skip_questions=1"]) == 2
+    assert "mined on rows 0..1" in capsys.readouterr().err
+    assert cli.main(args + ["skip_questions=2", f"out={tmp_path / 's.json'}", "checker=math"]) == 0
+    assert json.loads((tmp_path / "s.json").read_text())["points"]["judge@0.5"]["outcome_match"] is not None
 
 
 def test_generate_with_a_judge_says_lossy(draft_dir, judge_dir, capsys):

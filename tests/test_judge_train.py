@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from specdec.models.judge import JudgeConfig, JudgeHead, load_judge
+from specdec.models.judge import JudgeConfig, JudgeHead, load_judge, read_judge_config
 from specdec.models.judge_data import read_judge_data, shard_path, write_shard
 from specdec.train.cli import help_text, main
 from specdec.train.config import RecipeError, available_recipes, field_docs, load_recipe
@@ -46,7 +46,7 @@ def write_labels(folder: Path, n_prompts: int = 40, per_prompt: int = 20, hidden
     half = len(records) // 2
     write_shard(shard_path(folder, 0), features[:half], records[:half])
     write_shard(shard_path(folder, 1), features[half:], records[half:])
-    (folder / "data_card.json").write_text(json.dumps({"target": {"name_or_path": "synthetic"}}))
+    (folder / "data_card.json").write_text(json.dumps({"settings": {"target": "synthetic", "target_id": "synthetic@0", "prompts_file": "/p.jsonl", "skip_prompts": 0}, "counts": {"prompts": 4}}))
     return folder
 
 
@@ -155,7 +155,9 @@ def test_the_saved_judge_reloads_with_identical_outputs_and_its_threshold(tmp_pa
     result = train_judge(cfg)
     loaded = load_judge(result.judge_dir)
     x_val, y_val = validation_rows(labels, cfg)
-    assert loaded.config.mlp_hidden == mlp_hidden and loaded.config.target == {"name_or_path": "synthetic", "hidden_size": 16}
+    assert loaded.config.mlp_hidden == mlp_hidden and loaded.config.target == {"name_or_path": "synthetic", "target_id": "synthetic@0", "hidden_size": 16}
+    labels_entry = read_judge_config(result.judge_dir)["labels"]
+    assert labels_entry["settings"]["prompts_file"] == "/p.jsonl" and labels_entry["counts"]["prompts"] == 4 and labels_entry["folder"] == str(labels.resolve())
     assert torch.equal(loaded(x_val), result.head(x_val))
     # The serving default reaches the target recall on validation, and its row in the report is what it does there.
     recall = float((loaded.p_important(x_val)[y_val.bool()] >= loaded.config.threshold).double().mean())

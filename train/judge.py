@@ -352,7 +352,7 @@ def train_judge(cfg: DictConfig, callbacks: list | tuple = ()) -> JudgeResult:
     # Step 1: output folder with the resolved config; the labels, split by prompt.
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    atomic_write(out / "config.yaml", lambda p: Path(p).write_text(OmegaConf.to_yaml(cfg)))
     data = read_judge_data(cfg.data.labels)
     check_finite_features(data, cfg.data.labels)
     train, val = split_by_prompt(data.prompt_index, cfg.data.val_fraction, cfg.seed)
@@ -382,7 +382,7 @@ def train_judge(cfg: DictConfig, callbacks: list | tuple = ()) -> JudgeResult:
         "chosen_l2": chosen_l2,
     }
     # Step 4: the judge folder (metrics in its config.json, a model card), the report and its plot.
-    judge_dir = head.save_pretrained(out / JUDGE_DIR, extra={"metrics": report})
+    judge_dir = head.save_pretrained(out / JUDGE_DIR, extra={"metrics": report, "labels": labels_facts(data.card, cfg.data.labels)})
     atomic_write(judge_dir / "README.md", lambda p: Path(p).write_text(judge_card(report, head.config, cfg)))
     atomic_write(out / REPORT_NAME, lambda p: Path(p).write_text(json.dumps(report, indent=2) + "\n"))
     plot_report(report, p_val, y_val, records_val, out / PLOT_NAME)
@@ -394,10 +394,17 @@ def train_judge(cfg: DictConfig, callbacks: list | tuple = ()) -> JudgeResult:
 
 
 def target_facts(card: dict, feature_size: int) -> dict:
-    """The target the labels' features came from, as the data card names it, with its hidden size."""
-    target = card.get("target")
-    facts = dict(target) if isinstance(target, dict) else ({"name_or_path": target} if isinstance(target, str) else {})
+    """The target the labels' features came from, as the data card's settings name it (`target`, `target_id`), with its hidden size."""
+    settings = card.get("settings") or {}
+    facts = {"name_or_path": settings["target"]} if isinstance(settings.get("target"), str) else {}
+    facts |= {"target_id": settings["target_id"]} if settings.get("target_id") else {}
     return facts | {"hidden_size": feature_size}
+
+
+def labels_facts(card: dict, folder: str) -> dict:
+    """What the judge was trained on: the label folder, its mining settings (prompts file and slice,
+    draft, checker) and counts. specdec-eval reads it to refuse questions the judge has seen."""
+    return {"folder": str(Path(folder).resolve()), "settings": card.get("settings") or {}, "counts": card.get("counts") or {}}
 
 
 def split_counts(data: JudgeData, train: torch.Tensor, val: torch.Tensor) -> dict:
