@@ -31,9 +31,9 @@ GSM8K = SHARED / "train" / "gsm8k_train.jsonl"
 RUNS = ROOT / "runs"
 LABELS = RUNS / "judge_labels_eagle3"
 JUDGE = RUNS / "judge_judge"
-MINE_PROMPTS = 16
+MINE_PROMPTS = 8
 """GSM8K train rows 0..MINE_PROMPTS are mined (the judge's train and validation prompts)."""
-HELD_OUT = ["skip_questions=7400", "max_questions=12"]
+HELD_OUT = ["skip_questions=7400", "max_questions=10"]
 """The GSM8K slice the sweeps decode: rows 7400.. of 7,473, never mined."""
 MAX_NEW = 192
 COMMON = [f"data.source={STANDARD}", "data.self_distill=false", "data.max_samples=null", "data.val_size=64", "data.max_length=384", "data.batch_size=4", "trainer.num_threads=2", "trainer.enable_progress_bar=false"]
@@ -48,7 +48,7 @@ ACCEPTED_SHARES = (0.1, 0.25, 0.5)
 RUNS_TO_SWEEP = {
     "judge_eagle3_gsm8k": ("eagle3", [f"bench={GSM8K}", *HELD_OUT, "checker=math"]),
     "judge_medusa1_gsm8k": ("medusa1", [f"bench={GSM8K}", *HELD_OUT, "checker=math"]),
-    "judge_eagle3_mtbench8": ("eagle3", ["bench=mt-bench", "per_category=1"]),
+    "judge_eagle3_mtbench4": ("eagle3", ["bench=mt-bench", "per_category=1", "max_questions=4"]),
 }
 """Result name -> (draft, question keys)."""
 
@@ -120,15 +120,31 @@ def collect() -> None:
         result = json.loads((ROOT / "bench" / f"{name}.json").read_text())
         sweeps[name] = {"setting": result["setting"], "points": {label: {k: s.get(k) for k in keys} for label, s in result["points"].items()}, "cpu_min": cpu_minutes(RUNS / f"{name}.log")}
     summary = {
-        "setting": "BENCHMARK.md standard target; greedy; GSM8K held-out rows 7400-7411 (math checker) and 8 MT-Bench first turns (log-prob); all points but exact LOSSY",
+        "setting": "BENCHMARK.md standard target; greedy; GSM8K held-out rows 7400-7409 (math checker) and 4 MT-Bench first turns, one per category of the first four (log-prob); all points but exact LOSSY",
         "drafts": {"eagle3": {"cpu_min": cpu_minutes(RUNS / "judge_prepare.log") and round(cpu_minutes(RUNS / "judge_prepare.log") + cpu_minutes(RUNS / "judge_eagle3.log"), 1)}, "medusa1": {"cpu_min": cpu_minutes(RUNS / "judge_medusa1.log")}},
-        "labels": {"card": card, "mining_cpu_min": cpu_minutes(RUNS / "judge_mine.log")},
+        "labels": {"settings": card["settings"], "counts": card["counts"], "mining_wall_min": round(card["mining_wall_s"] / 60, 1), "mining_cpu_min": round(card["mining_cpu_s"] / 60, 1)},
         "judge": {k: report.get(k) for k in ("val_roc_auc", "l2_grid", "threshold", "ece", "baseline_auc", "counts") if k in report} | {"cpu_min": cpu_minutes(RUNS / "judge_train.log")},
         "sweeps": sweeps,
     }
     out = ROOT / "bench" / "judge.json"
     out.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"wrote {out}")
+    for name, result in sweeps.items():
+        print(markdown_table(name, result["points"]))
+
+
+def markdown_table(name: str, points: dict) -> str:
+    """The README's table of one sweep (LOSSY points starred)."""
+    def fmt(value, pattern):
+        return "n/a" if value is None else pattern.format(value)
+
+    lines = [f"{name}:", "", "| point | tau | x plain | x HF generate | x prompt lookup | identical | outcome | logprob d | rule tokens |", "|---|---|---|---|---|---|---|---|---|"]
+    for label, p in points.items():
+        lines.append(
+            f"| {label}{'' if p['lossless'] else ' *'} | {p['mean_accepted_tokens']:.2f} | {fmt(p['speedup_vs_plain'], '{:.2f}x')} | {fmt(p['speedup_vs_hf_generate'], '{:.2f}x')} | "
+            f"{fmt(p['speedup_vs_prompt_lookup'], '{:.2f}x')} | {p['identical_to_plain']:.0%} | {fmt(p['outcome_match'], '{:.0%}')} | {p['logprob_vs_plain']:+.3f} | {p['rule_accepted_share']:.0%} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
