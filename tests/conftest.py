@@ -80,6 +80,15 @@ def enliven(model, std: float = 0.3, seed: int = 0):
     return model
 
 
+def randomise(module, seed: int, std: float):
+    """Redraw a draft's weights (norms kept) from N(0, std) with `seed`, in eval mode: a random draft that still proposes varied tokens."""
+    torch.manual_seed(seed)
+    for name, p in module.named_parameters():
+        if "norm" not in name:
+            p.data.normal_(0, std)
+    return module.eval()
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
     return build_tiny_tokenizer()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import build_tiny_llama, enliven
+from conftest import build_tiny_llama, enliven, randomise
 from specdec.eval import judge_data as jd
 from specdec.eval.benchmark import prompt_ids
 from specdec.eval.checkers import CheckerError, CodeChecker, GeneralChecker, MathChecker, build_checker
@@ -42,16 +42,8 @@ def lively():
     return enliven(build_tiny_llama(VOCAB, hidden_size=HIDDEN), std=0.3)
 
 
-def _randomise(module, seed, std):
-    torch.manual_seed(seed)
-    for name, p in module.named_parameters():
-        if "norm" not in name:
-            p.data.normal_(0, std)
-    return module.eval()
-
-
 def _medusa(seed=0):
-    return _randomise(MedusaHeads(MedusaConfig(hidden_size=HIDDEN, vocab_size=VOCAB, num_heads=2)), seed, 0.05)
+    return randomise(MedusaHeads(MedusaConfig(hidden_size=HIDDEN, vocab_size=VOCAB, num_heads=2)), seed, 0.05)
 
 
 def _drafts(model) -> dict:
@@ -61,9 +53,9 @@ def _drafts(model) -> dict:
     e3.set_vocab(torch.arange(0, VOCAB, 3)[:96], model.lm_head.weight)
     return {
         "medusa": _medusa(),
-        "eagle1": _randomise(Eagle1Drafter(Eagle1Config(HIDDEN, VOCAB, layer=shape)), 0, 0.2),
-        "eagle3": _randomise(e3, 1, 0.3),
-        "chimera": _randomise(ChimeraDrafter(ChimeraConfig(HIDDEN, VOCAB, num_heads=2, layer=shape)), 2, 0.2),
+        "eagle1": randomise(Eagle1Drafter(Eagle1Config(HIDDEN, VOCAB, layer=shape)), 0, 0.2),
+        "eagle3": randomise(e3, 1, 0.3),
+        "chimera": randomise(ChimeraDrafter(ChimeraConfig(HIDDEN, VOCAB, num_heads=2, layer=shape)), 2, 0.2),
     }
 
 

@@ -35,7 +35,7 @@ def heads() -> MedusaHeads:
     return model.eval()
 
 
-def constant_judge(p_important: float, tmp_path=None) -> JudgeHead:
+def constant_judge(p_important: float) -> JudgeHead:
     """A judge that says p(important) = `p_important` for every token (zero weights, a bias)."""
     judge = JudgeHead(JudgeConfig(feature_size=32, threshold=0.5))
     with torch.no_grad():

@@ -10,7 +10,7 @@ import random
 import pytest
 import torch
 
-from conftest import build_tiny_llama, enliven
+from conftest import build_tiny_llama, enliven, randomise
 from specdec.models.chimera import ChimeraConfig, ChimeraDrafter
 from specdec.models.base import target_states
 from specdec.models.decoder import LayerShape
@@ -36,14 +36,6 @@ def lively():
     return enliven(build_tiny_llama(VOCAB, hidden_size=HIDDEN, layers=3), seed=2)
 
 
-def _randomise(module, seed, std):
-    torch.manual_seed(seed)
-    for name, p in module.named_parameters():
-        if "norm" not in name:
-            p.data.normal_(0, std)
-    return module.eval()
-
-
 @pytest.fixture(scope="module")
 def drafts(lively):
     """A random draft of each kind; EAGLE-3 drafts over 96 of the 320 target tokens."""
@@ -51,10 +43,10 @@ def drafts(lively):
     e3 = Eagle3Drafter(Eagle3Config(HIDDEN, VOCAB, 96, [1, 2, 3], layer=shape))
     e3.set_vocab(torch.arange(0, VOCAB, 3)[:96], lively.lm_head.weight)
     return {
-        "medusa": _randomise(MedusaHeads(MedusaConfig(hidden_size=HIDDEN, vocab_size=VOCAB, num_heads=3)), 0, 0.05),
-        "eagle1": _randomise(Eagle1Drafter(Eagle1Config(HIDDEN, VOCAB, layer=shape)), 1, 0.2),
-        "eagle3": _randomise(e3, 2, 0.3),
-        "chimera": _randomise(ChimeraDrafter(ChimeraConfig(HIDDEN, VOCAB, num_heads=3, layer=shape)), 3, 0.2),
+        "medusa": randomise(MedusaHeads(MedusaConfig(hidden_size=HIDDEN, vocab_size=VOCAB, num_heads=3)), 0, 0.05),
+        "eagle1": randomise(Eagle1Drafter(Eagle1Config(HIDDEN, VOCAB, layer=shape)), 1, 0.2),
+        "eagle3": randomise(e3, 2, 0.3),
+        "chimera": randomise(ChimeraDrafter(ChimeraConfig(HIDDEN, VOCAB, num_heads=3, layer=shape)), 3, 0.2),
     }
 
 
@@ -68,7 +60,7 @@ def fitted(lively):
     batch[0, PROMPT.shape[1] + 16 :] = batch[1, PROMPT.shape[1] + 16 :]  # PROMPT's answer only up to token 16
     mask, head = torch.ones_like(batch), lively.lm_head.weight
     shape = LayerShape.from_target_config(lively.config)
-    medusa = _randomise(MedusaHeads(MedusaConfig(hidden_size=HIDDEN, vocab_size=VOCAB, num_heads=3)), 0, 0.05)
+    medusa = randomise(MedusaHeads(MedusaConfig(hidden_size=HIDDEN, vocab_size=VOCAB, num_heads=3)), 0, 0.05)
     eagle = Eagle1Drafter(Eagle1Config(HIDDEN, VOCAB, layer=shape))
     with torch.no_grad():
         final, features = target_states(lively, batch, eagle.feature_layers)
