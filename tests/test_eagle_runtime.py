@@ -18,7 +18,8 @@ from specdec.runtime.generator import SpeculativeGenerator, plain_generate
 from specdec.runtime.proposers import Committed
 from specdec.runtime.tree import DraftTree
 from specdec.runtime.verify import SamplingConfig, target_probs
-from specdec.train.losses import chimera_losses, eagle_losses, unrolled_mask
+from specdec.train.eagle_losses import eagle_losses
+from specdec.train.losses import chimera_losses, unrolled_mask
 
 VOCAB, HIDDEN = 320, 64
 NO_EOS = [10**9]

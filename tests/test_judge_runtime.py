@@ -23,7 +23,8 @@ from specdec.runtime.generator import SpeculativeGenerator, plain_generate
 from specdec.runtime.judge_verifier import JudgeVerifier, KLVerifier, TopKVerifier
 from specdec.runtime.tree import DraftTree
 from specdec.runtime.verify import GreedyVerifier, SamplingConfig, TypicalVerifier, VerifyBlock, resolve_verifier
-from specdec.train.losses import eagle_losses, medusa_head_losses
+from specdec.train.eagle_losses import eagle_losses
+from specdec.train.losses import medusa_head_losses
 
 VOCAB, HIDDEN = 320, 64
 NO_EOS = [10**9]

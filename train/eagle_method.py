@@ -13,7 +13,7 @@ from specdec.models.decoder import LayerShape
 from specdec.models.eagle1 import Eagle1Config, Eagle1Drafter
 from specdec.models.eagle3 import Eagle3Config, Eagle3Drafter, build_draft_vocab, default_layer_ids
 from specdec.train.config import AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, RecipeError
-from specdec.train.losses import eagle_losses
+from specdec.train.eagle_losses import eagle_losses
 from specdec.train.methods import TrainingMethod, register_method
 
 
