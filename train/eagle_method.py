@@ -13,7 +13,7 @@ from specdec.models.decoder import LayerShape
 from specdec.models.eagle1 import Eagle1Config, Eagle1Drafter
 from specdec.models.eagle3 import Eagle3Config, Eagle3Drafter, build_draft_vocab, default_layer_ids
 from specdec.train.config import AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, RecipeError
-from specdec.train.eagle_losses import eagle_losses
+from specdec.train.eagle_losses import EagleObjectives, eagle_losses
 from specdec.train.methods import TrainingMethod, register_method
 
 
@@ -28,13 +28,25 @@ class EagleSection:
     feature_loss_weight: float = 0.0
     """Weight of the SmoothL1 feature regression (EAGLE-1: 1.0; EAGLE-3 has none)."""
     ce_loss_weight: float = 1.0
-    """Weight of the soft cross-entropy against the target's distribution (EAGLE-1: 0.1)."""
+    """Weight of the soft cross-entropy against the target's distribution (EAGLE-1: 0.1); 0 trains on the other terms alone (e.g. the LK loss)."""
+    hass_topk: int = 10
+    """K of `hass_topk_weight`'s term: the target's K most likely draft-vocabulary tokens (HASS, arXiv 2408.15766, uses 10)."""
+    hass_topk_weight: float = 0.0
+    """HASS harmonized objective distillation (arXiv 2408.15766): weight of -sum over the target's top-K tokens of p_v log q_v, beside the soft CE (HASS: 1.0; 0 = off)."""
+    hass_context: bool = False
+    """Harmonized context alignment (after HASS, arXiv 2408.15766): training step i > 0 sees the drafter's own step-(i-1) features for every prefix position, not the target's (specdec.train.eagle_losses.context_aligned_mask has the exact layout); validation keeps the decode-time layout."""
+    lk_loss_weight: float = 0.0
+    """LK-style loss (arXiv 2602.23881): weight of 1 - sum_v min(p_v, q_v), the draft's rejection rate under the target's distribution restricted to the draft vocabulary (0 = off)."""
+    griffin_threshold: float = 0.0
+    """GRIFFIN-style token masking (arXiv 2502.11018): at training step i >= 1 drop the anchors whose chain gave an earlier step's label a draft probability under this (decoding rejects that chain before step i); validation is never masked (0 = off)."""
     val_steps: int = 4
     """Draft positions whose accuracy validation measures (unrolled like training)."""
 
     ranges: ClassVar[dict] = {
         "ttt_steps": AT_LEAST_1, "val_steps": AT_LEAST_1, "step_decay": POSITIVE,
         "feature_noise": NON_NEGATIVE, "feature_loss_weight": NON_NEGATIVE, "ce_loss_weight": NON_NEGATIVE,
+        "hass_topk": AT_LEAST_1, "hass_topk_weight": NON_NEGATIVE, "lk_loss_weight": NON_NEGATIVE,
+        "griffin_threshold": ("within [0, 1) (0 = off)", lambda v: 0 <= v < 1),
     }
 
 
@@ -60,8 +72,11 @@ class Eagle1Method(TrainingMethod):
 
     @classmethod
     def check_recipe(cls, config) -> None:
-        if config.eagle.val_steps < config.eagle.ttt_steps:
-            raise RecipeError(f"`eagle.val_steps` ({config.eagle.val_steps}) must be at least `eagle.ttt_steps` ({config.eagle.ttt_steps})")
+        e = config.eagle
+        if e.val_steps < e.ttt_steps:
+            raise RecipeError(f"`eagle.val_steps` ({e.val_steps}) must be at least `eagle.ttt_steps` ({e.ttt_steps})")
+        if e.ce_loss_weight + e.feature_loss_weight + e.hass_topk_weight + e.lk_loss_weight == 0:
+            raise RecipeError("every EAGLE loss weight is 0 (eagle.ce_loss_weight, feature_loss_weight, hass_topk_weight, lk_loss_weight): set at least one")
 
     def build_draft(self, record: dict, lm_head: torch.Tensor, train_rows=None):
         torch.manual_seed(self.cfg.seed)
@@ -70,6 +85,15 @@ class Eagle1Method(TrainingMethod):
     def num_positions(self, training: bool) -> int:
         return self.cfg.eagle.ttt_steps if training else self.cfg.eagle.val_steps
 
+    def objectives(self, training: bool) -> EagleObjectives:
+        """The `eagle` section's loss terms; validation runs the decode-time layout (no harmonized context, no GRIFFIN masking)."""
+        e = self.cfg.eagle
+        return EagleObjectives(
+            ce_weight=e.ce_loss_weight, feature_weight=e.feature_loss_weight, hass_topk=e.hass_topk,
+            hass_topk_weight=e.hass_topk_weight, lk_weight=e.lk_loss_weight,
+            griffin_threshold=e.griffin_threshold if training else 0.0, hass_context=bool(e.hass_context) and training,
+        )
+
     def losses(self, module, batch: dict, training: bool, denominators: torch.Tensor | None = None):
         features, final = module.states(batch)
         embed, lm_head = module.weights()
@@ -77,8 +101,8 @@ class Eagle1Method(TrainingMethod):
         noise = (torch.rand_like(features) * 2 - 1) * e.feature_noise if training and e.feature_noise > 0 else None
         return eagle_losses(
             module.draft, features, final, batch["input_ids"], batch["loss_mask"], embed, lm_head,
-            steps=self.num_positions(training), decay=e.step_decay, feature_weight=e.feature_loss_weight,
-            ce_weight=e.ce_loss_weight, noise=noise, with_accuracy=not training, denominators=denominators,
+            steps=self.num_positions(training), decay=e.step_decay, objectives=self.objectives(training),
+            noise=noise, with_accuracy=not training, denominators=denominators,
         )
 
 

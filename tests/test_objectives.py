@@ -1,0 +1,200 @@
+"""The EAGLE training objectives of issue 14 (HASS, LK, GRIFFIN, a 7-step training-time test) on
+hand-made cases and tiny drafters, and the EAGLE-3.1 norms (state dict, export, old drafts, lossless)."""
+
+import csv
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from specdec.models.decoder import KVCache, LayerShape, causal_mask
+from specdec.models.eagle1 import Eagle1Config, Eagle1Drafter
+from specdec.models.eagle3 import Eagle3Config, Eagle3Drafter
+from specdec.train.eagle_losses import (
+    EagleObjectives,
+    context_aligned_mask,
+    draft_index,
+    eagle_losses,
+    griffin_update,
+    hass_topk_term,
+    label_probability,
+    lk_term,
+    soft_ce,
+)
+from specdec.train.losses import head_targets, shift_left, unrolled_mask
+from test_eagle_train import overrides
+from test_train import prompts_file  # noqa: F401  (a fixture)
+
+VOCAB, HIDDEN, LENGTH = 48, 16, 12
+SHAPE = LayerShape(hidden_size=HIDDEN, num_heads=2, num_kv_heads=1, head_dim=8, intermediate_size=32)
+
+
+def _eagle3(draft_vocab=VOCAB, seed=0, **switches):
+    torch.manual_seed(seed)
+    draft = Eagle3Drafter(Eagle3Config(HIDDEN, VOCAB, draft_vocab, [1, 2, 3], layer=SHAPE, **switches))
+    draft.set_vocab(torch.arange(0, VOCAB, VOCAB // draft_vocab)[:draft_vocab])
+    for name, p in draft.named_parameters():
+        if "norm" not in name:
+            p.data.normal_(0, 0.3)
+    return draft
+
+
+def _batch(seed=0, batch=2, length=LENGTH, prompt=3):
+    """(features [B, T, 3H], final hidden [B, T, H], ids, loss mask (the first `prompt` tokens 0), embeddings, lm_head)."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, VOCAB, (batch, length), generator=g)
+    mask = torch.ones_like(ids)
+    mask[:, :prompt] = 0
+    return (torch.randn(batch, length, 3 * HIDDEN, generator=g), torch.randn(batch, length, HIDDEN, generator=g), ids, mask,
+            torch.randn(VOCAB, HIDDEN, generator=g), torch.randn(VOCAB, HIDDEN, generator=g))
+
+
+def _losses(draft, batch, **kwargs):
+    return eagle_losses(draft, *batch, **kwargs)
+
+
+# -- loss terms on hand-made distributions --
+
+def test_lk_term_is_one_minus_the_overlap_of_the_two_distributions():
+    p = torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.0, 0.9]])
+    q = torch.tensor([[0.2, 0.3, 0.5], [0.1, 0.0, 0.9]])
+    # row 0: min = 0.2 + 0.3 + 0.2 = 0.7; row 1: identical, so nothing is rejected.
+    assert lk_term(p, q).tolist() == pytest.approx([0.3, 0.0], abs=1e-6)
+    assert lk_term(p, torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])).tolist() == pytest.approx([0.8, 0.9])
+
+
+def test_hass_term_is_the_cross_entropy_over_the_targets_top_k_tokens():
+    p = torch.tensor([[0.15, 0.5, 0.05, 0.3]])
+    log_q = torch.tensor([[0.3, 0.1, 0.4, 0.2]]).log()
+    # top-2 of p: tokens 1 (0.5) and 3 (0.3).
+    assert hass_topk_term(p, log_q, 2).item() == pytest.approx(-(0.5 * math.log(0.1) + 0.3 * math.log(0.2)))
+    assert hass_topk_term(p, log_q, 1).item() == pytest.approx(-0.5 * math.log(0.1))
+    assert hass_topk_term(p, log_q, 10).item() == pytest.approx(soft_ce(p, log_q).item())  # K >= V: the whole soft CE
+
+
+def test_objectives_enter_the_step_loss_with_their_weights():
+    """Step 0 recomputed by hand: the drafter's logits at the scored anchors against the teacher."""
+    draft, batch = _eagle3(draft_vocab=24), _batch()
+    features, final, ids, mask, embed, head = batch
+    with torch.no_grad():
+        hidden = draft(F.embedding(shift_left(ids, 1), embed), draft.embed_features(features), torch.arange(LENGTH)[None].expand(2, -1), unrolled_mask(LENGTH, 0, torch.float32, "cpu"), KVCache())
+        select, _ = head_targets(ids, mask, 2)
+        log_q = F.log_softmax(draft.logits(hidden[select]), -1)
+        teacher = torch.softmax(shift_left(final, 1)[select] @ draft.vocab_rows(head).T, -1)
+        ce, hass, lk = soft_ce(teacher, log_q).mean(), hass_topk_term(teacher, log_q, 3).mean(), lk_term(teacher, log_q.exp()).mean()
+        lk_only = _losses(draft, batch, objectives=EagleObjectives(ce_weight=0.0, lk_weight=1.0)).per_head[0]
+        mixed = _losses(draft, batch, objectives=EagleObjectives(ce_weight=0.5, hass_topk=3, hass_topk_weight=2.0, lk_weight=4.0)).per_head[0]
+        plain = _losses(draft, batch).per_head[0]
+    assert 0 < lk < 1
+    assert lk_only.item() == pytest.approx(lk.item(), rel=1e-5)
+    assert mixed.item() == pytest.approx((0.5 * ce + 2.0 * hass + 4.0 * lk).item(), rel=1e-5)
+    assert plain.item() == pytest.approx(ce.item(), rel=1e-5)
+
+
+# -- GRIFFIN --
+
+def test_griffin_mask_on_a_hand_made_chain():
+    aligned = torch.ones(1, 6, dtype=torch.bool)
+    # step 0 scores anchors 0..2; anchor 1's label got probability 0.01 < 0.1.
+    select0 = torch.tensor([[True, True, True, False, False, False]])
+    aligned = griffin_update(aligned, select0, torch.tensor([0.9, 0.01, 0.5]), threshold=0.1)
+    assert aligned[0].tolist() == [True, False, True, True, True, True]
+    # step 1 scores anchors 0..1: anchor 0 misses now; anchor 1 stays dropped although its label is likely here.
+    select1 = torch.tensor([[True, True, False, False, False, False]])
+    aligned = griffin_update(aligned, select1, torch.tensor([0.05, 0.9]), threshold=0.1)
+    assert aligned[0].tolist() == [False, False, True, True, True, True]
+
+
+def test_label_probability_is_zero_outside_the_draft_vocabulary():
+    index = draft_index(torch.tensor([2, 5, 7]), vocab_size=9)
+    assert index.tolist() == [-1, -1, 0, -1, -1, 1, -1, 2, -1]
+    q = torch.tensor([[0.2, 0.3, 0.5], [0.6, 0.3, 0.1]])
+    assert label_probability(q, torch.tensor([7, 4]), index).tolist() == pytest.approx([0.5, 0.0])
+
+
+def test_griffin_drops_misaligned_chains_from_later_steps_only_and_never_from_accuracy():
+    draft, batch = _eagle3(), _batch(prompt=0)  # every anchor scored from step 0 on, so step 0 decides every chain
+    steps = dict(steps=3, with_accuracy=True)
+    off = _losses(draft, batch, **steps)
+    strict = _losses(draft, batch, objectives=EagleObjectives(griffin_threshold=0.999), **steps)  # a random drafter is never this sure
+    some = _losses(draft, batch, objectives=EagleObjectives(griffin_threshold=1.0 / VOCAB), **steps)
+    assert strict.per_head[0].item() == pytest.approx(off.per_head[0].item()) and some.per_head[0].item() == pytest.approx(off.per_head[0].item())
+    assert strict.per_head[1:].tolist() == [0.0, 0.0]
+    assert some.per_head[1].item() > 0 and some.per_head[1].item() != pytest.approx(off.per_head[1].item())
+    for masked in (strict, some):
+        assert torch.equal(masked.count, off.count) and torch.equal(masked.rank_hits, off.rank_hits)
+
+
+# -- HASS context --
+
+def test_context_aligned_mask_layout():
+    length, step = 4, 2
+    visible = context_aligned_mask(length, step, torch.float32, "cpu") == 0
+    first = [[1, 0, 0, 0]] * 4
+    own = [[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]]
+    assert visible.int().tolist() == [f + g + o for f, g, o in zip(first, first, own)]
+    # Every query (anchor a at step i, position a+i) sees each position 0..a+i exactly once.
+    for a in range(length):
+        seen = sorted(b + s for s in range(step + 1) for b in range(length) if visible[a, s * length + b])
+        assert seen == list(range(a + step + 1))
+    assert torch.equal(context_aligned_mask(length, 0, torch.float32, "cpu"), unrolled_mask(length, 0, torch.float32, "cpu"))
+
+
+def test_hass_context_step_is_a_causal_pass_over_the_drafters_own_features():
+    """Step 1 with hass_context = one causal pass over position 0's target entry and, at position
+    b+1, token x_{b+2} with the drafter's step-0 output of anchor b."""
+    draft, batch = _eagle3(), _batch(batch=1)
+    features, final, ids, mask, embed, head = batch
+    positions = torch.arange(LENGTH)[None]
+    with torch.no_grad():
+        step0 = draft(F.embedding(shift_left(ids, 1), embed), draft.embed_features(features), positions, causal_mask(LENGTH, 0, torch.float32, "cpu"), KVCache())
+        hidden = torch.cat([draft.embed_features(features[:, :1]), step0[:, :-1]], dim=1)
+        tokens = torch.cat([ids[:, 1:2], shift_left(ids, 2)[:, :-1]], dim=1)  # position 0 reads x_1, position b+1 reads x_{b+2}
+        step1 = draft(F.embedding(tokens, embed), hidden, positions, causal_mask(LENGTH, 0, torch.float32, "cpu"), KVCache())[:, 1:]
+        select, _ = head_targets(ids, mask, 3)
+        teacher = torch.softmax(shift_left(final, 2)[select] @ head.T, -1)
+        expected = soft_ce(teacher, F.log_softmax(draft.logits(F.pad(step1, (0, 0, 0, 1))[select]), -1)).mean()
+        harmonized = _losses(draft, batch, steps=2, objectives=EagleObjectives(hass_context=True)).per_head[1]
+        default = _losses(draft, batch, steps=2).per_head[1]
+    assert harmonized.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert default.item() != pytest.approx(expected.item(), rel=1e-3)
+
+
+# -- a 7-step training-time test --
+
+@pytest.mark.parametrize("make", [lambda: _eagle3(draft_vocab=24), lambda: Eagle1Drafter(Eagle1Config(HIDDEN, VOCAB, layer=SHAPE))], ids=["eagle3", "eagle1"])
+def test_seven_unrolled_steps_give_seven_losses_and_gradients(make):
+    draft = make()
+    features, final, ids, mask, embed, head = _batch(length=10)  # step 6 scores x_{a+8}: anchors 0 and 1 only
+    feats = final if isinstance(draft, Eagle1Drafter) else features
+    objectives = EagleObjectives(hass_topk_weight=1.0, lk_weight=1.0, griffin_threshold=0.01, hass_context=True)
+    out = eagle_losses(draft, feats, final, ids, mask, embed, head, steps=7, objectives=objectives, with_accuracy=True)
+    assert out.per_head.shape == (7,) and torch.isfinite(out.per_head).all()
+    assert out.count.tolist() == [14.0, 14.0, 12.0, 10.0, 8.0, 6.0, 4.0]  # 2 rows; step 0 skips the label at prompt position 2
+    assert out.rank_hits.shape[0] == 7
+    out.loss.backward()
+    assert draft.fc.weight.grad.abs().sum() > 0
+
+
+def test_a_recipe_with_every_objective_on_trains_seven_steps(tmp_path, tiny_target_dir, prompts_file):
+    from specdec.models.base import load_draft
+    from specdec.train.config import load_recipe
+    from specdec.train.pipeline import run
+
+    options = {"eagle.ttt_steps": 7, "eagle.val_steps": 7, "eagle.hass_topk": 5, "eagle.hass_topk_weight": 1.0, "eagle.hass_context": True, "eagle.lk_loss_weight": 1.0, "eagle.griffin_threshold": 0.01}
+    result = run(load_recipe("eagle3", overrides(tmp_path, tiny_target_dir, prompts_file, **options)))
+    rows = list(csv.DictReader(open(tmp_path / "run" / "logs" / "metrics.csv")))
+    assert {f"train/head{k}_loss" for k in range(1, 8)} <= set(rows[0])
+    assert all(math.isfinite(float(r["train/loss"])) for r in rows if r.get("train/loss"))
+    assert len(load_draft(result.draft_dir).config.head_rank_accuracy) == 7
+
+
+def test_the_recipe_needs_one_loss_term():
+    from specdec.train.config import RecipeError, load_recipe
+
+    load_recipe("eagle3", {"eagle.ce_loss_weight": 0, "eagle.lk_loss_weight": 1.0})
+    with pytest.raises(RecipeError, match="every EAGLE loss weight is 0"):
+        load_recipe("eagle3", {"eagle.ce_loss_weight": 0})
+    with pytest.raises(RecipeError, match="griffin_threshold"):
+        load_recipe("eagle3", {"eagle.griffin_threshold": 1.0})
