@@ -4,14 +4,12 @@ Input at position t: target hidden states of three layers, concatenated (3H) and
 fc: Linear(3H -> H) (draft steps after the first feed the drafter's own output hidden state
 instead). The decoder layer's attention reads cat(norm(E(x_{t+1})), norm(h)) (2H); a final norm
 and the drafter's own lm_head: Linear(H -> V_draft) give logits over the draft vocabulary, the
-V_draft tokens most frequent in the training data. `d2t[i]` is the offset target_id - i of draft
-token i and `t2d` the boolean mask of target tokens in the draft vocabulary (the layout SGLang
-and vLLM read). Token embeddings stay the target's and are not stored.
+V_draft tokens most frequent in the training data, with the `d2t` / `t2d` maps of
+specdec.models.vocab (the layout SGLang and vLLM read). Token embeddings stay the target's and are not stored.
 """
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +17,7 @@ from torch import nn
 
 from specdec.models.base import DraftModel, register_draft
 from specdec.models.decoder import DecoderLayer, KVCache, LayerShape
+from specdec.models.vocab import ReducedVocab, build_draft_vocab  # noqa: F401  (build_draft_vocab: re-exported for train.eagle_method)
 
 LAYER_ID_CONVENTION = "hf_hidden_states"
 """`layer_ids` index Hugging Face's `output_hidden_states` tuple: 0 = embeddings, i = output of decoder layer i-1."""
@@ -49,7 +48,7 @@ class Eagle3Config:
 
 
 @register_draft
-class Eagle3Drafter(DraftModel):
+class Eagle3Drafter(ReducedVocab, DraftModel):
     """`forward(embeds, hidden, positions, mask, cache)` -> output hidden [B, T, H] (before the final norm)."""
 
     draft_type = "eagle3"
@@ -64,27 +63,15 @@ class Eagle3Drafter(DraftModel):
         self.layer = DecoderLayer(config.layer, attn_input_size=2 * h, input_norm=False)
         self.norm = nn.RMSNorm(h, eps=config.layer.rms_norm_eps)
         self.lm_head = nn.Linear(h, config.draft_vocab_size, bias=False)
-        self.register_buffer("d2t", torch.zeros(config.draft_vocab_size, dtype=torch.long))
-        self.register_buffer("t2d", torch.zeros(config.vocab_size, dtype=torch.bool))
+        self.init_vocab(config.vocab_size, config.draft_vocab_size)
 
     @property
     def feature_layers(self) -> tuple[int, ...]:
         return tuple(self.config.layer_ids)
 
-    @torch.no_grad()
-    def set_vocab(self, draft_to_target: torch.Tensor, lm_head_weight: torch.Tensor | None = None) -> None:
-        """Install the draft vocabulary (target ids of draft tokens 0..V_draft-1, ascending) and,
-        given the target lm_head, start the drafter's lm_head from its rows for those tokens."""
-        ids = draft_to_target.to(self.d2t.device)
-        self.d2t.copy_(ids - torch.arange(len(ids), device=ids.device))
-        self.t2d.zero_()
-        self.t2d[ids] = True
-        if lm_head_weight is not None:
-            self.lm_head.weight.copy_(lm_head_weight[ids.to(lm_head_weight.device)])
-
-    def draft_ids(self) -> torch.Tensor:
-        """Target ids of the draft vocabulary, [V_draft]."""
-        return self.d2t + torch.arange(len(self.d2t), device=self.d2t.device)
+    def init_projection(self, rows: torch.Tensor) -> None:
+        """The drafter's lm_head starts from the target lm_head rows of the draft vocabulary."""
+        self.lm_head.weight.copy_(rows)
 
     def embed_features(self, features: torch.Tensor) -> torch.Tensor:
         """Concatenated target layer states [.., 3H] -> the drafter's hidden input [.., H]."""
@@ -97,28 +84,3 @@ class Eagle3Drafter(DraftModel):
     def logits(self, hidden: torch.Tensor, lm_head_weight: torch.Tensor | None = None) -> torch.Tensor:
         """Logits over the draft vocabulary [.., V_draft] (the target lm_head is not used)."""
         return self.lm_head(self.norm(hidden))
-
-    def vocab_rows(self, lm_head_weight: torch.Tensor) -> torch.Tensor:
-        """The target lm_head rows of the draft vocabulary, [V_draft, H]."""
-        return lm_head_weight[self.draft_ids()]
-
-    def to_target_ids(self, ids: torch.Tensor) -> torch.Tensor:
-        """Draft-vocabulary indices -> target token ids."""
-        return ids + self.d2t[ids]
-
-
-def build_draft_vocab(token_counts: torch.Tensor, size: int, min_coverage: float = 0.9) -> tuple[torch.Tensor, float]:
-    """The `size` most frequent target tokens (ascending ids) and the share of counted tokens they cover.
-
-    Warns when the coverage is under `min_coverage`: the drafter can never propose the rest."""
-    size = min(size, len(token_counts))
-    top = token_counts.topk(size).indices.sort().values
-    total = float(token_counts.sum())
-    coverage = float(token_counts[top].sum()) / total if total > 0 else 0.0
-    if coverage < min_coverage:
-        warnings.warn(
-            f"the {size}-token draft vocabulary covers only {coverage:.1%} of the training tokens (wanted "
-            f"{min_coverage:.0%}): raise eagle3.draft_vocab_size or train on more data",
-            stacklevel=2,
-        )
-    return top, coverage
