@@ -8,6 +8,9 @@
   [W_lm; W_lm] (`share_lm_head=False`, as in the paper), or, cheaper, W_lm (h_t + F) with the
   frozen target lm_head (`share_lm_head=True`, nothing stored). Head 0 predicts the token after
   the target's own next token; deeper heads run the layer again on the previous head's argmax.
+- Reduced vocabulary (`draft_vocab_size` = V_draft, specdec.models.vocab): the heads project onto
+  the V_draft most frequent training tokens only, the target lm_head's rows for them when shared
+  (only the `d2t` / `t2d` maps are stored), else Linear(2H -> V_draft) from those rows, doubled.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from torch import nn
 
 from specdec.models.base import DraftModel, register_draft
 from specdec.models.decoder import DecoderLayer, KVCache, LayerShape
+from specdec.models.vocab import ReducedVocab
 
 
 @dataclass
@@ -32,6 +36,8 @@ class ChimeraConfig:
     """Residual heads K (draft positions)."""
     share_lm_head: bool = True
     """Heads project W_lm (h + F) with the frozen target lm_head (false: per-head Linear(2H -> V) from [W_lm; W_lm])."""
+    draft_vocab_size: int | None = None
+    """V_draft: the heads project onto only the V_draft most frequent training tokens (mapped by `d2t` / `t2d`); None = the full vocabulary."""
     layer: LayerShape = None
     """Shape of the full-context decoder layer (copied from the target's config)."""
     head_rank_accuracy: list[list[float]] | None = None
@@ -39,7 +45,7 @@ class ChimeraConfig:
 
 
 @register_draft
-class ChimeraDrafter(DraftModel):
+class ChimeraDrafter(ReducedVocab, DraftModel):
     """`forward(trigram_embeds, hidden, positions, mask, cache)` -> context features F [B, T, H]."""
 
     draft_type = "chimera"
@@ -49,19 +55,24 @@ class ChimeraDrafter(DraftModel):
     def __init__(self, config: ChimeraConfig):
         super().__init__(config)
         h = config.hidden_size
+        self.init_vocab(config.vocab_size, config.draft_vocab_size)
         self.trigram_block = nn.Linear(3 * h, 3 * h)
         nn.init.zeros_(self.trigram_block.weight)
         nn.init.zeros_(self.trigram_block.bias)
         self.trigram_proj = nn.Linear(3 * h, h)
         self.fuse = nn.Linear(2 * h, h)
         self.layer = DecoderLayer(config.layer)
-        self.heads = None if config.share_lm_head else nn.ModuleList(nn.Linear(2 * h, config.vocab_size, bias=False) for _ in range(config.num_heads))
+        self.heads = None if config.share_lm_head else nn.ModuleList(nn.Linear(2 * h, self.num_draft_tokens, bias=False) for _ in range(config.num_heads))
 
     @torch.no_grad()
     def init_from_target(self, lm_head_weight: torch.Tensor) -> None:
-        """Per-head projections start as [W_lm; W_lm] (no-op when the lm_head is shared)."""
+        """Per-head projections start as [W_lm; W_lm] on the draft vocabulary's rows (no-op when the lm_head is shared)."""
+        self.init_projection(self.vocab_rows(lm_head_weight))
+
+    def init_projection(self, rows: torch.Tensor) -> None:
+        """Per-head projections start as [rows; rows] for the target lm_head rows [V_draft, H] (nothing stored when shared)."""
         for head in self.heads or []:
-            head.weight.copy_(torch.cat([lm_head_weight, lm_head_weight], dim=1))
+            head.weight.copy_(torch.cat([rows, rows], dim=1))
 
     def trigram(self, embeds: torch.Tensor) -> torch.Tensor:
         """[.., 3H] embeddings of (x_{i-2}, x_{i-1}, x_i) -> [.., H] (ResBlock then projection)."""
@@ -72,12 +83,12 @@ class ChimeraDrafter(DraftModel):
         return self.layer(x, positions, mask, cache)
 
     def head_logits(self, k: int, hidden: torch.Tensor, features: torch.Tensor, lm_head_weight: torch.Tensor | None) -> torch.Tensor:
-        """Logits of head k (0-based) from the anchor's target state h and context features F."""
+        """Draft-vocabulary logits [.., V_draft] of head k (0-based) from the anchor's target state h and context features F."""
         if self.heads is not None:
             return self.heads[k](torch.cat([hidden, features], dim=-1))
         if lm_head_weight is None:
             raise ValueError("this Chimera draft shares the target lm_head: pass lm_head_weight")
-        return (hidden + features) @ lm_head_weight.T
+        return (hidden + features) @ self.vocab_rows(lm_head_weight).T
 
 
 def trigram_embeddings(embed_weight: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:

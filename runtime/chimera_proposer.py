@@ -42,9 +42,9 @@ class ChimeraProposer(StaticTreeProposer):
         top, tail = [], ids[-2:]
         for d, k in enumerate(self._needed):
             logits = self.draft.head_logits(d, h, features, self.lm_head_weight)
-            top.append(logits[0].topk(k).indices)
+            top.append(self._candidates(logits[0], k))
             if d + 1 < len(self._needed):
-                tail = torch.cat([tail, logits[0].argmax()[None]])[-3:]
+                tail = torch.cat([tail, self.draft.to_target_ids(logits[0].argmax()[None])])[-3:]
                 features = self.state.step(self.draft, self._trigrams(tail, 1), h, anchor + d + 1)
         return self._proposal(top)
 

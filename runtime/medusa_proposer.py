@@ -30,7 +30,7 @@ class MedusaProposer(StaticTreeProposer):
         hidden = committed.hidden[-1]
         # Step 1: top candidates of each head that the tree uses.
         logits = [self.draft.project(d, self.draft.head_features(d, hidden), self.lm_head_weight) for d in range(len(self._needed))]
-        top = [head.topk(k).indices for head, k in zip(logits, self._needed)]
+        top = [self._candidates(head, k) for head, k in zip(logits, self._needed)]
         # Step 2: node token = the candidate of its rank at its depth.
         proposal = self._proposal(top)
         # Step 3: when asked, the distribution each node's children were drawn from.
@@ -40,7 +40,8 @@ class MedusaProposer(StaticTreeProposer):
 
     def _distributions(self, logits: list[torch.Tensor]) -> torch.Tensor:
         """[tree.size + 1, V]: head d's softmax at every node of depth d (its children are head d's
-        candidates); nodes at the tree's last depth have no children and get a zero row."""
-        probs = torch.softmax(torch.stack(logits).float(), dim=-1)
+        candidates), over the target vocabulary (zero outside a reduced draft vocabulary); nodes at
+        the tree's last depth have no children and get a zero row."""
+        probs = self.draft.to_target_vocab(torch.softmax(torch.stack(logits).float(), dim=-1))
         table = torch.cat([probs, probs.new_zeros(1, probs.shape[-1])])
         return table[self._dist_rows]

@@ -221,6 +221,11 @@ class StaticTreeProposer(Proposer):
     def describe(self) -> dict:
         return {"proposer": self.name, "tree_size": self.tree.size, "tree_depth": self.tree.depth, "tree_paths": [list(p) for p in self.tree.paths]}
 
+    def _candidates(self, logits: torch.Tensor, k: int) -> torch.Tensor:
+        """The `k` best candidates of a head's logits [.., V_draft], as target token ids (a draft with a
+        reduced vocabulary maps them with `to_target_ids`, specdec.models.vocab)."""
+        return self.draft.to_target_ids(logits.topk(k, dim=-1).indices)
+
     def _proposal(self, top: list[torch.Tensor]) -> Proposal:
         """The tree's tokens from each depth's top candidates (kept on the device: no host sync)."""
         return Proposal(self.tree, torch.cat(top)[self._gather])

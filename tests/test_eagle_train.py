@@ -115,7 +115,7 @@ def test_offline_features_are_only_for_feature_drafters():
     from specdec.train.config import RecipeError
 
     with pytest.raises(RecipeError, match="data.features=offline"):
-        load_recipe("medusa1", {"data.features": "offline"})
+        load_recipe("medusa2", {"data.features": "offline"})  # Medusa-2 fine-tunes the target (Medusa-1 trains offline)
 
 
 def test_draft_vocabulary_is_the_most_frequent_tokens_and_warns_on_low_coverage():

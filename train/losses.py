@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from specdec.models.chimera import ChimeraDrafter, trigram_embeddings
 from specdec.models.decoder import KVCache, additive
 from specdec.models.medusa import MedusaHeads
+from specdec.models.vocab import IGNORE_INDEX
 
 
 RANKS = 10
@@ -76,7 +77,10 @@ def medusa_head_losses(
 
     `hidden` is the target's last hidden state [B, T, H]. With `soft_label_weight` = a, each
     head's loss is (1-a) * CE(hard label) + a * CE(softmax(W_lm h_{t+k+1})) where the soft
-    label is the target's own distribution for that same token. `with_accuracy=False` skips
+    label is the target's own distribution for that same token. With a reduced draft vocabulary
+    the hard labels are mapped to draft ids, a label outside the vocabulary adds nothing to the
+    CE (it still counts in the divisor and as a miss in the rank hits) and the soft label is the
+    target's distribution over the draft vocabulary's rows. `with_accuracy=False` skips
     the rank-hit counts, whose top-k costs about a tenth of a training step. `denominators`
     [K] divides each head's summed loss (default: its own labelled positions); data-parallel
     training passes the mean count over ranks (`head_label_counts`), so that the average of the
@@ -86,20 +90,21 @@ def medusa_head_losses(
     for k in range(heads.config.num_heads):
         # Step 1: pick the positions whose label (token t+k+2) is an assistant token.
         select, labels = head_targets(input_ids, loss_mask, k + 2)
-        # Step 2: run the head only there (ResBlocks act per position), then project to V.
+        # Step 2: run the head only there (ResBlocks act per position), then project to V_draft.
         logits = heads.project(k, heads.head_features(k, hidden[select]), lm_head_weight)
         if labels.numel() == 0:
             per_head.append(logits.sum() * 0.0)
         else:
-            loss = F.cross_entropy(logits.float(), labels, reduction="sum")
+            loss = F.cross_entropy(logits.float(), heads.to_draft_labels(labels)[0], reduction="sum", ignore_index=IGNORE_INDEX)
             if soft_label_weight > 0:
-                loss = (1 - soft_label_weight) * loss + soft_label_weight * _soft_label_ce(logits, hidden, select, lm_head_weight)
+                rows = None if lm_head_weight is None else heads.vocab_rows(lm_head_weight)
+                loss = (1 - soft_label_weight) * loss + soft_label_weight * _soft_label_ce(logits, hidden, select, rows)
             divisor = denominators[k] if denominators is not None else labels.numel()
             per_head.append(loss / divisor)
         # Step 3: rank-hit counts, for validation accuracies and tree building.
         if with_accuracy:
             with torch.no_grad():
-                rank_hits.append(_rank_hits(logits, labels))
+                rank_hits.append(_rank_hits(logits, labels, heads.to_target_ids))
         count.append(torch.tensor(labels.numel(), dtype=torch.float32))
     per_head_t = torch.stack(per_head)
     weights = torch.tensor([decay**k for k in range(len(per_head))], dtype=per_head_t.dtype, device=per_head_t.device)
@@ -107,14 +112,15 @@ def medusa_head_losses(
     return HeadLosses((weights * per_head_t).sum(), per_head_t, hits, torch.stack(count))
 
 
-def _soft_label_ce(logits: torch.Tensor, hidden: torch.Tensor, select: torch.Tensor, lm_head_weight: torch.Tensor | None) -> torch.Tensor:
-    """Summed CE against the target's distribution at t+k+1 (which predicts the same token t+k+2)."""
-    if lm_head_weight is None:
+def _soft_label_ce(logits: torch.Tensor, hidden: torch.Tensor, select: torch.Tensor, vocab_rows: torch.Tensor | None) -> torch.Tensor:
+    """Summed CE against the target's distribution at t+k+1 (which predicts the same token t+k+2),
+    over the draft vocabulary whose target lm_head rows are `vocab_rows` [V_draft, H]."""
+    if vocab_rows is None:
         raise ValueError("soft labels need the target lm_head weight")
     shifted = torch.zeros_like(select)
     shifted[:, 1:] = select[:, :-1]  # source position t -> t+1
     with torch.no_grad():
-        teacher = F.softmax((hidden[shifted].detach() @ lm_head_weight.T).float(), dim=-1)
+        teacher = F.softmax((hidden[shifted].detach() @ vocab_rows.T).float(), dim=-1)
     return -(teacher * F.log_softmax(logits.float(), dim=-1)).sum()
 
 
@@ -168,7 +174,9 @@ def chimera_losses(
 
     Head k at anchor a runs the full-context layer on the trigram ending at x_{a+k+1} (real tokens:
     teacher forcing) fused with h_a, at position a+k, attending to the prefix's entries (step 0,
-    every position's own trigram and h) and its own chain; logits come from cat(h_a, F).
+    every position's own trigram and h) and its own chain; logits come from cat(h_a, F). With a
+    reduced draft vocabulary the labels are mapped to draft ids and a label outside it adds
+    nothing to the CE (it still counts in the divisor and as a miss in the rank hits).
     """
     length = input_ids.shape[1]
     positions = torch.arange(length, device=input_ids.device)[None].expand(input_ids.shape[0], -1)
@@ -182,10 +190,10 @@ def chimera_losses(
         select, labels = head_targets(input_ids, loss_mask, k + 2)
         logits = draft.head_logits(k, final_hidden[select], features[select], lm_head_weight).float()
         divisor = denominators[k] if denominators is not None else max(labels.numel(), 1)
-        per_head.append(F.cross_entropy(logits, labels, reduction="sum") / divisor)
+        per_head.append(F.cross_entropy(logits, draft.to_draft_labels(labels)[0], reduction="sum", ignore_index=IGNORE_INDEX) / divisor)
         if with_accuracy:
             with torch.no_grad():
-                rank_hits.append(_rank_hits(logits, labels))
+                rank_hits.append(_rank_hits(logits, labels, draft.to_target_ids))
         count.append(torch.tensor(labels.numel(), dtype=torch.float32))
     return _weighted(per_head, rank_hits, count, decay, with_accuracy)
 

@@ -1,14 +1,18 @@
-"""Medusa-1 (heads on the frozen target) and Medusa-2 (heads + joint LoRA fine-tuning of the target)."""
+"""Medusa-1 (heads on the frozen target, online or offline from `specdec-prepare` features) and
+Medusa-2 (heads + joint LoRA fine-tuning of the target, online only)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Optional
 
 import torch
+from lightning.pytorch.utilities import rank_zero_only
 
+from specdec.data.batching import label_token_counts
 from specdec.models.medusa import MedusaConfig, MedusaHeads
+from specdec.models.vocab import ReducedVocab, build_draft_vocab
 from specdec.train.config import AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE
 from specdec.train.losses import head_label_counts, heads_ramp, kl_to_original, medusa_head_losses
 from specdec.train.methods import TrainingMethod, register_method
@@ -17,6 +21,22 @@ FINETUNED_TARGET_DIR = "target"
 """Folder of the draft that holds Medusa-2's fine-tuned target (LoRA merged)."""
 ADAPTER_DIR = "adapter"
 """Folder of the draft that holds Medusa-2's LoRA adapter alone (peft format)."""
+
+
+def reduced_vocab_size(size: int | None, vocab_size: int) -> int | None:
+    """The V_draft a recipe's `draft_vocab_size` asks for: None (the full vocabulary) for 0, null or at least `vocab_size`."""
+    return size if size and size < vocab_size else None
+
+
+def install_vocab(draft: ReducedVocab, lm_head: torch.Tensor, train_rows, setting: str) -> None:
+    """Start a fresh draft's projection from the target lm_head; a reduced vocabulary is first chosen
+    from `train_rows`' labels (without rows, when rebuilding a draft for a checkpoint, the checkpoint holds it)."""
+    if not (draft.reduced_vocab and train_rows is not None):
+        draft.init_from_target(lm_head)
+        return
+    ids, coverage = build_draft_vocab(label_token_counts(train_rows, draft.full_vocab_size), draft.num_draft_tokens, setting=setting)
+    draft.set_vocab(ids, lm_head)
+    rank_zero_only(print)(f"draft vocabulary: {len(ids)} tokens cover {coverage:.1%} of the training labels")
 
 
 @dataclass
@@ -31,8 +51,10 @@ class MedusaSection:
     """Head k's loss weight is loss_decay**k (k = 0 for the first head)."""
     soft_label_weight: float = 0.0
     """Mix of soft-label distillation from the target's own distribution (0 = hard labels only, 1 = soft only)."""
+    draft_vocab_size: Optional[int] = None
+    """Heads project onto only the V_draft most frequent training labels (a reduced vocabulary, the d2t / t2d maps of EAGLE-3); 0 or null (or at least the target's V) = the full vocabulary."""
 
-    ranges: ClassVar[dict] = {"num_heads": AT_LEAST_1, "num_layers": AT_LEAST_1, "loss_decay": POSITIVE, "soft_label_weight": FRACTION}
+    ranges: ClassVar[dict] = {"num_heads": AT_LEAST_1, "num_layers": AT_LEAST_1, "loss_decay": POSITIVE, "soft_label_weight": FRACTION, "draft_vocab_size": NON_NEGATIVE}
 
 
 @dataclass
@@ -71,12 +93,15 @@ class Medusa1Method(TrainingMethod):
 
     name, draft_type = "medusa1", MedusaHeads.draft_type
     sections = {"medusa": MedusaSection}
+    reads_target_features = True
     static_tree = True
 
     def build_draft(self, record: dict, lm_head: torch.Tensor, train_rows=None) -> MedusaHeads:
-        m = self.cfg.medusa
-        heads = MedusaHeads(MedusaConfig(record["hidden_size"], record["vocab_size"], num_heads=m.num_heads, num_layers=m.num_layers, share_lm_head=m.share_lm_head))
-        heads.init_from_target(lm_head)
+        """Fresh heads; with a reduced vocabulary and `train_rows` it is the most frequent training labels (else it comes from the checkpoint)."""
+        m, vocab = self.cfg.medusa, record["vocab_size"]
+        config = MedusaConfig(record["hidden_size"], vocab, num_heads=m.num_heads, num_layers=m.num_layers, share_lm_head=m.share_lm_head, draft_vocab_size=reduced_vocab_size(m.draft_vocab_size, vocab))
+        heads = MedusaHeads(config)
+        install_vocab(heads, lm_head, train_rows, "medusa.draft_vocab_size")
         return heads
 
     def num_positions(self, training: bool) -> int:
@@ -98,6 +123,7 @@ class Medusa2Method(Medusa1Method):
 
     name = "medusa2"
     sections = {"medusa": MedusaSection, "medusa2": Medusa2Section}
+    reads_target_features = False  # it fine-tunes the target, so it needs the live one
 
     def prepare_target(self, model: torch.nn.Module) -> torch.nn.Module:
         """Wrap the target with peft LoRA adapters; only the adapters are trainable."""
