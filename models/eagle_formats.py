@@ -36,7 +36,11 @@ target's embeddings, which every loader takes from the target):
   no `input_layernorm` at index 0, head_dim = hidden_size / num_attention_heads) and
   `eagle/model/ea_model.py` (`EaModel.from_pretrained(use_eagle3=False, ...)` reads
   `config.json`, then `pytorch_model.bin` or, when that is absent, `model.safetensors`; we write
-  the latter only; missing keys are tolerated there, so names must be exact).
+  the latter only; missing keys are tolerated there, so names must be exact). The layout has no
+  lm_head (loaders project with the target's) and no vocabulary map, so a drafter with a reduced
+  draft vocabulary (`Eagle1Config.draft_vocab_size`) is written without its `d2t` / `t2d` (older
+  EAGLE releases load strictly) and reads back as the full-vocabulary drafter engines run; the
+  export warns that engines then score the full vocabulary and may propose tokens outside it.
 
 Aux layer ids (EAGLE-3). Ours (`Eagle3Config.layer_ids`, convention `hf_hidden_states`) index
 Hugging Face's `output_hidden_states`: 0 = embeddings, i = output of decoder layer i-1 (= input of
@@ -110,7 +114,7 @@ _IN_LAYER = ("input_layernorm", "hidden_norm")
 _IGNORED = ("embed_tokens.weight",)
 """Upstream tensors our drafters take from the target instead."""
 _VOCAB_MAPS = ("d2t", "t2d")
-"""EAGLE-3 vocabulary maps, not written for a full draft vocabulary (see the module docstring)."""
+"""Vocabulary maps, not written for a full draft vocabulary nor in the EAGLE-1 layout (see the module docstring)."""
 
 
 class EagleFormatError(FormatError):
@@ -176,7 +180,7 @@ def export_eagle(
         warnings.warn(f"exporting the {fmt} layout without the target's max_position_embeddings: engines then use their default (2048 for a Llama config) for the drafter", stacklevel=2)
     # Step 2: tensors under the layout's names, and its config.
     state = {k: v.detach().cpu().contiguous() for k, v in draft.state_dict().items()}
-    dropped = _VOCAB_MAPS if _full_vocab(draft) else ()
+    dropped = _VOCAB_MAPS if _full_vocab(draft) or fmt == "eagle" else ()
     tensors = {theirs: state[ours] for ours, theirs in key_map(draft, fmt).items() if ours not in dropped}
     upstream = upstream_config(draft, fmt, base_model, num_speculative_tokens, max_position_embeddings, list(verifier_architectures))
     config = {**(extra_config or {}), **upstream}
@@ -198,6 +202,12 @@ def _check_fits(draft: DraftModel, fmt: str) -> None:
         raise EagleFormatError(f"the {fmt} layout holds {DRAFT_TYPE_OF[fmt]} drafts, not {draft_type}; {hint}")
     shape = draft.config.layer
     if fmt == "eagle":
+        if draft.reduced_vocab:
+            warnings.warn(
+                f"the eagle layout has no lm_head: engines score this drafter's features with the target's full lm_head, so they may propose "
+                f"tokens outside its {draft.num_draft_tokens}-token draft vocabulary (verification keeps the output exact; specdec's runtime never does)",
+                stacklevel=3,
+            )
         if shape.num_heads * shape.head_dim != shape.hidden_size:
             warnings.warn(
                 f"num_heads * head_dim = {shape.num_heads * shape.head_dim} != hidden_size {shape.hidden_size}: SafeAILab/EAGLE's "

@@ -40,6 +40,21 @@ vocabulary projection Linear(H, V) without bias. Key names and config fields fol
   hidden_act there, so it must be silu as in ours.
 - `specdec`: our own draft folder (`DraftModel.save_pretrained`), shared lm_head kept shared.
 
+Reduced draft vocabulary (`MedusaConfig.draft_vocab_size`, specdec.models.vocab):
+- `vllm` holds it as vLLM's Medusa reads it (`vllm/model_executor/models/medusa.py`): config
+  `truncated_vocab_size` = V_draft < vocab_size, a `token_map` tensor [V_draft] of the draft
+  tokens' target ids, and `lm_heads.{h}.weight` of V_draft rows; vLLM scatters the logits back
+  into the full vocabulary with -inf elsewhere, so it never proposes another token.
+- `medusa` and `tensorrt_llm` have bias-free full-vocabulary projections only, so each head's
+  rows are scattered back into [V, H] (`full_vocab_rows`): draft token rows at their target ids,
+  every other row the mean of the draft rows. A token outside the draft vocabulary then scores
+  the mean of the draft logits, strictly below the best draft token's: every head's top-1
+  candidate (all that vLLM and a chain use) is a draft token, while the lower ranks of a top-k
+  tree may hold such tokens (no bias-free row choice can exclude them; verification keeps the
+  output exact either way). `medusa` also carries `token_map` and `truncated_vocab_size` (ignored
+  by FasterDecoding's strict=False load), which vLLM uses to slice the rows back and our loader
+  to restore the reduced heads exactly; `tensorrt_llm` comes back as full-vocabulary heads.
+
 Importing this module registers the three upstream layouts and the Medusa model-card description
 (specdec.models.formats); `specdec` is registered there, for every draft type.
 """
@@ -61,6 +76,7 @@ from specdec.models.base import CONFIG_NAME, DraftMismatchError, atomic_write, l
 from specdec.models.decoder import LayerShape
 from specdec.models.formats import ExportFormat, ExportJob, FormatError, find_layout, register_description, register_format
 from specdec.models.medusa import MedusaConfig, MedusaHeads
+from specdec.models.vocab import full_vocab_rows
 
 FORMATS = ("medusa", "vllm", "tensorrt_llm", "specdec")
 
@@ -74,6 +90,8 @@ LAYOUTS = {
 }
 
 
+TOKEN_MAP = "token_map"
+"""vLLM's tensor of a reduced draft vocabulary: the target ids of draft tokens 0..V_draft-1."""
 MEDUSA_PT_FILE = "medusa_lm_head.pt"
 """The `medusa` layout's second weights file (a plain tensor dict saved with torch.save): the only one
 FasterDecoding/Medusa reads. We read it back (weights_only=True) only when the safetensors file is absent."""
@@ -133,9 +151,11 @@ def export_medusa(
     if fmt == "medusa" and heads.config.num_layers > 1:
         warnings.warn("FasterDecoding/Medusa's MedusaModel ties the ResBlocks of a head; with num_layers > 1 only TensorRT-LLM's converter (or specdec) loads this export exactly", stacklevel=2)
     # Step 2: per-head tensors under the layout's names (and for TensorRT-LLM the target's, converted).
-    state = _per_head_state(heads, lm_head_weight)
+    state = _vocabulary_state(heads, _per_head_state(heads, lm_head_weight), fmt)
     tensors = {theirs: state[ours] for ours, theirs in key_map(fmt, heads.config.num_heads, heads.config.num_layers).items()}
-    config = {**(extra_config or {}), **upstream_config(heads.config, fmt, base_model, _dtype_name(heads), target_model)}
+    if TOKEN_MAP in state:
+        tensors[TOKEN_MAP] = state[TOKEN_MAP]
+    config = {**(extra_config or {}), **upstream_config(heads.config, fmt, base_model, _dtype_name(heads), target_model, heads.num_draft_tokens if heads.reduced_vocab else None)}
     if fmt == "tensorrt_llm":
         tensors.update(tensorrt_llm_target_weights(target_model, state["blocks.0.0.linear.weight"].dtype))
     # Step 3: weights then config, each atomically.
@@ -147,16 +167,18 @@ def export_medusa(
     return out_dir
 
 
-def upstream_config(config: MedusaConfig, fmt: str, base_model: str = "", dtype: str = "float32", target_model: PreTrainedModel | None = None) -> dict:
-    """The config.json fields the `fmt` loader reads (see the module docstring for the sources)."""
+def upstream_config(config: MedusaConfig, fmt: str, base_model: str = "", dtype: str = "float32", target_model: PreTrainedModel | None = None, draft_vocab_size: int | None = None) -> dict:
+    """The config.json fields the `fmt` loader reads (see the module docstring for the sources);
+    `draft_vocab_size` is V_draft of a reduced draft vocabulary (None: the full one)."""
     counts = {LAYOUTS[fmt]["num_heads"]: config.num_heads, LAYOUTS[fmt]["num_layers"]: config.num_layers}
+    truncated = {"truncated_vocab_size": draft_vocab_size or config.vocab_size}
     if fmt == "medusa":
         # FasterDecoding reads the counts and the base model; vLLM (which also takes this layout) needs the
         # sizes (its MedusaConfig defaults to 4096 / 32001) and medusa_fc_bias (else it drops the biases).
         shape = {"hidden_size": config.hidden_size, "vocab_size": config.vocab_size, "medusa_fc_bias": True}
-        return {**counts, **shape, "base_model_name_or_path": base_model}
+        return {**counts, **shape, **(truncated if draft_vocab_size else {}), "base_model_name_or_path": base_model}
     if fmt == "vllm":
-        shape = {"hidden_size": config.hidden_size, "vocab_size": config.vocab_size, "truncated_vocab_size": config.vocab_size}
+        shape = {"hidden_size": config.hidden_size, "vocab_size": config.vocab_size, **truncated}
         return {"model_type": "medusa", "architectures": ["MedusaModel"], **shape, **counts, "max_paths": 64, "topk": 10, "medusa_fc_bias": True, "original_lm_head": False}
     return {**tensorrt_llm_target_config(target_model, config, dtype), **counts, "max_draft_len": 63}
 
@@ -275,9 +297,20 @@ def load_medusa_export(directory, fmt: str | None = None) -> MedusaHeads:
     missing = sorted(set(mapping.values()) - set(tensors))
     if missing:
         raise MedusaFormatError(f"{weights_path} lacks {len(missing)} tensor(s) of the {fmt} layout, e.g. {missing[0]}")
-    vocab_size, hidden_size = tensors[mapping["lm_heads.0.weight"]].shape
-    heads = MedusaHeads(MedusaConfig(hidden_size=hidden_size, vocab_size=vocab_size, num_heads=num_heads, num_layers=num_layers, share_lm_head=False))
-    heads.load_state_dict({ours: tensors[theirs] for ours, theirs in mapping.items()})
+    rows, hidden_size = tensors[mapping["lm_heads.0.weight"]].shape
+    vocab_size = config.get("vocab_size", rows)
+    token_map = tensors.get(TOKEN_MAP) if config.get("truncated_vocab_size", vocab_size) < vocab_size else None
+    draft_vocab = None if token_map is None else len(token_map)
+    heads = MedusaHeads(MedusaConfig(hidden_size=hidden_size, vocab_size=vocab_size, num_heads=num_heads, num_layers=num_layers, share_lm_head=False, draft_vocab_size=draft_vocab))
+    # Step 3: a reduced draft vocabulary keeps the rows of its tokens (vLLM's reading of full-vocabulary rows).
+    state = {ours: tensors[theirs] for ours, theirs in mapping.items()}
+    if token_map is not None:
+        heads.set_vocab(token_map)
+        for h in range(num_heads):
+            weight = state[f"lm_heads.{h}.weight"]
+            state[f"lm_heads.{h}.weight"] = weight[token_map] if len(weight) > len(token_map) else weight
+        state.update(d2t=heads.d2t, t2d=heads.t2d)
+    heads.load_state_dict(state)
     return heads
 
 
@@ -293,7 +326,7 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _per_head_state(heads: MedusaHeads, lm_head_weight: torch.Tensor | None) -> dict[str, torch.Tensor]:
-    """The heads' tensors with one lm_head copy per head (from the target when the heads share it)."""
+    """The heads' tensors with one projection copy per head (the target lm_head's rows of the draft vocabulary when the heads share it)."""
     cfg = heads.config
     state = {k: v.detach().cpu().contiguous() for k, v in heads.state_dict().items()}
     if not cfg.share_lm_head:
@@ -302,11 +335,24 @@ def _per_head_state(heads: MedusaHeads, lm_head_weight: torch.Tensor | None) -> 
         raise MedusaFormatError("these heads share the target lm_head, which is not in the draft: pass the target's lm_head weight (target.get_output_embeddings().weight)")
     if tuple(lm_head_weight.shape) != (cfg.vocab_size, cfg.hidden_size):
         raise DraftMismatchError(f"target lm_head has shape {tuple(lm_head_weight.shape)}, the draft expects ({cfg.vocab_size}, {cfg.hidden_size}); pass the target the draft was trained on")
-    dtype = state["blocks.0.0.linear.weight"].dtype
+    dtype, rows = state["blocks.0.0.linear.weight"].dtype, heads.vocab_rows(lm_head_weight.detach())
     for h in range(cfg.num_heads):
         # One clone per head: safetensors refuses tensors that share memory.
-        state[f"lm_heads.{h}.weight"] = lm_head_weight.detach().to("cpu", dtype).clone()
+        state[f"lm_heads.{h}.weight"] = rows.to("cpu", dtype).clone()
     return state
+
+
+def _vocabulary_state(heads: MedusaHeads, state: dict[str, torch.Tensor], fmt: str) -> dict[str, torch.Tensor]:
+    """`state` as layout `fmt` holds a reduced draft vocabulary (see the module docstring): `vllm`
+    keeps the V_draft-row projections, the others get them scattered back into full-vocabulary
+    rows; `vllm` and `medusa` add `token_map`. A full vocabulary: `state` unchanged."""
+    if not heads.reduced_vocab:
+        return state
+    ids = heads.draft_ids().cpu()
+    if fmt != "vllm":
+        for h in range(heads.config.num_heads):
+            state[f"lm_heads.{h}.weight"] = full_vocab_rows(state[f"lm_heads.{h}.weight"], ids, heads.config.vocab_size)
+    return {**state, TOKEN_MAP: ids} if fmt in ("vllm", "medusa") else state
 
 
 def _dtype_name(heads: MedusaHeads) -> str:

@@ -116,6 +116,21 @@ class ReducedVocab:
         return tensor.device if tensor is not None else torch.device("cpu")
 
 
+def full_vocab_rows(rows: torch.Tensor, draft_ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """A reduced projection's rows [V_draft, H] laid out as a bias-free full-vocabulary one [V, H],
+    for engines that cannot read a draft vocabulary: draft token i keeps its row at target id
+    `draft_ids[i]`, and every other token gets the mean of the draft rows.
+
+    A token outside the draft vocabulary then scores the mean of the draft tokens' logits, which
+    is strictly below the best draft token's for every hidden state unless all draft logits are
+    equal (which, when the draft rows' differences span the hidden space, only the zero vector
+    gives): the top candidate is always a draft token. No bias-free row choice can rule such
+    tokens out of the lower ranks; they all share that one (mean) logit."""
+    out = rows.mean(0, keepdim=True).expand(vocab_size, -1).clone()
+    out[draft_ids.to(rows.device)] = rows
+    return out
+
+
 def build_draft_vocab(token_counts: torch.Tensor, size: int, min_coverage: float = 0.9, setting: str = "draft_vocab_size") -> tuple[torch.Tensor, float]:
     """The `size` most frequent target tokens (ascending ids) and the share of counted tokens they cover.
 
