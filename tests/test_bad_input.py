@@ -196,7 +196,7 @@ DAMAGED_DRAFTS = {
     "truncated weights": (_truncate, f"{WEIGHTS_NAME} is damaged"),
     "config not JSON": (lambda d: (d / CONFIG_NAME).write_text("{draft_type: medusa"), "config.json is not valid JSON"),
     "unknown draft_type": (lambda d: _set_config(d, draft_type="medussa"), "unknown draft_type 'medussa' in"),
-    "draft_type of other weights": (lambda d: _set_config(d, draft_type="eagle3"), "does not describe a draft of type 'eagle3': it lacks draft_vocab_size, layer_ids, layer"),
+    "draft_type of other weights": (lambda d: _set_config(d, draft_type="eagle3"), "does not describe a draft of type 'eagle3': it lacks layer_ids, layer"),
     "weights of another config": (_drop_a_head, "do not fit its config.json (draft_type 'medusa'): missing blocks.2.0.linear.bias"),
 }
 
