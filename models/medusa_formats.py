@@ -375,7 +375,10 @@ def _head_count(fmt: str, config: dict) -> dict:
 def _describe(config: dict, layout: str) -> str:
     """The model card's line on Medusa heads, from a config.json of `layout` (upstream or specdec)."""
     fields = LAYOUTS.get(layout, LAYOUTS["specdec"])
-    return f"{config.get(fields['num_heads'])} heads of {config.get(fields['num_layers'])} ResBlock(s)"
+    truncated = config.get("truncated_vocab_size")
+    draft_vocab = config.get("draft_vocab_size") or (truncated if truncated != config.get("vocab_size") else None)
+    vocabulary = f", {draft_vocab}-token draft vocabulary" if draft_vocab else ""
+    return f"{config.get(fields['num_heads'])} heads of {config.get(fields['num_layers'])} ResBlock(s){vocabulary}"
 
 
 

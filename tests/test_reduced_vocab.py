@@ -14,6 +14,7 @@ from specdec.models.chimera import ChimeraConfig, ChimeraDrafter
 from specdec.models.decoder import LayerShape
 from specdec.models.eagle1 import Eagle1Config, Eagle1Drafter
 from specdec.models.eagle_formats import export_eagle, load_eagle_export
+from specdec.models.formats import describe_draft, get_format
 from specdec.models.medusa import MedusaConfig, MedusaHeads
 from specdec.models.medusa_formats import export_medusa, load_medusa_export
 from specdec.models.vocab import IGNORE_INDEX, full_vocab_rows
@@ -262,6 +263,7 @@ def test_vllm_export_holds_the_truncated_vocabulary_and_reads_back(tmp_path, sha
     assert config["vocab_size"] == 30 and config["truncated_vocab_size"] == 6
     assert tensors["token_map"].tolist() == [0, 2, 3, 11, 17, 29] and tensors["lm_heads.1.weight"].shape == (6, 8)
     assert "d2t" not in tensors and "t2d" not in tensors
+    assert describe_draft(config, get_format("vllm"))[1] == "2 heads of 1 ResBlock(s), 6-token draft vocabulary"
     back = load_medusa_export(tmp_path)
     hidden = torch.randn(5, 8)
     assert torch.equal(back.draft_ids(), heads.draft_ids()) and torch.allclose(back(hidden), heads(hidden, lm_head))
