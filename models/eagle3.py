@@ -6,6 +6,10 @@ instead). The decoder layer's attention reads cat(norm(E(x_{t+1})), norm(h)) (2H
 and the drafter's own lm_head: Linear(H -> V_draft) give logits over the draft vocabulary, the
 V_draft tokens most frequent in the training data, with the `d2t` / `t2d` maps of
 specdec.models.vocab (the layout SGLang and vLLM read). Token embeddings stay the target's and are not stored.
+
+EAGLE-3.1's switches, both off by default and placed as vLLM speculators places them: `fc_norm`
+normalises each fused layer's state before fc; `norm_output` makes `forward` return the final
+norm's output, which the next draft step reads (and `logits` does not normalise again).
 """
 
 from __future__ import annotations
@@ -45,11 +49,15 @@ class Eagle3Config:
     """How `layer_ids` count: hf_hidden_states = index into output_hidden_states (0 = embeddings, i = output of layer i-1)."""
     head_rank_accuracy: list[list[float]] | None = None
     """Measured on held-out data: [d][r] = share of labels that were the r-th candidate at draft position d+1."""
+    fc_norm: bool = False
+    """EAGLE-3.1: an RMSNorm on each fused target layer's state before `fc`, fc(cat(norm_1(h_1), .., norm_n(h_n))) (weights `fc_norm.{i}.weight`; speculators' `fc_norm`)."""
+    norm_output: bool = False
+    """EAGLE-3.1: `forward` returns the final `norm`'s output, so the next draft step reads the normalised state and `logits` applies lm_head alone (speculators' `norm_output`)."""
 
 
 @register_draft
 class Eagle3Drafter(ReducedVocab, DraftModel):
-    """`forward(embeds, hidden, positions, mask, cache)` -> output hidden [B, T, H] (before the final norm)."""
+    """`forward(embeds, hidden, positions, mask, cache)` -> output hidden [B, T, H] (before the final norm; after it with `norm_output`)."""
 
     draft_type = "eagle3"
     config_class = Eagle3Config
@@ -58,6 +66,7 @@ class Eagle3Drafter(ReducedVocab, DraftModel):
         super().__init__(config)
         h = config.hidden_size
         self.fc = nn.Linear(len(config.layer_ids) * h, h, bias=False)
+        self.fc_norm = nn.ModuleList([nn.RMSNorm(h, eps=config.layer.rms_norm_eps) for _ in config.layer_ids]) if config.fc_norm else None
         self.input_layernorm = nn.RMSNorm(h, eps=config.layer.rms_norm_eps)
         self.hidden_norm = nn.RMSNorm(h, eps=config.layer.rms_norm_eps)
         self.layer = DecoderLayer(config.layer, attn_input_size=2 * h, input_norm=False)
@@ -75,12 +84,15 @@ class Eagle3Drafter(ReducedVocab, DraftModel):
 
     def embed_features(self, features: torch.Tensor) -> torch.Tensor:
         """Concatenated target layer states [.., 3H] -> the drafter's hidden input [.., H]."""
+        if self.fc_norm is not None:
+            features = torch.cat([norm(part) for norm, part in zip(self.fc_norm, features.chunk(len(self.fc_norm), dim=-1))], dim=-1)
         return self.fc(features)
 
     def forward(self, embeds: torch.Tensor, hidden: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         attn_input = torch.cat([self.input_layernorm(embeds), self.hidden_norm(hidden)], dim=-1)
-        return self.layer(hidden, positions, mask, cache, attn_input=attn_input)
+        out = self.layer(hidden, positions, mask, cache, attn_input=attn_input)
+        return self.norm(out) if self.config.norm_output else out
 
     def logits(self, hidden: torch.Tensor, lm_head_weight: torch.Tensor | None = None) -> torch.Tensor:
         """Logits over the draft vocabulary [.., V_draft] (the target lm_head is not used)."""
-        return self.lm_head(self.norm(hidden))
+        return self.lm_head(hidden if self.config.norm_output else self.norm(hidden))

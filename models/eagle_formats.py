@@ -22,6 +22,13 @@ target's embeddings, which every loader takes from the target):
   `transformer_layer_config`, and reads `norm_before_residual` as TRUE when it is absent, so we
   always write it (false); `vllm/model_executor/models/llama_eagle3.py` maps `d2t` to
   `draft_id_to_target_id` and skips `t2d`.
+- EAGLE-3.1 norms (`Eagle3Config.fc_norm`, `norm_output`): speculators' Eagle3SpeculatorConfig
+  `fc_norm` = one RMSNorm per fused layer before `fc`, concat(norm_i(h_i)), weights
+  `fc_norm.{i}.weight` (a ModuleList); `norm_output` = the final `norm` output is what the next
+  TTT step reads and lm_head reads it without a second norm (`src/speculators/models/eagle3/core.py`;
+  `norm_before_fc`, one norm over the concatenation, is a different switch we do not implement).
+  The `speculators` layout writes both switches and those tensors; SGLang's LlamaForCausalLMEagle3
+  and the EAGLE repo have neither, so the `sglang` layout refuses a drafter with one on.
 - Count of fused layers: vLLM's `llama_eagle3.py` (0.32) sizes `fc` by the drafter config's
   `num_aux_hidden_states`, else the length of `eagle_config.eagle_aux_hidden_state_layer_ids`,
   else 3; for the speculators layout that config is `transformer_layer_config` (vLLM's
@@ -221,6 +228,9 @@ def _check_fits(draft: DraftModel, fmt: str) -> None:
     ids = list(cfg.layer_ids)
     if ids != sorted(set(ids)) or ids[0] < 1:
         raise EagleFormatError(f"layer_ids {ids} cannot be served: engines concatenate the captured layers in ascending order and cannot capture the embeddings (id 0); they must be strictly increasing and >= 1")
+    if fmt == "sglang" and (cfg.fc_norm or cfg.norm_output):
+        switches = " and ".join(k for k in ("fc_norm", "norm_output") if getattr(cfg, k))
+        raise EagleFormatError(f"this drafter uses EAGLE-3.1's {switches}, which SGLang's LlamaForCausalLMEagle3 and the EAGLE repo cannot represent: export format=speculators (vLLM) or format=specdec")
     if fmt == "sglang" and len(ids) != 3:
         raise EagleFormatError(f"SGLang's LlamaForCausalLMEagle3 fuses exactly 3 target layers (fc: 3H -> H); this draft fuses {len(ids)}")
     if cfg.draft_vocab_size == cfg.vocab_size and bool(draft.d2t.any()):
@@ -310,8 +320,8 @@ def upstream_config(
         "target_hidden_size": cfg.hidden_size,
         "norm_before_residual": False,
         "norm_before_fc": False,
-        "fc_norm": False,
-        "norm_output": False,
+        "fc_norm": bool(cfg.fc_norm),
+        "norm_output": bool(cfg.norm_output),
         "embed_requires_grad": False,
         "eagle_aux_hidden_state_layer_ids": ids,
         "specdec_layer_ids": _layer_id_record(ids),
@@ -417,7 +427,7 @@ def _empty_draft(config: dict, fmt: str, tensors: dict, target_num_layers: int |
     if fmt == "eagle":
         return Eagle1Drafter(Eagle1Config(hidden_size=shape.hidden_size, vocab_size=vocab_size, layer=shape))
     if fmt == "speculators":
-        unsupported = [k for k in ("norm_before_fc", "fc_norm", "norm_output") if config.get(k)]
+        unsupported = ["norm_before_fc"] if config.get("norm_before_fc") else []
         if config.get("norm_before_residual"):
             unsupported.append("norm_before_residual")
         if unsupported:
@@ -434,7 +444,8 @@ def _empty_draft(config: dict, fmt: str, tensors: dict, target_num_layers: int |
     if target_hidden not in (None, shape.hidden_size):
         raise EagleFormatError(f"{directory}: target_hidden_size {target_hidden} != hidden_size {shape.hidden_size}; specdec's Eagle3Drafter needs them equal")
     draft_vocab = config.get("draft_vocab_size") or layer_config.get("draft_vocab_size") or vocab_size
-    return Eagle3Drafter(Eagle3Config(hidden_size=shape.hidden_size, vocab_size=vocab_size, draft_vocab_size=draft_vocab, layer_ids=list(ids), layer=shape))
+    norms = {k: bool(config.get(k)) for k in ("fc_norm", "norm_output")} if fmt == "speculators" else {}
+    return Eagle3Drafter(Eagle3Config(hidden_size=shape.hidden_size, vocab_size=vocab_size, draft_vocab_size=draft_vocab, layer_ids=list(ids), layer=shape, **norms))
 
 
 def _write(fmt: str, job: ExportJob) -> None:

@@ -2,6 +2,7 @@
 hand-made cases and tiny drafters, and the EAGLE-3.1 norms (state dict, export, old drafts, lossless)."""
 
 import csv
+import json
 import math
 
 import pytest
@@ -182,12 +183,15 @@ def test_a_recipe_with_every_objective_on_trains_seven_steps(tmp_path, tiny_targ
     from specdec.train.config import load_recipe
     from specdec.train.pipeline import run
 
-    options = {"eagle.ttt_steps": 7, "eagle.val_steps": 7, "eagle.hass_topk": 5, "eagle.hass_topk_weight": 1.0, "eagle.hass_context": True, "eagle.lk_loss_weight": 1.0, "eagle.griffin_threshold": 0.01}
+    options = {"eagle.ttt_steps": 7, "eagle.val_steps": 7, "eagle.hass_topk": 5, "eagle.hass_topk_weight": 1.0, "eagle.hass_context": True, "eagle.lk_loss_weight": 1.0, "eagle.griffin_threshold": 0.01,
+               "eagle3.fc_norm": True, "eagle3.norm_output": True}
     result = run(load_recipe("eagle3", overrides(tmp_path, tiny_target_dir, prompts_file, **options)))
     rows = list(csv.DictReader(open(tmp_path / "run" / "logs" / "metrics.csv")))
     assert {f"train/head{k}_loss" for k in range(1, 8)} <= set(rows[0])
     assert all(math.isfinite(float(r["train/loss"])) for r in rows if r.get("train/loss"))
-    assert len(load_draft(result.draft_dir).config.head_rank_accuracy) == 7
+    draft = load_draft(result.draft_dir)
+    assert len(draft.config.head_rank_accuracy) == 7
+    assert draft.config.fc_norm and draft.config.norm_output and "fc_norm.0.weight" in draft.state_dict()
 
 
 def test_the_recipe_needs_one_loss_term():
@@ -198,3 +202,79 @@ def test_the_recipe_needs_one_loss_term():
         load_recipe("eagle3", {"eagle.ce_loss_weight": 0})
     with pytest.raises(RecipeError, match="griffin_threshold"):
         load_recipe("eagle3", {"eagle.griffin_threshold": 1.0})
+
+
+# -- EAGLE-3.1 norms --
+
+def test_norm_switches_place_their_weights_and_act_where_speculators_does():
+    plain, normed = _eagle3(), _eagle3(fc_norm=True, norm_output=True)
+    assert not any(k.startswith("fc_norm") for k in plain.state_dict())
+    assert {"fc_norm.0.weight", "fc_norm.1.weight", "fc_norm.2.weight"} <= set(normed.state_dict())
+    normed.load_state_dict({**plain.state_dict(), **{f"fc_norm.{i}.weight": torch.ones(HIDDEN) for i in range(3)}})
+    features, _, ids, _, embed, _ = _batch(batch=1)
+    a, b, c = features.chunk(3, dim=-1)
+    with torch.no_grad():
+        # fc_norm: one RMSNorm per fused layer before fc, so each layer's scale drops out.
+        rescaled = torch.cat([2 * a, 5 * b, c], dim=-1)
+        assert torch.allclose(normed.embed_features(rescaled), normed.embed_features(features), atol=1e-4)
+        assert not torch.allclose(plain.embed_features(rescaled), plain.embed_features(features), atol=1e-3)
+        # norm_output: the returned state is the final norm's output (unit RMS with unit weights); logits read it as is.
+        hidden = normed.embed_features(features)
+        args = (F.embedding(ids, embed), hidden, torch.arange(LENGTH)[None], causal_mask(LENGTH, 0, torch.float32, "cpu"))
+        out_plain, out_normed = plain(*args), normed(*args)
+        assert torch.allclose(out_normed.pow(2).mean(-1), torch.ones(1, LENGTH), atol=1e-3)
+        assert not torch.allclose(out_plain.pow(2).mean(-1), torch.ones(1, LENGTH), atol=1e-1)
+        assert torch.allclose(normed.logits(out_normed), plain.logits(out_plain), atol=1e-4)
+
+
+def test_norms_travel_in_the_speculators_export_and_sglang_refuses_them(tmp_path):
+    from safetensors.torch import load_file
+
+    from specdec.models.eagle_formats import EagleFormatError, export_eagle, load_eagle_export
+
+    draft = _eagle3(draft_vocab=24, fc_norm=True, norm_output=True)
+    out = export_eagle(draft, tmp_path / "spec", "speculators", base_model="tiny", max_position_embeddings=256)
+    config = json.loads((out / "config.json").read_text())
+    assert config["fc_norm"] is True and config["norm_output"] is True and config["norm_before_fc"] is False
+    assert {"fc_norm.0.weight", "fc_norm.2.weight"} <= set(load_file(out / "model.safetensors"))
+    back = load_eagle_export(out)
+    assert back.config.fc_norm and back.config.norm_output
+    assert all(torch.equal(v, back.state_dict()[k]) for k, v in draft.state_dict().items())
+    with pytest.raises(EagleFormatError, match="fc_norm and norm_output.*format=speculators"):
+        export_eagle(draft, tmp_path / "sgl", "sglang", max_position_embeddings=256)
+    plain = export_eagle(_eagle3(draft_vocab=24), tmp_path / "plain", "speculators", max_position_embeddings=256)
+    assert json.loads((plain / "config.json").read_text())["fc_norm"] is False
+    assert not load_eagle_export(plain).config.norm_output
+
+
+def test_an_eagle3_draft_saved_before_the_norms_still_loads(tmp_path):
+    from specdec.models.base import load_draft
+
+    draft = _eagle3(draft_vocab=24)
+    draft.save_pretrained(tmp_path / "old")
+    config = json.loads((tmp_path / "old" / "config.json").read_text())
+    old = {k: v for k, v in config.items() if k not in ("fc_norm", "norm_output")}
+    (tmp_path / "old" / "config.json").write_text(json.dumps(old))
+    loaded = load_draft(tmp_path / "old")
+    assert not loaded.config.fc_norm and not loaded.config.norm_output
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in draft.state_dict().items())
+
+
+@pytest.mark.parametrize("top_k", [1, 3])
+def test_greedy_with_norms_on_equals_plain_greedy(top_k):
+    from conftest import build_tiny_llama, enliven
+    from specdec.runtime.eagle_proposer import EagleOptions
+    from specdec.runtime.generator import SpeculativeGenerator, plain_generate
+
+    model = enliven(build_tiny_llama(320, hidden_size=64, layers=3), seed=2)
+    draft = Eagle3Drafter(Eagle3Config(64, 320, 96, [1, 2, 3], layer=LayerShape.from_target_config(model.config), fc_norm=True, norm_output=True))
+    draft.set_vocab(torch.arange(0, 320, 3)[:96], model.lm_head.weight)
+    torch.manual_seed(1)
+    for name, p in draft.named_parameters():
+        if "norm" not in name:
+            p.data.normal_(0, 0.3)
+    generator = SpeculativeGenerator.from_draft(model, draft.eval(), EagleOptions(depth=4, top_k=top_k, total_tokens=10 if top_k > 1 else 0))
+    generator.eos = {10**9}
+    for seed in (0, 1):
+        prompt = torch.randint(3, 320, (1, 9), generator=torch.Generator().manual_seed(seed))
+        assert generator.generate(prompt, 30).tokens == plain_generate(model, prompt, 30, eos_token_ids=[10**9]).tokens

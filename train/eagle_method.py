@@ -58,6 +58,10 @@ class Eagle3Section:
     """Warn when the draft vocabulary covers less than this share of the training tokens."""
     layer_ids: Optional[list[int]] = None
     """Target hidden states fused as input, as indices into Hugging Face's output_hidden_states (0 = embeddings, i = output of layer i-1); null: EAGLE's [2, L//2, L-3]."""
+    fc_norm: bool = False
+    """EAGLE-3.1 (as vLLM speculators' `fc_norm`): an RMSNorm on each fused target layer's state before the fc projection; exported to format=speculators, refused by format=sglang."""
+    norm_output: bool = False
+    """EAGLE-3.1 (as vLLM speculators' `norm_output`): the drafter's output hidden state passes the final norm before the next draft step reads it (stops its magnitude growing over unrolled steps); exported to format=speculators, refused by format=sglang."""
 
     ranges: ClassVar[dict] = {"draft_vocab_size": AT_LEAST_1, "min_vocab_coverage": FRACTION}
 
@@ -124,7 +128,7 @@ class Eagle3Method(Eagle1Method):
         """A fresh drafter; with `train_rows` its vocabulary is the most frequent training labels (else it comes from the checkpoint)."""
         torch.manual_seed(self.cfg.seed)
         e3, vocab = self.cfg.eagle3, record["vocab_size"]
-        config = Eagle3Config(record["hidden_size"], vocab, draft_vocab_size=min(e3.draft_vocab_size, vocab), layer_ids=self.feature_layer_ids(record["num_layers"]), layer=LayerShape(**record["layer_shape"]))
+        config = Eagle3Config(record["hidden_size"], vocab, draft_vocab_size=min(e3.draft_vocab_size, vocab), layer_ids=self.feature_layer_ids(record["num_layers"]), layer=LayerShape(**record["layer_shape"]), fc_norm=bool(e3.fc_norm), norm_output=bool(e3.norm_output))
         draft = Eagle3Drafter(config)
         if train_rows is not None:
             vocab_ids, coverage = build_draft_vocab(label_token_counts(train_rows, vocab), config.draft_vocab_size, e3.min_vocab_coverage)
