@@ -122,6 +122,8 @@ def evaluate(
     layout=None,
     verifier: str | Verifier = AUTO,
     prompt_lookup_tokens: int = 10,
+    lookup_branch: int = 0,
+    lookup_ngram: int = 3,
     baselines: bool = True,
     progress: bool = True,
     seed: int = 0,
@@ -133,11 +135,14 @@ def evaluate(
     lossless reference and the speedup denominator). `layout`: the draft proposer's options (see
     `choose_layout`; None: its default); `verifier`: a verifier name or object. With temperature > 0
     the speculative and plain decoders sample (seeded) and `lossless_match` is None, as it is for a
-    lossy verifier.
+    lossy verifier. `lookup_branch` > 0 adds that many prompt-lookup tokens (suffix n-grams of up to
+    `lookup_ngram`) to the draft's tree (`LookupBranchProposer`); each record then counts the
+    `accepted_lookup_tokens` only the lookup proposed.
     """
     # Step 1: one generator for all questions, and a short warm-up of every decoder.
     sampling = SamplingConfig(temperature=temperature)
-    generator = SpeculativeGenerator.from_draft(target, draft, layout, tokenizer=tokenizer, verifier=resolve_verifier(verifier, sampling))
+    lookup = {"lookup_branch": lookup_branch, "lookup_ngram": lookup_ngram}
+    generator = SpeculativeGenerator.from_draft(target, draft, layout, tokenizer=tokenizer, verifier=resolve_verifier(verifier, sampling), **lookup)
     eos = sorted(default_eos_ids(target, tokenizer))
     run = _runner(target, tokenizer, generator, sampling, eos, prompt_lookup_tokens, baselines, seed)
     with torch.inference_mode():
@@ -168,8 +173,12 @@ def _runner(target, tokenizer, generator, sampling, eos, prompt_lookup_tokens, b
         if baselines:
             hf = _timed(lambda: _hf_generate(target, ids, max_new_tokens, eos, tokenizer), device)
             pld = _timed(lambda: _hf_generate(target, ids, max_new_tokens, eos, tokenizer, prompt_lookup_num_tokens=prompt_lookup_tokens), device)
+        before = getattr(generator.proposer, "accepted_lookup_tokens", None)
         spec, t_spec = _timed(lambda: generator.generate(ids, max_new_tokens, sampling=sampling, seed=seed), device)
-        return question_record(question, spec, t_spec, plain, t_plain, hf, pld, lossless=spec.lossless and sampling.greedy)
+        record = question_record(question, spec, t_spec, plain, t_plain, hf, pld, lossless=spec.lossless and sampling.greedy)
+        if before is not None:
+            record["accepted_lookup_tokens"] = generator.proposer.accepted_lookup_tokens - before
+        return record
 
     return run
 
@@ -231,7 +240,9 @@ def summarize(records: list[dict]) -> dict[str, Any]:
     steps = sum(r["verify_steps"] for r in records)
     depth = max((len(r["acceptance_by_depth"]) for r in records), default=0)
     summary["acceptance_by_depth"] = [sum(_at(r["acceptance_by_depth"], d) * r["verify_steps"] for r in records) / max(steps, 1) for d in range(depth)]
-    # Step 3: match fractions (None when not measured).
+    # Step 3: tokens only a lookup branch proposed, when one ran; match fractions (None when not measured).
+    if records and all("accepted_lookup_tokens" in r for r in records):
+        summary["accepted_lookup_tokens"] = sum(r["accepted_lookup_tokens"] for r in records)
     for name in ("lossless_match", "hf_generate_matches_plain"):
         values = [float(r[name]) for r in records if r[name] is not None]
         summary[name] = statistics.fmean(values) if values else None

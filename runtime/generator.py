@@ -20,6 +20,7 @@ from transformers import DynamicCache
 
 from specdec.models.base import DraftModel, final_hidden_states, lm_head_weight, target_states
 from specdec.runtime.kv import commit_path
+from specdec.runtime.lookup_branch import LookupBranchProposer
 from specdec.runtime.proposers import LAYOUT_KINDS, Committed, Outcome, Proposer, proposer_class
 from specdec.runtime.verify import AUTO, SamplingConfig, Verifier, VerifyBlock, resolve_verifier, select_token
 
@@ -74,10 +75,14 @@ class SpeculativeGenerator:
         self.weight = lm_head_weight(target)
 
     @classmethod
-    def from_draft(cls, target, draft: DraftModel, layout=None, tokenizer=None, verifier: str | Verifier = AUTO) -> "SpeculativeGenerator":
+    def from_draft(
+        cls, target, draft: DraftModel, layout=None, tokenizer=None, verifier: str | Verifier = AUTO, lookup_branch: int = 0, lookup_ngram: int = 3
+    ) -> "SpeculativeGenerator":
         """Pair a target with a trained draft (its sizes are checked) through the proposer registered
         for its draft type. `layout`: that proposer's options (see `choose_layout`; None: its default);
-        `verifier`: a name from `verify.verifier_names()` or a `Verifier`."""
+        `verifier`: a name from `verify.verifier_names()` or a `Verifier`; `lookup_branch` > 0: wrap the
+        proposer in a `LookupBranchProposer` adding up to that many prompt-lookup tokens, matched by
+        suffixes of up to `lookup_ngram` tokens, to its tree (same node budget)."""
         weight = lm_head_weight(target)
         draft.check_target(target.config.hidden_size, weight.shape[0])
         draft = draft.to(weight.device).eval()
@@ -87,7 +92,10 @@ class SpeculativeGenerator:
             raise ValueError(
                 f"a {draft.draft_type} draft is laid out by {proposer.options_class.__name__}, not {type(options).__name__}: build the layout with choose_layout(draft, ...)"
             )
-        return cls(target, proposer.build(target, draft, options), tokenizer=tokenizer, verifier=verifier)
+        built = proposer.build(target, draft, options)
+        if lookup_branch:
+            built = LookupBranchProposer(built, lookup_branch, lookup_ngram)
+        return cls(target, built, tokenizer=tokenizer, verifier=verifier)
 
     @torch.no_grad()
     def generate(

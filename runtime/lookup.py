@@ -49,21 +49,29 @@ class ReferenceLookupProposer(Proposer):
 
     def lookup(self, sequence: list[int]) -> list[int]:
         """The draft after `sequence` (root last): what followed the longest matching suffix, at most k tokens."""
-        for n in range(min(self.max_ngram, len(sequence)), 0, -1):
-            tail = sequence[-n:]
-            # Step 1: the occurrence in the reference ending nearest to the current length.
-            ends = [e for e in _ends(self.reference, tail) if e < len(self.reference)]
-            if ends:
-                end = min(ends, key=lambda e: (abs(e - len(sequence)), -e))
-                return self.reference[end : end + self.k]
-            # Step 2: else the most recent earlier occurrence in the sequence itself.
-            earlier = [e for e in _ends(sequence, tail) if e < len(sequence)]
-            if earlier:
-                return sequence[max(earlier) : max(earlier) + self.k]
-        return []
+        return find_continuation(sequence, self.k, self.max_ngram, self.reference)[0]
 
     def describe(self) -> dict:
         return {"proposer": self.name, "tree_size": self.k, "tree_depth": self.k, "tree_paths": None, "max_ngram": self.max_ngram}
+
+
+def find_continuation(sequence: list[int], k: int, max_ngram: int, reference: list[int] | None = None) -> tuple[list[int], int]:
+    """(up to `k` tokens that followed the longest suffix of `sequence` matched, the suffix length n
+    matched; ([], 0) without a hit), for n = `max_ngram` down to 1: first in `reference` (the
+    occurrence ending nearest to len(sequence)), else the most recent earlier occurrence in `sequence` itself."""
+    reference = reference or []
+    for n in range(min(max_ngram, len(sequence)), 0, -1):
+        tail = sequence[-n:]
+        # Step 1: the occurrence in the reference ending nearest to the current length.
+        ends = [e for e in _ends(reference, tail) if e < len(reference)]
+        if ends:
+            end = min(ends, key=lambda e: (abs(e - len(sequence)), -e))
+            return reference[end : end + k], n
+        # Step 2: else the most recent earlier occurrence in the sequence itself.
+        earlier = [e for e in _ends(sequence, tail) if e < len(sequence)]
+        if earlier:
+            return sequence[max(earlier) : max(earlier) + k], n
+    return [], 0
 
 
 def _ends(tokens: list[int], pattern: list[int]) -> list[int]:

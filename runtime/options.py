@@ -11,7 +11,9 @@ from specdec.models.judge import load_judge, read_judge_config
 from specdec.models.cli_args import AT_LEAST_1, NON_NEGATIVE, Option, Rule, UsageError
 from specdec.models.target import TargetLoadError
 from specdec.runtime.generator import choose_layout
+from specdec.runtime import lookup_branch
 from specdec.runtime.judge_verifier import JudgeVerifier, KLVerifier, TopKVerifier
+from specdec.runtime.proposers import proposer_class
 from specdec.runtime.verify import SamplingConfig, Verifier, resolve_verifier, verifier_names
 
 VERIFIER_NAME = Rule(f"one of {', '.join(verifier_names())}", lambda v: v in verifier_names())
@@ -28,6 +30,8 @@ SHARED_OPTIONS = {
     "tree_size": Option(int, None, AT_LEAST_1, "draft tokens verified per step: tree nodes, or the chain's length (unset: the draft type's default)"),
     "depth": Option(int, 5, AT_LEAST_1, "EAGLE: draft steps per tree or chain; tree=tuned: longest chain tried"),
     "tree_top_k": Option(int, 4, AT_LEAST_1, "EAGLE trees: nodes expanded and children per node at each depth"),
+    "lookup_branch": Option(int, 0, NON_NEGATIVE, "prompt-lookup tokens added to the draft's tree as an extra branch, within its node budget (0: off; not for SDSAT drafts)"),
+    "lookup_ngram": Option(int, 3, AT_LEAST_1, "lookup_branch: longest suffix n-gram matched in the prompt and the output so far"),
     "seed": Option(int, 0, doc="random seed of sampling"),
     "threads": Option(int, None, AT_LEAST_1, "torch CPU threads (unset: torch's default)"),
 }
@@ -65,6 +69,15 @@ def draft_layout(draft, kind: str, options: dict):
         return choose_layout(draft, kind, options["tree_size"], options["depth"], options["tree_top_k"])
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+
+
+def check_lookup_branch(draft, options: dict) -> None:
+    """`lookup_branch` against the draft's proposer: one that cannot take the branch losslessly (SDSAT) is a usage error."""
+    if options["lookup_branch"]:
+        try:
+            lookup_branch.check_lookup_branch(proposer_class(draft.draft_type), options["lookup_branch"], options["lookup_ngram"])
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
 
 
 def check_verifier(options: dict) -> None:
