@@ -21,7 +21,7 @@ from torch import nn
 
 from specdec.models.base import DraftModel, register_draft
 from specdec.models.decoder import DecoderLayer, KVCache, LayerShape
-from specdec.models.vocab import ReducedVocab, build_draft_vocab  # noqa: F401  (build_draft_vocab: re-exported for train.eagle_method)
+from specdec.models.vocab import ReducedVocab
 
 LAYER_ID_CONVENTION = "hf_hidden_states"
 """`layer_ids` index Hugging Face's `output_hidden_states` tuple: 0 = embeddings, i = output of decoder layer i-1."""

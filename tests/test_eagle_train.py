@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from specdec.data import features as features_module
 from specdec.data.features import FeatureStoreError
 from specdec.models.base import load_draft
-from specdec.models.eagle3 import build_draft_vocab
+from specdec.models.vocab import build_draft_vocab
 from specdec.runtime.generator import SpeculativeGenerator, choose_layout, plain_generate
 from specdec.train.cli import main as train_main
 from specdec.train.config import load_recipe

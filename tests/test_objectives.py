@@ -1,5 +1,6 @@
 """The EAGLE training objectives of issue 14 (HASS, LK, GRIFFIN, a 7-step training-time test) on
-hand-made cases and tiny drafters, and the EAGLE-3.1 norms (state dict, export, old drafts, lossless)."""
+hand-made cases and tiny drafters, the EAGLE-3.1 norms (state dict, export, old drafts, lossless),
+and EAGLE-1's reduced-vocabulary recipe key."""
 
 import csv
 import json
@@ -278,3 +279,38 @@ def test_greedy_with_norms_on_equals_plain_greedy(top_k):
     for seed in (0, 1):
         prompt = torch.randint(3, 320, (1, 9), generator=torch.Generator().manual_seed(seed))
         assert generator.generate(prompt, 30).tokens == plain_generate(model, prompt, 30, eos_token_ids=[10**9]).tokens
+
+
+# -- EAGLE-1 reduced vocabulary --
+
+def test_eagle1_recipe_key_builds_a_reduced_vocabulary_or_the_full_one():
+    import dataclasses
+
+    from specdec.train.config import load_recipe
+    from specdec.train.eagle_method import Eagle1Method
+
+    record = {"hidden_size": HIDDEN, "vocab_size": VOCAB, "num_layers": 3, "layer_shape": dataclasses.asdict(SHAPE)}
+    head = torch.randn(VOCAB, HIDDEN)
+    rows = {"input_ids": [[5, 7, 7, 9, 9, 9, 2]], "loss_mask": [[0, 1, 1, 1, 1, 1, 1]]}  # labels: 9 x3, 7 x2, 2 x1
+    for value in (0, "null"):
+        full = Eagle1Method(load_recipe("eagle1", {"eagle1.draft_vocab_size": value})).build_draft(record, head, rows)
+        assert not full.reduced_vocab and "d2t" not in full.state_dict()
+    reduced = Eagle1Method(load_recipe("eagle1", {"eagle1.draft_vocab_size": 3, "eagle1.min_vocab_coverage": 0.5})).build_draft(record, head, rows)
+    assert reduced.draft_ids().tolist() == [2, 7, 9]  # the three most frequent labels
+    assert reduced.logits(torch.randn(4, HIDDEN), head).shape == (4, 3)
+    with pytest.warns(UserWarning, match="raise eagle1.draft_vocab_size"):
+        Eagle1Method(load_recipe("eagle1", {"eagle1.draft_vocab_size": 2})).build_draft(record, head, rows)
+
+
+def test_an_eagle1_draft_with_a_reduced_vocabulary_trains_and_decodes_losslessly(tmp_path, tiny_target_dir, prompts_file, tiny_llama):
+    from specdec.models.base import load_draft
+    from specdec.runtime.generator import SpeculativeGenerator, choose_layout, plain_generate
+    from specdec.train.config import load_recipe
+    from specdec.train.pipeline import run
+
+    result = run(load_recipe("eagle1", overrides(tmp_path, tiny_target_dir, prompts_file, "eagle1", **{"eagle1.draft_vocab_size": 32})))
+    draft = load_draft(result.draft_dir)
+    assert draft.config.draft_vocab_size == 32 and draft.num_draft_tokens == 32 and int(draft.t2d.sum()) == 32
+    generator = SpeculativeGenerator.from_draft(tiny_llama, draft, choose_layout(draft, "default", size=6, depth=3, top_k=2))
+    prompt = torch.tensor([[1, 40, 41, 42, 43]])
+    assert generator.generate(prompt, 20).tokens == plain_generate(tiny_llama, prompt, 20).tokens

@@ -11,7 +11,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from specdec.data.batching import label_token_counts
 from specdec.models.decoder import LayerShape
 from specdec.models.eagle1 import Eagle1Config, Eagle1Drafter
-from specdec.models.eagle3 import Eagle3Config, Eagle3Drafter, build_draft_vocab, default_layer_ids
+from specdec.models.eagle3 import Eagle3Config, Eagle3Drafter, default_layer_ids
+from specdec.models.vocab import build_draft_vocab
 from specdec.train.config import AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, RecipeError
 from specdec.train.eagle_losses import EagleObjectives, eagle_losses
 from specdec.train.methods import TrainingMethod, register_method
@@ -51,6 +52,16 @@ class EagleSection:
 
 
 @dataclass
+class Eagle1Section:
+    draft_vocab_size: Optional[int] = None
+    """Size of the drafter's own vocabulary, the most frequent training tokens: its logits use only the target lm_head's rows for them (0 or null = the full vocabulary)."""
+    min_vocab_coverage: float = 0.9
+    """Warn when the draft vocabulary covers less than this share of the training tokens."""
+
+    ranges: ClassVar[dict] = {"draft_vocab_size": ("0 (full vocabulary) or a positive size", lambda v: v >= 0), "min_vocab_coverage": FRACTION}
+
+
+@dataclass
 class Eagle3Section:
     draft_vocab_size: int = 8192
     """Size of the drafter's own vocabulary: the most frequent tokens of the training data."""
@@ -71,7 +82,7 @@ class Eagle1Method(TrainingMethod):
     """EAGLE-1: fc(cat(E(x), f)) and one decoder layer, regressing the target's next feature."""
 
     name, draft_type = "eagle1", Eagle1Drafter.draft_type
-    sections = {"eagle": EagleSection}
+    sections = {"eagle": EagleSection, "eagle1": Eagle1Section}
     reads_target_features = True
 
     @classmethod
@@ -83,8 +94,14 @@ class Eagle1Method(TrainingMethod):
             raise RecipeError("every EAGLE loss weight is 0 (eagle.ce_loss_weight, feature_loss_weight, hass_topk_weight, lk_loss_weight): set at least one")
 
     def build_draft(self, record: dict, lm_head: torch.Tensor, train_rows=None):
+        """A fresh drafter; with `eagle1.draft_vocab_size` and `train_rows` its vocabulary is the most frequent training labels (else it comes from the checkpoint)."""
         torch.manual_seed(self.cfg.seed)
-        return Eagle1Drafter(Eagle1Config(record["hidden_size"], record["vocab_size"], layer=LayerShape(**record["layer_shape"])))
+        e1, vocab = self.cfg.eagle1, record["vocab_size"]
+        size = min(e1.draft_vocab_size, vocab) if e1.draft_vocab_size else None
+        draft = Eagle1Drafter(Eagle1Config(record["hidden_size"], vocab, draft_vocab_size=size, layer=LayerShape(**record["layer_shape"])))
+        if size is not None and train_rows is not None:
+            install_draft_vocab(draft, train_rows, vocab, e1.min_vocab_coverage, "eagle1.draft_vocab_size", lm_head)
+        return draft
 
     def num_positions(self, training: bool) -> int:
         return self.cfg.eagle.ttt_steps if training else self.cfg.eagle.val_steps
@@ -131,7 +148,12 @@ class Eagle3Method(Eagle1Method):
         config = Eagle3Config(record["hidden_size"], vocab, draft_vocab_size=min(e3.draft_vocab_size, vocab), layer_ids=self.feature_layer_ids(record["num_layers"]), layer=LayerShape(**record["layer_shape"]), fc_norm=bool(e3.fc_norm), norm_output=bool(e3.norm_output))
         draft = Eagle3Drafter(config)
         if train_rows is not None:
-            vocab_ids, coverage = build_draft_vocab(label_token_counts(train_rows, vocab), config.draft_vocab_size, e3.min_vocab_coverage)
-            draft.set_vocab(vocab_ids, lm_head)
-            rank_zero_only(print)(f"draft vocabulary: {len(vocab_ids)} tokens cover {coverage:.1%} of the training labels")
+            install_draft_vocab(draft, train_rows, vocab, e3.min_vocab_coverage, "eagle3.draft_vocab_size", lm_head)
         return draft
+
+
+def install_draft_vocab(draft, train_rows, vocab_size: int, min_coverage: float, setting: str, lm_head: torch.Tensor) -> None:
+    """Give `draft` (built with a reduced vocabulary) the most frequent labels of `train_rows` as its vocabulary."""
+    vocab_ids, coverage = build_draft_vocab(label_token_counts(train_rows, vocab_size), draft.num_draft_tokens, min_coverage, setting)
+    draft.set_vocab(vocab_ids, lm_head)
+    rank_zero_only(print)(f"draft vocabulary: {len(vocab_ids)} tokens cover {coverage:.1%} of the training labels")
