@@ -3,6 +3,7 @@ training step's time to a frozen-target forward on the same batch, for online tr
 
     python scripts/bench_train.py [--steps 12] [--out bench/train_medusa.json]
     python scripts/bench_train.py --methods eagle1,eagle3,chimera --out bench/train_eagle.json
+    python scripts/bench_train.py --methods medusa1_vocab,chimera_vocab,eagle1_vocab,eagle3_hass_lk,eagle3_ttt7 --out bench/train_objectives.json
 
 Each method runs in its own process (so peak RSS is its own) through the real `specdec-train`
 pipeline, with a callback that times every optimizer step and then, outside the timed region,
@@ -27,13 +28,22 @@ import lightning as L
 import torch
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "train" / "sharegpt_smollm2_selfdistill.jsonl"
+VOCAB = "8192"
+"""V_draft of the reduced-vocabulary variants (EAGLE-3's default)."""
 METHODS = {
-    "medusa1": {},
-    "medusa2": {"medusa2.heads_only_steps": "0"},  # time the joint (LoRA + heads) step
-    "eagle1": {},
-    "eagle3": {},
-    "chimera": {},
+    "medusa1": ("medusa1", {}),
+    "medusa2": ("medusa2", {"medusa2.heads_only_steps": "0"}),  # time the joint (LoRA + heads) step
+    "eagle1": ("eagle1", {}),
+    "eagle3": ("eagle3", {}),
+    "chimera": ("chimera", {}),
+    "medusa1_vocab": ("medusa1", {"medusa.draft_vocab_size": VOCAB}),
+    "medusa2_vocab": ("medusa2", {"medusa2.heads_only_steps": "0", "medusa.draft_vocab_size": VOCAB}),
+    "chimera_vocab": ("chimera", {"chimera.draft_vocab_size": VOCAB}),
+    "eagle1_vocab": ("eagle1", {"eagle1.draft_vocab_size": VOCAB}),
+    "eagle3_ttt7": ("eagle3", {"eagle.ttt_steps": "7", "eagle.val_steps": "7"}),
+    "eagle3_hass_lk": ("eagle3", {"eagle.hass_topk_weight": "1.0", "eagle.hass_context": "true", "eagle.lk_loss_weight": "1.0"}),
 }
+"""Name -> (recipe, overrides): the shipped recipes, and the options of issue 14 that change a step's cost."""
 
 
 class StepTimer(L.Callback):
@@ -75,14 +85,15 @@ def measure(method: str, data: str, steps: int, batch_size: int, max_length: int
             "trainer.checkpoint_every_n_steps": str(steps + 1),
             "trainer.logger": "none",
             "trainer.enable_progress_bar": "false",
-            **METHODS[method],
+            **METHODS[method][1],
         }
         timer = StepTimer()
-        run(load_recipe(method, overrides), callbacks=[timer])
+        run(load_recipe(METHODS[method][0], overrides), callbacks=[timer])
     steps_s, fwd_s = timer.steps[1:], timer.forwards[1:]
     ratios = [s / f for s, f in zip(steps_s, fwd_s)]
     return {
         "method": method,
+        "overrides": METHODS[method][1],
         "steps_timed": len(steps_s),
         "step_s_median": statistics.median(steps_s),
         "target_forward_s_median": statistics.median(fwd_s),
