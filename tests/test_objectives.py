@@ -200,7 +200,7 @@ def test_the_recipe_needs_one_loss_term():
 
     load_recipe("eagle3", {"eagle.ce_loss_weight": 0, "eagle.lk_loss_weight": 1.0})
     with pytest.raises(RecipeError, match="every EAGLE loss weight is 0"):
-        load_recipe("eagle3", {"eagle.ce_loss_weight": 0})
+        load_recipe("eagle3", {"eagle.ce_loss_weight": 0, "eagle.hass_topk_weight": 0, "eagle.lk_loss_weight": 0})
     with pytest.raises(RecipeError, match="griffin_threshold"):
         load_recipe("eagle3", {"eagle.griffin_threshold": 1.0})
 
