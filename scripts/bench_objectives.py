@@ -36,18 +36,26 @@ COMMON = [
     "trainer.enable_progress_bar=false", f"trainer.max_steps={STEPS}", f"trainer.val_every_n_steps={STEPS}",
     f"trainer.checkpoint_every_n_steps={STEPS}", "optim.lr=3e-3", "optim.warmup_steps=10",
 ]
-EAGLE = ["eagle.val_steps=7"]
+EAGLE = {"eagle.val_steps": "7", "eagle.hass_topk_weight": "0", "eagle.hass_context": "false", "eagle.lk_loss_weight": "0"}
+"""Every EAGLE run: 7 validated positions, and the objectives off unless the run turns them on (the EAGLE-3 recipe now ships HASS and LK)."""
+
+
+def eagle(*options: str) -> list[str]:
+    """EAGLE's common overrides with `options` ("key=value") in place of the defaults they name."""
+    return [f"{k}={v}" for k, v in (EAGLE | dict(o.split("=", 1) for o in options)).items()]
+
+
 RUNS = {
-    "eagle3_base": ("eagle3", EAGLE),
-    "eagle3_ttt7": ("eagle3", EAGLE + ["eagle.ttt_steps=7"]),
-    "eagle3_hass": ("eagle3", EAGLE + ["eagle.hass_topk_weight=1.0", "eagle.hass_context=true"]),
-    "eagle3_lk": ("eagle3", EAGLE + ["eagle.lk_loss_weight=1.0"]),
-    "eagle3_griffin": ("eagle3", EAGLE + ["eagle.griffin_threshold=0.02"]),
-    "eagle3_norms": ("eagle3", EAGLE + ["eagle3.fc_norm=true", "eagle3.norm_output=true"]),
-    "eagle3_ttt7_hass_lk": ("eagle3", EAGLE + ["eagle.ttt_steps=7", "eagle.hass_topk_weight=1.0", "eagle.hass_context=true", "eagle.lk_loss_weight=1.0"]),
-    "eagle3_hass_lk": ("eagle3", EAGLE + ["eagle.hass_topk_weight=1.0", "eagle.hass_context=true", "eagle.lk_loss_weight=1.0"]),
-    "eagle1_base": ("eagle1", EAGLE),
-    "eagle1_vocab": ("eagle1", EAGLE + ["eagle1.draft_vocab_size=8192"]),
+    "eagle3_base": ("eagle3", eagle()),
+    "eagle3_ttt7": ("eagle3", eagle("eagle.ttt_steps=7")),
+    "eagle3_hass": ("eagle3", eagle("eagle.hass_topk_weight=1.0", "eagle.hass_context=true")),
+    "eagle3_lk": ("eagle3", eagle("eagle.lk_loss_weight=1.0")),
+    "eagle3_griffin": ("eagle3", eagle("eagle.griffin_threshold=0.02")),
+    "eagle3_norms": ("eagle3", eagle("eagle3.fc_norm=true", "eagle3.norm_output=true")),
+    "eagle3_ttt7_hass_lk": ("eagle3", eagle("eagle.ttt_steps=7", "eagle.hass_topk_weight=1.0", "eagle.hass_context=true", "eagle.lk_loss_weight=1.0")),
+    "eagle3_hass_lk": ("eagle3", eagle("eagle.hass_topk_weight=1.0", "eagle.hass_context=true", "eagle.lk_loss_weight=1.0")),
+    "eagle1_base": ("eagle1", eagle()),
+    "eagle1_vocab": ("eagle1", eagle("eagle1.draft_vocab_size=8192")),
     "medusa1_base": ("medusa1", ["medusa.num_heads=5"]),
     "medusa1_vocab": ("medusa1", ["medusa.num_heads=5", "medusa.draft_vocab_size=8192"]),
 }
