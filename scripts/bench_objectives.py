@@ -56,12 +56,15 @@ RUNS = {
     "eagle3_hass_lk": ("eagle3", eagle("eagle.hass_topk_weight=1.0", "eagle.hass_context=true", "eagle.lk_loss_weight=1.0")),
     "eagle1_base": ("eagle1", eagle()),
     "eagle1_vocab": ("eagle1", eagle("eagle1.draft_vocab_size=8192")),
+    "eagle1_base_lr1e-3": ("eagle1", eagle("optim.lr=1e-3")),
+    "eagle1_vocab_lr1e-3": ("eagle1", eagle("eagle1.draft_vocab_size=8192", "optim.lr=1e-3")),
     "medusa1_base": ("medusa1", ["medusa.num_heads=5"]),
     "medusa1_vocab": ("medusa1", ["medusa.num_heads=5", "medusa.draft_vocab_size=8192"]),
 }
 """Run name -> (recipe, overrides beside COMMON). Medusa gets 5 heads so that every draft is measured at depth 5.
 `eagle3_ttt7_hass_lk` combines the options whose chain-5 tau alone was above the base run's;
-`eagle3_hass_lk` the two of them whose held-out expected accept length was also above it (the best)."""
+`eagle3_hass_lk` the two of them whose held-out expected accept length was also above it (the best).
+The `_lr1e-3` EAGLE-1 pair repeats the vocabulary comparison at a lower lr, since `eagle1_vocab` diverged at 3e-3."""
 TREE_RUNS = ("eagle3_base", "eagle3_ttt7_hass_lk")
 """Runs also decoded with the 8-node tree (the base run and the combination)."""
 EVAL_TOKENS = 128
@@ -81,7 +84,8 @@ def train(names: list[str]) -> None:
         if (run_dir(name) / "draft" / "config.json").exists():
             continue
         recipe, extra = RUNS[name]
-        timed(["specdec-train", f"recipe={recipe}", f"output_dir=runs/obj_{name}", *COMMON, *extra], ROOT / "runs" / f"obj_{name}.log")
+        overrides = {a.split("=", 1)[0]: a for a in [*COMMON, *extra]}  # a run's own value of a common key wins
+        timed(["specdec-train", f"recipe={recipe}", f"output_dir=runs/obj_{name}", *overrides.values()], ROOT / "runs" / f"obj_{name}.log")
 
 
 LAYOUTS = {"chain5": ["tree=chain", f"depth={DEPTH}"], "tree8": ["tree=default", "tree_size=8", f"depth={DEPTH}"]}
