@@ -24,6 +24,8 @@ from pathlib import Path
 
 from bench_drafters import cpu_seconds, timed
 
+from specdec.models.acceptance import chain_accept_length
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "train" / "sharegpt_smollm2_selfdistill.jsonl"
 FEATURES = "runs/judge_features"
@@ -121,10 +123,7 @@ def validation(name: str) -> dict:
     rows = [r for r in csv.DictReader((run_dir(name) / "logs" / "metrics.csv").open()) if r.get("val/head1_top1")]
     last = rows[-1]
     top1 = [float(last[f"val/head{d}_top1"]) for d in range(1, DEPTH + 1) if last.get(f"val/head{d}_top1")]
-    expected, alive = 0.0, 1.0
-    for accuracy in top1:
-        alive *= accuracy
-        expected += alive
+    expected = chain_accept_length([[a] for a in top1])
     return {"held_out_top1_by_position": [round(a, 4) for a in top1], f"expected_accept_length_depth{DEPTH}": round(expected, 4)}
 
 
@@ -142,8 +141,9 @@ def collect() -> None:
     report = {"setting": {"steps": STEPS, "batch_size": 4, "features": FEATURES, "common": COMMON, "eval": EVAL, "depth": DEPTH}, "runs": {}}
     for name, (recipe, extra) in RUNS.items():
         if not (run_dir(name) / "draft" / "config.json").exists():
-            if failure(name):
-                report["runs"][name] = {"recipe": recipe, "overrides": extra, "trained": False, "error": failure(name)}
+            error = failure(name)
+            if error:
+                report["runs"][name] = {"recipe": recipe, "overrides": extra, "trained": False, "error": error}
             continue
         log = ROOT / "runs" / f"obj_{name}.log"
         entry = {"recipe": recipe, "overrides": extra, "trained": True, "train_cpu_min": round(cpu_seconds(log) / 60, 1), "train_wall_min": round(wall_seconds(log) / 60, 1), **validation(name)}
@@ -196,4 +196,6 @@ def plot(runs: dict, out: Path) -> None:
 
 if __name__ == "__main__":
     command, names = (sys.argv[1] if len(sys.argv) > 1 else "collect"), sys.argv[2:]
+    if command == "speed" and len(names) != 1:
+        sys.exit(f"usage: python scripts/bench_objectives.py speed NAME (one of: {', '.join(RUNS)})")
     {"train": lambda: train(names), "evaluate": lambda: evaluate(names), "speed": lambda: speed(names[0]), "collect": collect}[command]()
