@@ -79,8 +79,11 @@ class ChimeraDrafter(ReducedVocab, DraftModel):
         return self.trigram_proj(embeds + F.silu(self.trigram_block(embeds)))
 
     def forward(self, trigram_embeds: torch.Tensor, hidden: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        x = self.fuse(torch.cat([self.trigram(trigram_embeds), hidden], dim=-1))
-        return self.layer(x, positions, mask, cache)
+        return self.contextualize(self.trigram(trigram_embeds), hidden, positions, mask, cache)
+
+    def contextualize(self, trigrams: torch.Tensor, hidden: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """Context features F from already encoded trigrams [.., H] (`trigram`) fused with the target states."""
+        return self.layer(self.fuse(torch.cat([trigrams, hidden], dim=-1)), positions, mask, cache)
 
     def head_logits(self, k: int, hidden: torch.Tensor, features: torch.Tensor, lm_head_weight: torch.Tensor | None) -> torch.Tensor:
         """Draft-vocabulary logits [.., V_draft] of head k (0-based) from the anchor's target state h and context features F."""

@@ -235,6 +235,33 @@ def test_chimera_drafts_along_the_argmax_like_the_training_unroll(lively):
     assert unrolled == drafted
 
 
+def test_chimera_loss_encodes_the_trigrams_once_as_if_each_head_encoded_its_own(lively):
+    """chimera_losses runs the trigram encoder once and shifts its output per head; the loss and
+    the encoder's gradients equal those of encoding each head's shifted trigram embeddings."""
+    draft = drafts(lively)["chimera"].train()
+    _, batch = _greedy_corpus(lively, count=2, length=12)
+    mask = torch.ones_like(batch)
+    emb, head = lively.get_input_embeddings().weight, lively.lm_head.weight
+    with torch.no_grad():
+        final, _ = target_states(lively, batch)
+    fast = chimera_losses(draft, final, batch, mask, emb, head, with_accuracy=False)
+    fast.loss.backward()
+    fast_grad = draft.trigram_block.weight.grad.clone()
+    draft.zero_grad()
+    # Reference: every head encodes its own shifted trigram embeddings (draft.forward), as decoding does.
+    length, trigrams, cache, per_head = batch.shape[1], trigram_embeddings(emb, batch), KVCache(), []
+    for k in range(draft.config.num_heads):
+        shifted = torch.cat([trigrams[:, k + 1 :], torch.zeros_like(trigrams[:, : k + 1])], dim=1)
+        features = draft(shifted, final, torch.arange(length)[None] + k, unrolled_mask(length, k, final.dtype, "cpu"), cache)
+        anchors = length - k - 2
+        logits = draft.head_logits(k, final[:, :anchors], features[:, :anchors], head)
+        per_head.append(torch.nn.functional.cross_entropy(logits.reshape(-1, VOCAB), batch[:, k + 2 :].reshape(-1)))
+    reference = torch.stack(per_head)
+    reference.sum().backward()
+    assert torch.allclose(fast.per_head, reference, atol=1e-5)
+    assert torch.allclose(fast_grad, draft.trigram_block.weight.grad, atol=1e-5) and fast_grad.abs().sum() > 0
+
+
 def test_speculative_sampling_with_a_dynamic_tree_keeps_the_target_distribution(lively):
     """The token after the prefill's is verified against the tree; its distribution, given the
     first token, must be the target's (top-5 warped: chi-square with 4 degrees of freedom)."""
