@@ -1,16 +1,18 @@
 """Training end to end on a tiny target: CLI, export, resume equality, NaN stop, Medusa-2."""
 
+import contextlib
 import json
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from specdec.models.base import DraftMismatchError, load_draft
+from conftest import build_tiny_llama, enliven
+from specdec.models.base import DraftMismatchError, load_draft, target_states
 from specdec.train.cli import main
 from specdec.train.config import load_recipe
 from specdec.train.losses import NonFiniteLossError
-from specdec.train.medusa_method import Medusa1Method
+from specdec.train.medusa_method import Medusa1Method, Medusa2Method, decoder_layers
 from specdec.train.module import DraftModule
 from specdec.train.pipeline import run
 
@@ -126,8 +128,9 @@ def test_resume_from_a_missing_checkpoint_fails_before_work(tmp_path, tiny_targe
     assert "last.ckpt does not exist" in capsys.readouterr().err
 
 
-def test_medusa2_trains_lora_jointly_and_exports_the_merged_target(tmp_path, tiny_target_dir, prompts_file):
-    extra = {"medusa2.heads_only_steps": 3, "medusa2.lora_r": 4, "medusa2.save_adapter": "true", "optim.lr": 0.01}
+@pytest.mark.parametrize("lora_layers", [0, 1])
+def test_medusa2_trains_lora_jointly_and_exports_the_merged_target(tmp_path, tiny_target_dir, prompts_file, lora_layers):
+    extra = {"medusa2.heads_only_steps": 3, "medusa2.lora_r": 4, "medusa2.save_adapter": "true", "optim.lr": 0.01, "medusa2.lora_layers": lora_layers}
     result = run(load_recipe("medusa2", tiny_overrides(tmp_path, tiny_target_dir, prompts_file, **extra)))
     draft_dir = result.draft_dir
     config = json.loads((draft_dir / "config.json").read_text())
@@ -139,9 +142,54 @@ def test_medusa2_trains_lora_jointly_and_exports_the_merged_target(tmp_path, tin
     base = AutoModelForCausalLM.from_pretrained(tiny_target_dir)
     changed = [n for n, p in merged.named_parameters() if not torch.equal(p, base.state_dict()[n])]
     assert changed, "joint training should have changed the target through LoRA"
+    if lora_layers:  # only the top layer (of the tiny target's 2) has adapters
+        assert all(".layers.1." in n for n in changed)
     assert not any("lora" in n for n, _ in merged.named_parameters())
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
     assert any("lora_" in k for k in ckpt["state_dict"]) and all(("lora_" in k) or k.startswith("draft.") for k in ckpt["state_dict"])
+
+
+class _LiveTarget:
+    """What Medusa-2's joint step needs of the LightningModule: the (peft) target and its states."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def states(self, batch, grad=False):
+        with contextlib.nullcontext() if grad else torch.no_grad():
+            final, _ = target_states(self.target, batch["input_ids"], attention_mask=batch["attention_mask"])
+        return final, final
+
+
+def test_medusa2_lora_on_the_top_layer_runs_the_layers_below_once_and_changes_nothing_else():
+    method = Medusa2Method(load_recipe("medusa2", {"medusa2.lora_layers": "1", "medusa2.lora_r": "4"}))
+    target = method.prepare_target(enliven(build_tiny_llama(64, layers=3), seed=1))
+    assert {n.split(".layers.")[1].split(".")[0] for n, p in target.named_parameters() if p.requires_grad} == {"2"}
+    for name, param in target.named_parameters():
+        if "lora_B" in name:
+            param.data.normal_(0, 0.5)  # adapters that change the output
+    batch = {"input_ids": torch.randint(3, 64, (2, 9), generator=torch.Generator().manual_seed(0)), "attention_mask": torch.ones(2, 9, dtype=torch.long)}
+    calls = []
+    handle = decoder_layers(target)[0].mlp.register_forward_hook(lambda *_: calls.append(1))
+    original, tuned = method._original_and_tuned(_LiveTarget(target), batch)
+    handle.remove()
+    assert len(calls) == 1  # the bottom layers ran in the original forward only
+    tuned.square().sum().backward()
+    replay_grads = {n: p.grad.clone() for n, p in target.named_parameters() if p.requires_grad}
+    target.zero_grad()
+    with target.disable_adapter():
+        assert torch.allclose(original, _LiveTarget(target).states(batch)[1], atol=1e-6)
+    direct = _LiveTarget(target).states(batch, grad=True)[1]  # every layer computed, adapters on
+    assert torch.allclose(tuned, direct, atol=1e-6) and not torch.allclose(tuned, original, atol=1e-3)
+    direct.square().sum().backward()
+    assert all(torch.allclose(replay_grads[n], p.grad, atol=1e-5) for n, p in target.named_parameters() if p.requires_grad)
+    assert all(not hasattr(layer, "forward") or "forward" not in vars(layer) for layer in decoder_layers(target))  # replay undone
+
+
+def test_medusa2_lora_layers_above_the_depth_of_the_target_is_refused():
+    method = Medusa2Method(load_recipe("medusa2", {"medusa2.lora_layers": "4"}))
+    with pytest.raises(ValueError, match="only 3 decoder layers: use at most 3"):
+        method.prepare_target(build_tiny_llama(64, layers=3))
 
 
 def test_wandb_logger_is_offline_without_a_key_and_csv_is_the_default(tmp_path, monkeypatch):

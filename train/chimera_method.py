@@ -11,8 +11,7 @@ from specdec.models.chimera import ChimeraConfig, ChimeraDrafter
 from specdec.models.decoder import LayerShape
 from specdec.train.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE
 from specdec.train.losses import chimera_losses
-from specdec.train.medusa_method import install_vocab, reduced_vocab_size
-from specdec.train.methods import TrainingMethod, register_method
+from specdec.train.methods import TrainingMethod, install_vocab, reduced_vocab_size, register_method
 
 
 @dataclass

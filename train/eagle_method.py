@@ -6,16 +6,13 @@ from dataclasses import dataclass
 from typing import ClassVar, Optional
 
 import torch
-from lightning.pytorch.utilities import rank_zero_only
 
-from specdec.data.batching import label_token_counts
 from specdec.models.decoder import LayerShape
 from specdec.models.eagle1 import Eagle1Config, Eagle1Drafter
 from specdec.models.eagle3 import Eagle3Config, Eagle3Drafter, default_layer_ids
-from specdec.models.vocab import build_draft_vocab
 from specdec.train.config import AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, RecipeError
 from specdec.train.eagle_losses import EagleObjectives, eagle_losses
-from specdec.train.methods import TrainingMethod, register_method
+from specdec.train.methods import TrainingMethod, install_draft_vocab, register_method
 
 
 @dataclass
@@ -100,7 +97,7 @@ class Eagle1Method(TrainingMethod):
         size = min(e1.draft_vocab_size, vocab) if e1.draft_vocab_size else None
         draft = Eagle1Drafter(Eagle1Config(record["hidden_size"], vocab, draft_vocab_size=size, layer=LayerShape(**record["layer_shape"])))
         if size is not None and train_rows is not None:
-            install_draft_vocab(draft, train_rows, vocab, e1.min_vocab_coverage, "eagle1.draft_vocab_size", lm_head)
+            install_draft_vocab(draft, train_rows, e1.min_vocab_coverage, "eagle1.draft_vocab_size", lm_head)
         return draft
 
     def num_positions(self, training: bool) -> int:
@@ -148,12 +145,5 @@ class Eagle3Method(Eagle1Method):
         config = Eagle3Config(record["hidden_size"], vocab, draft_vocab_size=min(e3.draft_vocab_size, vocab), layer_ids=self.feature_layer_ids(record["num_layers"]), layer=LayerShape(**record["layer_shape"]), fc_norm=bool(e3.fc_norm), norm_output=bool(e3.norm_output))
         draft = Eagle3Drafter(config)
         if train_rows is not None:
-            install_draft_vocab(draft, train_rows, vocab, e3.min_vocab_coverage, "eagle3.draft_vocab_size", lm_head)
+            install_draft_vocab(draft, train_rows, e3.min_vocab_coverage, "eagle3.draft_vocab_size", lm_head)
         return draft
-
-
-def install_draft_vocab(draft, train_rows, vocab_size: int, min_coverage: float, setting: str, lm_head: torch.Tensor) -> None:
-    """Give `draft` (built with a reduced vocabulary) the most frequent labels of `train_rows` as its vocabulary."""
-    vocab_ids, coverage = build_draft_vocab(label_token_counts(train_rows, vocab_size), draft.num_draft_tokens, min_coverage, setting)
-    draft.set_vocab(vocab_ids, lm_head)
-    rank_zero_only(print)(f"draft vocabulary: {len(vocab_ids)} tokens cover {coverage:.1%} of the training labels")

@@ -3,40 +3,22 @@ Medusa-2 (heads + joint LoRA fine-tuning of the target, online only)."""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Optional
 
 import torch
-from lightning.pytorch.utilities import rank_zero_only
 
-from specdec.data.batching import label_token_counts
 from specdec.models.medusa import MedusaConfig, MedusaHeads
-from specdec.models.vocab import ReducedVocab, build_draft_vocab
 from specdec.train.config import AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE
 from specdec.train.losses import head_label_counts, heads_ramp, kl_to_original, medusa_head_losses
-from specdec.train.methods import TrainingMethod, register_method
+from specdec.train.methods import TrainingMethod, install_vocab, reduced_vocab_size, register_method
 
 FINETUNED_TARGET_DIR = "target"
 """Folder of the draft that holds Medusa-2's fine-tuned target (LoRA merged)."""
 ADAPTER_DIR = "adapter"
 """Folder of the draft that holds Medusa-2's LoRA adapter alone (peft format)."""
-
-
-def reduced_vocab_size(size: int | None, vocab_size: int) -> int | None:
-    """The V_draft a recipe's `draft_vocab_size` asks for: None (the full vocabulary) for 0, null or at least `vocab_size`."""
-    return size if size and size < vocab_size else None
-
-
-def install_vocab(draft: ReducedVocab, lm_head: torch.Tensor, train_rows, setting: str) -> None:
-    """Start a fresh draft's projection from the target lm_head; a reduced vocabulary is first chosen
-    from `train_rows`' labels (without rows, when rebuilding a draft for a checkpoint, the checkpoint holds it)."""
-    if not (draft.reduced_vocab and train_rows is not None):
-        draft.init_from_target(lm_head)
-        return
-    ids, coverage = build_draft_vocab(label_token_counts(train_rows, draft.full_vocab_size), draft.num_draft_tokens, setting=setting)
-    draft.set_vocab(ids, lm_head)
-    rank_zero_only(print)(f"draft vocabulary: {len(ids)} tokens cover {coverage:.1%} of the training labels")
 
 
 @dataclass
@@ -67,6 +49,8 @@ class Medusa2Section:
     """LoRA dropout (non-zero makes resumed runs differ from uninterrupted ones)."""
     lora_target_modules: str = "all-linear"
     """peft target_modules: `all-linear` or a comma-separated list of module names."""
+    lora_layers: int = 0
+    """LoRA on the top N decoder layers only (0 = every layer). The layers below keep the original weights, so a joint step runs them once, in the original model's forward for the KL term, and the tuned forward reuses their output: the step costs one target forward plus the top N layers' forward and backward, instead of two forwards and a backward through the whole target."""
     heads_only_steps: int = 50
     """Stage 1: optimizer steps that train only the heads before joint training starts."""
     heads_coefficient: float = 0.01
@@ -82,7 +66,7 @@ class Medusa2Section:
 
     ranges: ClassVar[dict] = {
         "lora_r": AT_LEAST_1, "lora_alpha": POSITIVE, "heads_lr_multiplier": POSITIVE, "lora_dropout": FRACTION,
-        "heads_only_steps": NON_NEGATIVE, "heads_coefficient": NON_NEGATIVE,
+        "heads_only_steps": NON_NEGATIVE, "heads_coefficient": NON_NEGATIVE, "lora_layers": NON_NEGATIVE,
     }
     choices: ClassVar[dict] = {"ramp": ("sine", "linear", "none")}
 
@@ -132,7 +116,15 @@ class Medusa2Method(Medusa1Method):
         m = self.cfg.medusa2
         modules = m.lora_target_modules
         targets = modules if modules == "all-linear" else [name.strip() for name in modules.split(",")]
-        return get_peft_model(model, LoraConfig(r=m.lora_r, lora_alpha=m.lora_alpha, lora_dropout=m.lora_dropout, target_modules=targets, task_type="CAUSAL_LM"))
+        top = None
+        if m.lora_layers:
+            layers = decoder_layers(model)
+            if m.lora_layers > len(layers):
+                raise ValueError(f"medusa2.lora_layers={m.lora_layers}, but the target has only {len(layers)} decoder layers: use at most {len(layers)} (0 = every layer)")
+            top = list(range(len(layers) - m.lora_layers, len(layers)))
+            if targets == "all-linear":  # peft takes layers_to_transform with module names only: a decoder layer's linear layers
+                targets = sorted({name.rsplit(".", 1)[-1] for name, child in layers[0].named_modules() if isinstance(child, torch.nn.Linear)})
+        return get_peft_model(model, LoraConfig(r=m.lora_r, lora_alpha=m.lora_alpha, lora_dropout=m.lora_dropout, target_modules=targets, layers_to_transform=top, task_type="CAUSAL_LM"))
 
     def label_counts(self, loss_mask: torch.Tensor) -> torch.Tensor:
         """[K] per-head label counts, then the next-token count of the KL term."""
@@ -146,14 +138,25 @@ class Medusa2Method(Medusa1Method):
         if module.global_step < heads_only:
             return super().training_loss(module, batch, denominators)
         # Joint stage: KL to the original model (adapters off) + the ramped heads term.
-        with torch.no_grad(), module.target.disable_adapter():
-            original = module.states(batch)[1]
-        hidden = module.states(batch, grad=True)[1]
+        original, hidden = self._original_and_tuned(module, batch)
         heads = self.losses(module, batch, True, denominators, hidden=hidden)
         base = kl_to_original(original, hidden, batch["loss_mask"], module.weights()[1], None if denominators is None else denominators[-1])
         ramp = heads_ramp(module.global_step - heads_only, module.trainer.max_steps - heads_only, self.cfg.medusa2.ramp)
         loss = base + self.cfg.medusa2.heads_coefficient * ramp * heads.loss
         return loss, {"train/base_kl": base.detach(), **{f"train/head{k + 1}_loss": v for k, v in enumerate(heads.per_head.detach())}}
+
+    def _original_and_tuned(self, module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """The last hidden states of the original target (no graph) and of the tuned one (with graph).
+        With medusa2.lora_layers the layers below the adapters run once: the tuned forward replays their output."""
+        layers = decoder_layers(module.target) if self.cfg.medusa2.lora_layers else []
+        split = len(layers) - self.cfg.medusa2.lora_layers if layers else 0
+        # Step 1: the original model (adapters off), recording the output of the last layer without adapters.
+        with torch.no_grad(), module.target.disable_adapter(), recorded_output(layers[split - 1] if split else None) as bottom:
+            original = module.states(batch)[1]
+        # Step 2: the tuned model, its layers without adapters replaying that output.
+        with replayed(layers[:split], bottom.get("output")):
+            tuned = module.states(batch, grad=True)[1]
+        return original, tuned
 
     def parameter_groups(self, module) -> list[dict]:
         """Heads at optim.lr * medusa2.heads_lr_multiplier, LoRA adapters at optim.lr."""
@@ -176,3 +179,37 @@ class Medusa2Method(Medusa1Method):
         merged.save_pretrained(out / FINETUNED_TARGET_DIR)
         target.tokenizer.save_pretrained(out / FINETUNED_TARGET_DIR)
         return {"finetuned_weights": FINETUNED_TARGET_DIR}
+
+
+def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The target's stack of decoder layers: the ModuleList as long as config.num_hidden_layers (Llama, Qwen, Mistral, ... call it `layers`)."""
+    count = model.config.num_hidden_layers
+    for name, child in model.named_modules():
+        if isinstance(child, torch.nn.ModuleList) and len(child) == count and name.split(".")[-1] in ("layers", "h", "blocks"):
+            return child
+    raise ValueError(f"cannot find the {count} decoder layers of {type(model).__name__}: medusa2.lora_layers needs a ModuleList named layers, h or blocks; use medusa2.lora_layers=0")
+
+
+@contextlib.contextmanager
+def recorded_output(layer: torch.nn.Module | None):
+    """Yields a dict whose "output" is what `layer` returned in the forward run inside the block (nothing recorded for None)."""
+    record: dict = {}
+    handle = layer.register_forward_hook(lambda _module, _args, output: record.__setitem__("output", output)) if layer is not None else None
+    try:
+        yield record
+    finally:
+        if handle is not None:
+            handle.remove()
+
+
+@contextlib.contextmanager
+def replayed(layers, output):
+    """Inside the block, each of `layers` returns `output` without computing (the last of them
+    produced it; the layers before are bypassed because the next one ignores what they return)."""
+    for layer in layers:
+        layer.forward = lambda *args, **kwargs: output
+    try:
+        yield
+    finally:
+        for layer in layers:
+            del layer.forward

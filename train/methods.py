@@ -24,9 +24,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
+from specdec.data.batching import label_token_counts
 from specdec.models.acceptance import best_tree, chain_accept_length
+from specdec.models.vocab import build_draft_vocab
 
 METHODS: dict[str, type["TrainingMethod"]] = {}
 """Recipe `method` name -> its TrainingMethod class (filled by `register_method`)."""
@@ -137,6 +140,27 @@ def section_owners() -> dict[str, list[str]]:
         for section in cls.sections:
             owners.setdefault(section, []).append(name)
     return owners
+
+
+def reduced_vocab_size(size: int | None, vocab_size: int) -> int | None:
+    """The V_draft a recipe's `draft_vocab_size` asks for: None (the full vocabulary) for 0, null or at least `vocab_size`."""
+    return size if size and size < vocab_size else None
+
+
+def install_draft_vocab(draft, train_rows, min_coverage: float, setting: str, lm_head: torch.Tensor) -> None:
+    """Give `draft` (built with a reduced vocabulary) the most frequent labels of `train_rows` as its vocabulary."""
+    vocab_ids, coverage = build_draft_vocab(label_token_counts(train_rows, draft.full_vocab_size), draft.num_draft_tokens, min_coverage, setting)
+    draft.set_vocab(vocab_ids, lm_head)
+    rank_zero_only(print)(f"draft vocabulary: {len(vocab_ids)} tokens cover {coverage:.1%} of the training labels")
+
+
+def install_vocab(draft, lm_head: torch.Tensor, train_rows, setting: str) -> None:
+    """Start a fresh head-type draft's projection from the target lm_head; a reduced vocabulary is first chosen
+    from `train_rows`' labels (without rows, when rebuilding a draft for a checkpoint, the checkpoint holds it)."""
+    if draft.reduced_vocab and train_rows is not None:
+        install_draft_vocab(draft, train_rows, 0.9, setting, lm_head)
+    else:
+        draft.init_from_target(lm_head)
 
 
 def _discover() -> None:
