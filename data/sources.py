@@ -3,11 +3,14 @@
 A *message* is ``{"role": "system" | "user" | "assistant", "content": str}`` and a
 *conversation* is a ``list`` of messages. Every loader in this module returns
 ``list[conversation]`` whatever the input format was (ShareGPT, OpenAI ``messages``,
-Alpaca, MT-Bench style ``turns`` or plain ``prompt``/``response`` records).
+Alpaca, MT-Bench style ``turns``, GSM8K style ``question``/``answer`` or plain
+``prompt``/``response`` records). Files are ``.json``, ``.jsonl`` or ``.jsonl.gz``; a folder
+stands for its ``.jsonl`` / ``.jsonl.gz`` files in name order (shards).
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import warnings
 from collections.abc import Iterable, Iterator
@@ -98,10 +101,12 @@ def normalize_record(record: Any) -> list[dict]:
         conversation = _from_question_turns(record["turns"])
     elif "prompt" in record:
         conversation = _from_prompt(record)
+    elif "question" in record:
+        conversation = _from_question(record)
     else:
         raise DataError(
             f"unknown record shape with keys {sorted(record)}; expected one of "
-            "'conversations' (ShareGPT), 'messages', 'instruction' (Alpaca), 'turns' or 'prompt'"
+            "'conversations' (ShareGPT), 'messages', 'instruction' (Alpaca), 'turns', 'prompt' or 'question' (GSM8K)"
         )
     # Step 2: a usable conversation needs at least one user message.
     if not conversation:
@@ -121,14 +126,23 @@ def check_source(source: str) -> Path | None:
     if source in BUILTIN_SOURCES or source.startswith("hf:"):
         return None
     path = Path(source).expanduser()
+    if path.is_dir():
+        if not _shards(path):
+            raise DataError(f"data folder {path} holds no .jsonl or .jsonl.gz file")
+        return path
     if not path.is_file():
         raise FileNotFoundError(
-            f"data source {str(path)!r} is not a file. Pass a .json/.jsonl path, 'hf:NAME[:CONFIG]' "
-            f"or one of the builtin sources: {', '.join(sorted(BUILTIN_SOURCES))}"
+            f"data source {str(path)!r} is not a file. Pass a .json/.jsonl/.jsonl.gz path, a folder of .jsonl(.gz) shards, "
+            f"'hf:NAME[:CONFIG]' or one of the builtin sources: {', '.join(sorted(BUILTIN_SOURCES))}"
         )
-    if path.suffix not in (".json", ".jsonl"):
-        raise DataError(f"unsupported data file extension {path.suffix!r} for {path}: use .json or .jsonl (a list of records, or one record per line)")
+    if path.suffix not in (".json", ".jsonl") and not path.name.endswith(".jsonl.gz"):
+        raise DataError(f"unsupported data file extension {path.suffix!r} for {path}: use .json, .jsonl or .jsonl.gz (a list of records, or one record per line)")
     return path
+
+
+def _shards(folder: Path) -> list[Path]:
+    """The .jsonl and .jsonl.gz files of a data folder, in name order."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and (p.suffix == ".jsonl" or p.name.endswith(".jsonl.gz")))
 
 
 def _open_source(source: str, split: str) -> tuple[str, Iterable[tuple[int, Any]]]:
@@ -140,16 +154,18 @@ def _open_source(source: str, split: str) -> tuple[str, Iterable[tuple[int, Any]
     return _open_file(check_source(source))
 
 
-def _open_file(path: Path) -> tuple[str, Iterable[tuple[int, Any]]]:
-    """Open a ``.json`` or ``.jsonl`` file as (line number, record) pairs."""
-    if path.suffix == ".jsonl":
-        return str(path), _iter_jsonl(path)
-    return str(path), _iter_json_list(path)
+def _open_file(path: Path) -> tuple[str, Iterable[tuple[int | str, Any]]]:
+    """Open a ``.json``, ``.jsonl`` or ``.jsonl.gz`` file, or a folder of shards, as (line, record) pairs."""
+    if path.is_dir():
+        return str(path), ((f"{shard.name}:{line}", record) for shard in _shards(path) for line, record in _iter_jsonl(shard))
+    if path.suffix == ".json":
+        return str(path), _iter_json_list(path)
+    return str(path), _iter_jsonl(path)
 
 
 def _iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
-    """Yield (line number, record) for each non-blank line; a line that is not UTF-8 text or not JSON yields a DataError."""
-    with path.open("rb") as handle:
+    """Yield (line number, record) for each non-blank line (gzip-compressed for .gz); a line that is not UTF-8 text or not JSON yields a DataError."""
+    with (gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")) as handle:
         for line_number, raw in enumerate(handle, start=1):
             try:
                 line = raw.decode("utf-8")
@@ -261,6 +277,14 @@ def _from_question_turns(turns: Any) -> list[dict]:
     if not isinstance(turns, list):
         raise DataError(f"'turns' must be a list of strings, got {type(turns).__name__}")
     return [_message("user", turn, f"'turns'[{index}]") for index, turn in enumerate(turns)]
+
+
+def _from_question(record: dict) -> list[dict]:
+    """Convert a GSM8K style ``question`` record with an optional ``answer``."""
+    conversation = [_message("user", record["question"], "'question'")]
+    if record.get("answer"):
+        conversation.append({"role": "assistant", "content": _text(record["answer"], "'answer'")})
+    return conversation
 
 
 def _from_prompt(record: dict) -> list[dict]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 
 import pytest
@@ -74,6 +75,31 @@ def test_question_turns_and_prompt_records(tmp_path):
     ]
 
 
+def test_gsm8k_question_answer_records(tmp_path):
+    path = _write_jsonl(tmp_path / "gsm8k.jsonl", [{"question": "2 + 2?", "answer": "2 + 2 = 4\n#### 4"}, {"question": "3 + 3?"}])
+    assert load_conversations(str(path)) == [
+        [{"role": "user", "content": "2 + 2?"}, {"role": "assistant", "content": "2 + 2 = 4\n#### 4"}],
+        [{"role": "user", "content": "3 + 3?"}],
+    ]
+
+
+def test_a_folder_of_gzipped_and_plain_shards_is_read_in_name_order_with_shard_and_line_in_errors(tmp_path):
+    folder = tmp_path / "set"
+    folder.mkdir()
+    with gzip.open(folder / "shard-00001.jsonl.gz", "wt", encoding="utf-8") as handle:
+        handle.write(json.dumps({"prompt": "second"}) + "\n" + '{"prompt": "broken' + "\n")
+    _write_jsonl(folder / "shard-00000.jsonl", [{"prompt": "first"}])
+    (folder / "README.md").write_text("a data card, not data")
+    with pytest.warns(UserWarning, match="skipped 1"):
+        assert [c[0]["content"] for c in load_conversations(str(folder))] == ["first", "second"]
+    with pytest.raises(DataError, match=r"shard-00001\.jsonl\.gz:2: invalid JSON"):
+        load_conversations(str(folder), on_error="raise")
+    (folder / "shard-00000.jsonl").unlink()
+    (folder / "shard-00001.jsonl.gz").unlink()
+    with pytest.raises(DataError, match="holds no .jsonl or .jsonl.gz file"):
+        load_conversations(str(folder))
+
+
 def _corrupt_file(tmp_path):
     """Five records; lines 2 (bad JSON), 4 (unknown shape) and 5 (empty conversation) are bad."""
     return _write_jsonl(
@@ -123,7 +149,7 @@ def test_missing_file_names_path_and_builtins(tmp_path):
 def test_unsupported_extension(tmp_path):
     path = tmp_path / "data.csv"
     path.write_text("a,b\n")
-    with pytest.raises(ValueError, match=r"\.json or \.jsonl"):
+    with pytest.raises(ValueError, match=r"\.json, \.jsonl or \.jsonl\.gz"):
         load_conversations(str(path))
 
 
