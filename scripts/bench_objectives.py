@@ -4,6 +4,7 @@
     python scripts/bench_objectives.py evaluate [NAME ...]  # tau on 16 MT-Bench questions, chain 5 (and the 8-node tree)
     python scripts/bench_objectives.py speed NAME           # that draft (the best: eagle3_hass_lk) with and without the lookup branch, baselines on
     python scripts/bench_objectives.py collect              # summarise into bench/objectives.json
+    python scripts/bench_objectives.py defaults [NAME ...]  # the shipped recipes' default jobs with each alternative (bench/objectives_defaults.json)
 
 Standard setting (../shared/BENCHMARK.md): the standard self-distilled set, its last 64 rows held
 out, the target's states stored once by `specdec-prepare` (`FEATURES`, EAGLE-3's three layers plus
@@ -72,6 +73,21 @@ TREE_RUNS = ("eagle3_base", "eagle3_ttt7_hass_lk")
 EVAL_TOKENS = 128
 EVAL = ["bench=mt-bench", "per_category=2", f"max_new_tokens={EVAL_TOKENS}", "threads=2", "baselines=false"]
 DEPTH = 5
+DEFAULT_JOBS = {
+    "medusa1_full": ("medusa1", ["medusa.draft_vocab_size=null"]),
+    "medusa1_vocab": ("medusa1", ["medusa.draft_vocab_size=8192"]),
+    "eagle1_full_lr3e-3": ("eagle1", ["eagle1.draft_vocab_size=null", "optim.lr=3e-3"]),
+    "eagle1_full_lr1e-3": ("eagle1", ["eagle1.draft_vocab_size=null", "optim.lr=1e-3"]),
+    "eagle1_vocab_lr1e-3": ("eagle1", ["eagle1.draft_vocab_size=8192", "optim.lr=1e-3"]),
+    "chimera_full": ("chimera", ["chimera.draft_vocab_size=null"]),
+    "chimera_vocab": ("chimera", ["chimera.draft_vocab_size=8192"]),
+    "medusa2_full": ("medusa2", ["medusa.draft_vocab_size=null", "medusa2.lora_layers=0"]),
+    "medusa2_vocab_top2": ("medusa2", ["medusa.draft_vocab_size=8192", "medusa2.lora_layers=2"]),
+}
+"""The default jobs (`specdec-train recipe=NAME`, online, self-distilled bundled prompts) with the choices
+the ablation left open, spelled out so each measures the same thing whatever the recipe defaults become."""
+DEFAULT_DEPTH = 4
+"""Positions every default job validates (4 Medusa / Chimera heads, EAGLE-1's eagle.val_steps=4)."""
 
 
 def run_dir(name: str) -> Path:
@@ -80,6 +96,7 @@ def run_dir(name: str) -> Path:
 
 def train(names: list[str]) -> None:
     """Step 1: each run not yet trained (its draft folder is the mark), one at a time."""
+    (ROOT / "runs").mkdir(exist_ok=True)
     if not (ROOT / FEATURES / "manifest.json").exists():
         timed(["specdec-prepare", "recipe=eagle3", "output_dir=runs/obj_prepare", *COMMON[:7]], ROOT / "runs" / "obj_prepare.log")
     for name in names or RUNS:
@@ -118,13 +135,13 @@ def speed(name: str, lookup_tokens: int = 10) -> None:
         timed(["specdec-eval", f"draft={run_dir(name)}/draft", f"out={out}", f"plot={out.with_suffix('.png')}", *args, "tree=tuned", *extra], ROOT / "runs" / f"obj_{name}_speed{label}.log")
 
 
-def validation(name: str) -> dict:
-    """Held-out per-position top-1 and the expected accept length at depth DEPTH, from the last validation pass."""
+def validation(name: str, depth: int = DEPTH) -> dict:
+    """Held-out per-position top-1 and the expected accept length at `depth`, from the last validation pass."""
     rows = [r for r in csv.DictReader((run_dir(name) / "logs" / "metrics.csv").open()) if r.get("val/head1_top1")]
     last = rows[-1]
-    top1 = [float(last[f"val/head{d}_top1"]) for d in range(1, DEPTH + 1) if last.get(f"val/head{d}_top1")]
+    top1 = [float(last[f"val/head{d}_top1"]) for d in range(1, depth + 1) if last.get(f"val/head{d}_top1")]
     expected = chain_accept_length([[a] for a in top1])
-    return {"held_out_top1_by_position": [round(a, 4) for a in top1], f"expected_accept_length_depth{DEPTH}": round(expected, 4)}
+    return {"held_out_top1_by_position": [round(a, 4) for a in top1], f"expected_accept_length_depth{depth}": round(expected, 4)}
 
 
 def failure(name: str) -> str | None:
@@ -165,6 +182,23 @@ def collect() -> None:
     print(json.dumps(report, indent=2))
 
 
+def defaults(names: list[str]) -> None:
+    """Each default job not yet run, then every finished one's held-out accuracy and CPU time in bench/objectives_defaults.json."""
+    (ROOT / "runs").mkdir(exist_ok=True)
+    for name in names or DEFAULT_JOBS:
+        recipe, extra = DEFAULT_JOBS[name]
+        if not (run_dir(f"default_{name}") / "draft" / "config.json").exists():
+            timed(["specdec-train", f"recipe={recipe}", f"output_dir=runs/obj_default_{name}", "trainer.enable_progress_bar=false", *extra], ROOT / "runs" / f"obj_default_{name}.log")
+    jobs = {}
+    for name, (recipe, extra) in DEFAULT_JOBS.items():
+        if (run_dir(f"default_{name}") / "draft" / "config.json").exists():
+            log = ROOT / "runs" / f"obj_default_{name}.log"
+            jobs[name] = {"recipe": recipe, "overrides": extra, "cpu_min": round(cpu_seconds(log) / 60, 1), "wall_min": round(wall_seconds(log) / 60, 1), **validation(f"default_{name}", DEFAULT_DEPTH)}
+    out = ROOT / "bench" / "objectives_defaults.json"
+    out.write_text(json.dumps({"setting": "specdec-train recipe=RECIPE with the overrides (CPU and wall time include self-distillation where the cache was cold)", "jobs": jobs}, indent=2) + "\n")
+    print(json.dumps(jobs, indent=2))
+
+
 def wall_seconds(log: Path) -> float:
     """Wall-clock seconds of a command timed by /usr/bin/time -v (its `h:mm:ss` or `m:ss` line)."""
     line = next(l for l in log.read_text().splitlines() if "Elapsed (wall clock)" in l)
@@ -198,4 +232,4 @@ if __name__ == "__main__":
     command, names = (sys.argv[1] if len(sys.argv) > 1 else "collect"), sys.argv[2:]
     if command == "speed" and len(names) != 1:
         sys.exit(f"usage: python scripts/bench_objectives.py speed NAME (one of: {', '.join(RUNS)})")
-    {"train": lambda: train(names), "evaluate": lambda: evaluate(names), "speed": lambda: speed(names[0]), "collect": collect}[command]()
+    {"train": lambda: train(names), "evaluate": lambda: evaluate(names), "speed": lambda: speed(names[0]), "collect": collect, "defaults": lambda: defaults(names)}[command]()

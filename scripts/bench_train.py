@@ -40,6 +40,7 @@ METHODS = {
     "chimera_vocab": ("chimera", {"chimera.draft_vocab_size": VOCAB}),
     "eagle1_vocab": ("eagle1", {"eagle1.draft_vocab_size": VOCAB}),
     "eagle3_ttt7": ("eagle3", {"eagle.ttt_steps": "7", "eagle.val_steps": "7", "eagle.hass_topk_weight": "0", "eagle.hass_context": "false", "eagle.lk_loss_weight": "0"}),
+    "medusa2_vocab_top2": ("medusa2", {"medusa2.heads_only_steps": "0", "medusa.draft_vocab_size": VOCAB, "medusa2.lora_layers": "2"}),
     "eagle3_hass_lk": ("eagle3", {"eagle.hass_topk_weight": "1.0", "eagle.hass_context": "true", "eagle.lk_loss_weight": "1.0"}),
 }
 """Name -> (recipe, overrides): the shipped recipes, and the options of issue 14 that change a step's cost (spelled out in full, so a variant measures the same thing whatever the recipe defaults)."""
