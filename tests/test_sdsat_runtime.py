@@ -246,7 +246,7 @@ def test_speculative_sampling_keeps_the_tuned_targets_distribution(models, optio
         thirds.setdefault(tuple(result.tokens[:2]), Counter())[result.tokens[2]] += 1
         accepted[result.accepted_lengths[-1] > 0] += 1
     # The step that produced the third token accepted drafts, or rejected every depth-1 candidate (a residual sample).
-    assert accepted[True] > 100 and accepted[False] > 30
+    assert accepted[True] > 100 and accepted[False] > 20
     first, counts = max(thirds.items(), key=lambda kv: sum(kv[1].values()))
     with torch.no_grad():
         probs = target_probs(model(torch.cat([prompt, torch.tensor([first])], dim=1)).logits[0, -1], cfg)
