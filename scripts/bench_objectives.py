@@ -183,18 +183,19 @@ def collect() -> None:
 
 
 def defaults(names: list[str]) -> None:
-    """Each default job not yet run, then every finished one's held-out accuracy and CPU time in bench/objectives_defaults.json."""
+    """Each default job not yet run, then every finished one's held-out accuracy and CPU time in bench/objectives_defaults.json
+    (jobs measured earlier and no longer on disk keep their entries)."""
     (ROOT / "runs").mkdir(exist_ok=True)
     for name in names or DEFAULT_JOBS:
         recipe, extra = DEFAULT_JOBS[name]
         if not (run_dir(f"default_{name}") / "draft" / "config.json").exists():
             timed(["specdec-train", f"recipe={recipe}", f"output_dir=runs/obj_default_{name}", "trainer.enable_progress_bar=false", *extra], ROOT / "runs" / f"obj_default_{name}.log")
-    jobs = {}
+    out = ROOT / "bench" / "objectives_defaults.json"
+    jobs = json.loads(out.read_text())["jobs"] if out.exists() else {}
     for name, (recipe, extra) in DEFAULT_JOBS.items():
         if (run_dir(f"default_{name}") / "draft" / "config.json").exists():
             log = ROOT / "runs" / f"obj_default_{name}.log"
             jobs[name] = {"recipe": recipe, "overrides": extra, "cpu_min": round(cpu_seconds(log) / 60, 1), "wall_min": round(wall_seconds(log) / 60, 1), **validation(f"default_{name}", DEFAULT_DEPTH)}
-    out = ROOT / "bench" / "objectives_defaults.json"
     out.write_text(json.dumps({"setting": "specdec-train recipe=RECIPE with the overrides (CPU and wall time include self-distillation where the cache was cold)", "jobs": jobs}, indent=2) + "\n")
     print(json.dumps(jobs, indent=2))
 

@@ -3,7 +3,7 @@ training step's time to a frozen-target forward on the same batch, for online tr
 
     python scripts/bench_train.py [--steps 12] [--out bench/train_medusa.json]
     python scripts/bench_train.py --methods eagle1,eagle3,chimera --out bench/train_eagle.json
-    python scripts/bench_train.py --methods medusa1_vocab,chimera_vocab,eagle1_vocab,eagle3_hass_lk,eagle3_ttt7 --out bench/train_objectives.json
+    python scripts/bench_train.py --methods medusa1_vocab,medusa2_vocab_top2,eagle1_vocab,eagle3_hass_lk,chimera_vocab,eagle3_ttt7 --out bench/train_objectives.json
 
 Each method runs in its own process (so peak RSS is its own) through the real `specdec-train`
 pipeline, with a callback that times every optimizer step and then, outside the timed region,
@@ -31,19 +31,21 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "train" 
 VOCAB = "8192"
 """V_draft of the reduced-vocabulary variants (EAGLE-3's default)."""
 METHODS = {
-    "medusa1": ("medusa1", {}),
-    "medusa2": ("medusa2", {"medusa2.heads_only_steps": "0"}),  # time the joint (LoRA + heads) step
-    "eagle1": ("eagle1", {}),
-    "eagle3": ("eagle3", {}),
-    "chimera": ("chimera", {}),
+    "medusa1": ("medusa1", {"medusa.draft_vocab_size": "0"}),
+    "medusa2": ("medusa2", {"medusa2.heads_only_steps": "0", "medusa.draft_vocab_size": "0", "medusa2.lora_layers": "0"}),  # the joint (LoRA + heads) step
+    "eagle1": ("eagle1", {"eagle1.draft_vocab_size": "0"}),
+    "eagle3": ("eagle3", {"eagle.hass_topk_weight": "0", "eagle.hass_context": "false", "eagle.lk_loss_weight": "0"}),
+    "chimera": ("chimera", {"chimera.draft_vocab_size": "0"}),
     "medusa1_vocab": ("medusa1", {"medusa.draft_vocab_size": VOCAB}),
     "chimera_vocab": ("chimera", {"chimera.draft_vocab_size": VOCAB}),
     "eagle1_vocab": ("eagle1", {"eagle1.draft_vocab_size": VOCAB}),
     "eagle3_ttt7": ("eagle3", {"eagle.ttt_steps": "7", "eagle.val_steps": "7", "eagle.hass_topk_weight": "0", "eagle.hass_context": "false", "eagle.lk_loss_weight": "0"}),
     "medusa2_vocab_top2": ("medusa2", {"medusa2.heads_only_steps": "0", "medusa.draft_vocab_size": VOCAB, "medusa2.lora_layers": "2"}),
     "eagle3_hass_lk": ("eagle3", {"eagle.hass_topk_weight": "1.0", "eagle.hass_context": "true", "eagle.lk_loss_weight": "1.0"}),
+    "sdsat": ("sdsat", {"sdsat.sa_only_steps": "0"}),  # the joint step: LoRA on the target + the adaptive-token embeddings
 }
-"""Name -> (recipe, overrides): the shipped recipes, and the options of issue 14 that change a step's cost (spelled out in full, so a variant measures the same thing whatever the recipe defaults)."""
+"""Name -> (recipe, overrides): the recipes as first measured (full vocabulary, no objectives), and the options of issue 14
+that change a step's cost, each spelled out in full so that a name measures the same thing whatever the recipe defaults become."""
 
 
 class StepTimer(L.Callback):

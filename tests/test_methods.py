@@ -33,8 +33,10 @@ def test_a_recipe_shows_and_accepts_only_its_methods_sections():
     with pytest.raises(RecipeError, match="Did you mean `eagle3`"):
         load_recipe("medusa1", {"method": "eagel3"})
     # The command line's method decides the schema, so its sections can be set in the same call
-    # (eagle1.yaml's `eagle` section is EAGLE-3's too).
-    assert load_recipe("eagle1", {"method": "eagle3", "eagle3.draft_vocab_size": "96"}).eagle3.draft_vocab_size == 96
+    # (medusa1.yaml's `medusa` section is Medusa-2's too); a recipe section the new method lacks is named.
+    assert load_recipe("medusa1", {"method": "medusa2", "medusa2.lora_r": "8"}).medusa2.lora_r == 8
+    with pytest.raises(RecipeError, match=r"`eagle1.draft_vocab_size` in recipe .*eagle1.yaml belongs to method eagle1, but this recipe trains eagle3: drop it or set method=eagle1"):
+        load_recipe("eagle1", {"method": "eagle3"})
 
 
 def test_expected_accept_length_on_hand_made_accuracies():

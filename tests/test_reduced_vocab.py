@@ -310,8 +310,9 @@ def test_eagle1_layout_drops_the_vocabulary_and_warns(tmp_path, fitted):
 
 
 # -- recipes --
-def test_recipe_keys_default_to_the_full_vocabulary_and_are_checked():
-    assert load_recipe("medusa1").medusa.draft_vocab_size is None and load_recipe("chimera").chimera.draft_vocab_size is None
+def test_recipes_ship_the_reduced_vocabulary_and_the_keys_are_checked():
+    assert load_recipe("medusa1").medusa.draft_vocab_size == 8192 and load_recipe("chimera").chimera.draft_vocab_size == 8192
+    assert load_recipe("eagle1").eagle1.draft_vocab_size == 8192 and load_recipe("medusa1", {"medusa.draft_vocab_size": "null"}).medusa.draft_vocab_size is None
     for method, key in (("medusa1", "medusa.draft_vocab_size"), ("chimera", "chimera.draft_vocab_size")):
         with pytest.raises(RecipeError, match=key.replace(".", r"\.")):
             load_recipe(method, {key: "-1"})
