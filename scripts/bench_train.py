@@ -3,7 +3,7 @@ training step's time to a frozen-target forward on the same batch, for online tr
 
     python scripts/bench_train.py [--steps 12] [--out bench/train_medusa.json]
     python scripts/bench_train.py --methods eagle1,eagle3,chimera --out bench/train_eagle.json
-    python scripts/bench_train.py --methods medusa1_vocab,medusa2_vocab_top2,eagle1_vocab,eagle3_hass_lk,chimera_vocab,eagle3_ttt7 --out bench/train_objectives.json
+    python scripts/bench_train.py --methods medusa1_vocab,medusa2_vocab_top2,eagle1_vocab,eagle3_hass_lk,chimera_vocab,sdsat,eagle3_ttt7 --out bench/train_objectives.json
 
 Each method runs in its own process (so peak RSS is its own) through the real `specdec-train`
 pipeline, with a callback that times every optimizer step and then, outside the timed region,
