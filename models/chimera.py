@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from specdec.models.base import DraftModel, register_draft
-from specdec.models.decoder import DecoderLayer, KVCache, LayerShape
+from specdec.models.decoder import DecoderLayer, KVCache, LayerShape, UnrolledKV
 from specdec.models.vocab import ReducedVocab
 
 
@@ -81,7 +81,7 @@ class ChimeraDrafter(ReducedVocab, DraftModel):
     def forward(self, trigram_embeds: torch.Tensor, hidden: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         return self.contextualize(self.trigram(trigram_embeds), hidden, positions, mask, cache)
 
-    def contextualize(self, trigrams: torch.Tensor, hidden: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def contextualize(self, trigrams: torch.Tensor, hidden: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | UnrolledKV | None = None) -> torch.Tensor:
         """Context features F from already encoded trigrams [.., H] (`trigram`) fused with the target states."""
         return self.layer(self.fuse(torch.cat([trigrams, hidden], dim=-1)), positions, mask, cache)
 

@@ -72,6 +72,60 @@ class KVCache:
             self.keys, self.values = self.keys[:, :, :length], self.values[:, :, :length]
 
 
+class UnrolledKV:
+    """Keys and values of training-time test's unrolled steps, one [B, kv_heads, T, head_dim] per
+    step, indexed by anchor. The query of anchor a at step i sees step 0 up to a (the target's
+    features of the prefix, causal) and its own chain's entry at steps 1..i (the layout of
+    `specdec.train.losses.unrolled_mask`). Same attention as that dense [T, (i+1) T] mask, but a
+    later step costs one dot product per step and anchor instead of a T x T block."""
+
+    def __init__(self):
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+
+    def attend(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """Append this step's entries, then attend: q [B, heads, T, D] -> [B, heads, T, D]."""
+        self.keys.append(keys)
+        self.values.append(values)
+        groups = q.shape[1] // keys.shape[1]
+        k0, v0 = (t.repeat_interleave(groups, dim=1) for t in (self.keys[0], self.values[0]))
+        if len(self.keys) == 1:
+            return F.scaled_dot_product_attention(q, k0, v0, is_causal=True)
+        # Step 1: scores against the prefix (causal) and against the anchor's own entry at each later step.
+        scale = q.shape[-1] ** -0.5
+        length = q.shape[2]
+        causal = torch.ones(length, length, dtype=torch.bool, device=q.device).tril()
+        prefix = (q @ k0.transpose(-1, -2) * scale).masked_fill(~causal, float("-inf"))
+        chain_k, chain_v = (torch.stack(t[1:], dim=3).repeat_interleave(groups, dim=1) for t in (self.keys, self.values))
+        chain = (q.unsqueeze(3) * chain_k).sum(-1) * scale  # [B, heads, T, i]
+        # Step 2: one softmax over both, then the weighted values.
+        weights = torch.softmax(torch.cat([prefix, chain], dim=-1), dim=-1)
+        return weights[..., :length] @ v0 + (weights[..., length:].unsqueeze(-1) * chain_v).sum(3)
+
+
+class ContextAlignedKV:
+    """Keys and values of HASS's harmonized-context unrolled steps (the layout of
+    `specdec.train.eagle_losses.context_aligned_mask`): the query of anchor a at step i sees step
+    i's own entries up to a (causal) and, for each earlier step p, that step's entry at anchor 0
+    (position p). Only those entries are kept, so every step costs what step 0 does."""
+
+    def __init__(self):
+        self.firsts: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def attend(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """Attend as described, then keep this step's anchor-0 entry: q [B, heads, T, D] -> [B, heads, T, D]."""
+        groups = q.shape[1] // keys.shape[1]
+        earlier = len(self.firsts)
+        k = torch.cat([first[0] for first in self.firsts] + [keys], dim=2).repeat_interleave(groups, dim=1)
+        v = torch.cat([first[1] for first in self.firsts] + [values], dim=2).repeat_interleave(groups, dim=1)
+        self.firsts.append((keys[:, :, :1], values[:, :, :1]))
+        if not earlier:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        length = q.shape[2]
+        visible = torch.ones(length, earlier + length, dtype=torch.bool, device=q.device).tril(diagonal=earlier)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=visible)
+
+
 def rope(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
     """Rotary position embedding (rotate-half layout, as Llama) of x [B, heads, T, D] at positions [B, T]."""
     half = x.shape[-1] // 2
@@ -120,11 +174,12 @@ class DecoderLayer(nn.Module):
         x: torch.Tensor,
         positions: torch.Tensor,
         mask: torch.Tensor,
-        cache: KVCache | None = None,
+        cache: KVCache | UnrolledKV | ContextAlignedKV | None = None,
         attn_input: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x [B, T, H] (the residual stream), positions [B, T], additive mask [T, S] or [B, 1, T, S]
-        over S = cached + T keys; the new keys/values are appended to `cache` when given."""
+        over S = cached + T keys; the new keys/values are appended to `cache` when given. With an
+        `UnrolledKV` or `ContextAlignedKV` cache the mask is implied (pass None)."""
         s = self.shape
         batch, length, _ = x.shape
         # Step 1: attention input: given (EAGLE-3), else the (optionally normalised) residual stream.
@@ -134,11 +189,14 @@ class DecoderLayer(nn.Module):
         v = self.v_proj(h).view(batch, length, s.num_kv_heads, s.head_dim).transpose(1, 2)
         q, k = rope(q, positions, s.rope_theta), rope(k, positions, s.rope_theta)
         # Step 2: attend over the cached keys and the new ones.
-        if cache is not None:
-            k, v = cache.append(k, v)
-        groups = s.num_heads // s.num_kv_heads
-        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype))
+        if isinstance(cache, (UnrolledKV, ContextAlignedKV)):
+            attn = cache.attend(q, k, v)
+        else:
+            if cache is not None:
+                k, v = cache.append(k, v)
+            groups = s.num_heads // s.num_kv_heads
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+            attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype))
         x = x + self.o_proj(attn.transpose(1, 2).reshape(batch, length, -1))
         # Step 3: SwiGLU MLP.
         h = self.post_attention_layernorm(x)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from specdec.models.base import DraftModel, register_draft
-from specdec.models.decoder import DecoderLayer, KVCache, LayerShape
+from specdec.models.decoder import DecoderLayer, KVCache, LayerShape, UnrolledKV
 from specdec.models.vocab import ReducedVocab
 
 
@@ -54,7 +54,7 @@ class Eagle1Drafter(ReducedVocab, DraftModel):
         """Target features -> the drafter's hidden input (identity: EAGLE-1 reads h_t as is)."""
         return features
 
-    def forward(self, embeds: torch.Tensor, hidden: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, embeds: torch.Tensor, hidden: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | UnrolledKV | None = None) -> torch.Tensor:
         return self.layer(self.fc(torch.cat([embeds, hidden], dim=-1)), positions, mask, cache)
 
     def logits(self, hidden: torch.Tensor, lm_head_weight: torch.Tensor) -> torch.Tensor:

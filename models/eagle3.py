@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from specdec.models.base import DraftModel, register_draft
-from specdec.models.decoder import DecoderLayer, KVCache, LayerShape
+from specdec.models.decoder import DecoderLayer, KVCache, LayerShape, UnrolledKV
 from specdec.models.vocab import ReducedVocab
 
 LAYER_ID_CONVENTION = "hf_hidden_states"
@@ -88,7 +88,7 @@ class Eagle3Drafter(ReducedVocab, DraftModel):
             features = torch.cat([norm(part) for norm, part in zip(self.fc_norm, features.chunk(len(self.fc_norm), dim=-1))], dim=-1)
         return self.fc(features)
 
-    def forward(self, embeds: torch.Tensor, hidden: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, embeds: torch.Tensor, hidden: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | UnrolledKV | None = None) -> torch.Tensor:
         attn_input = torch.cat([self.input_layernorm(embeds), self.hidden_norm(hidden)], dim=-1)
         out = self.layer(hidden, positions, mask, cache, attn_input=attn_input)
         return self.norm(out) if self.config.norm_output else out

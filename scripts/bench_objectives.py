@@ -82,7 +82,8 @@ DEFAULT_JOBS = {
     "chimera_full": ("chimera", ["chimera.draft_vocab_size=null"]),
     "chimera_vocab": ("chimera", ["chimera.draft_vocab_size=8192"]),
     "medusa2_full": ("medusa2", ["medusa.draft_vocab_size=null", "medusa2.lora_layers=0"]),
-    "medusa2_vocab_top2": ("medusa2", ["medusa.draft_vocab_size=8192", "medusa2.lora_layers=2"]),
+    "medusa2_vocab_top2": ("medusa2", ["medusa.draft_vocab_size=8192", "medusa2.lora_layers=2", "medusa2.kl_top_k=0"]),
+    "medusa2_vocab_top2_kl32": ("medusa2", ["medusa.draft_vocab_size=8192", "medusa2.lora_layers=2", "medusa2.kl_top_k=32"]),
 }
 """The default jobs (`specdec-train recipe=NAME`, online, self-distilled bundled prompts) with the choices
 the ablation left open, spelled out so each measures the same thing whatever the recipe defaults become."""
@@ -136,12 +137,14 @@ def speed(name: str, lookup_tokens: int = 10) -> None:
 
 
 def validation(name: str, depth: int = DEPTH) -> dict:
-    """Held-out per-position top-1 and the expected accept length at `depth`, from the last validation pass."""
+    """Held-out per-position top-1 and the expected accept length at `depth`, from the last validation pass
+    (and, for a method that fine-tunes the target, how close the tuned target stayed to the original)."""
     rows = [r for r in csv.DictReader((run_dir(name) / "logs" / "metrics.csv").open()) if r.get("val/head1_top1")]
     last = rows[-1]
     top1 = [float(last[f"val/head{d}_top1"]) for d in range(1, depth + 1) if last.get(f"val/head{d}_top1")]
     expected = chain_accept_length([[a] for a in top1])
-    return {"held_out_top1_by_position": [round(a, 4) for a in top1], f"expected_accept_length_depth{depth}": round(expected, 4)}
+    guards = {key.split("/")[1]: round(float(last[key]), 4) for key in ("val/standard_kl", "val/greedy_agreement") if last.get(key)}
+    return {"held_out_top1_by_position": [round(a, 4) for a in top1], f"expected_accept_length_depth{depth}": round(expected, 4), **guards}
 
 
 def failure(name: str) -> str | None:

@@ -3,7 +3,7 @@ training step's time to a frozen-target forward on the same batch, for online tr
 
     python scripts/bench_train.py [--steps 12] [--out bench/train_medusa.json]
     python scripts/bench_train.py --methods eagle1,eagle3,chimera --out bench/train_eagle.json
-    python scripts/bench_train.py --methods medusa1_vocab,medusa2_vocab_top2,eagle1_vocab,eagle3_hass_lk,chimera_vocab,sdsat,eagle3_ttt7 --out bench/train_objectives.json
+    python scripts/bench_train.py --methods medusa1_vocab,medusa2_vocab_top2_kl32,medusa2_vocab_top2,eagle1_vocab,eagle3_hass_lk,chimera_vocab,sdsat,eagle3_ttt7 --out bench/train_objectives.json
 
 Each method runs in its own process (so peak RSS is its own) through the real `specdec-train`
 pipeline, with a callback that times every optimizer step and then, outside the timed region,
@@ -40,7 +40,8 @@ METHODS = {
     "chimera_vocab": ("chimera", {"chimera.draft_vocab_size": VOCAB}),
     "eagle1_vocab": ("eagle1", {"eagle1.draft_vocab_size": VOCAB}),
     "eagle3_ttt7": ("eagle3", {"eagle.ttt_steps": "7", "eagle.val_steps": "7", "eagle.hass_topk_weight": "0", "eagle.hass_context": "false", "eagle.lk_loss_weight": "0"}),
-    "medusa2_vocab_top2": ("medusa2", {"medusa2.heads_only_steps": "0", "medusa.draft_vocab_size": VOCAB, "medusa2.lora_layers": "2"}),
+    "medusa2_vocab_top2": ("medusa2", {"medusa2.heads_only_steps": "0", "medusa.draft_vocab_size": VOCAB, "medusa2.lora_layers": "2", "medusa2.kl_top_k": "0"}),
+    "medusa2_vocab_top2_kl32": ("medusa2", {"medusa2.heads_only_steps": "0", "medusa.draft_vocab_size": VOCAB, "medusa2.lora_layers": "2", "medusa2.kl_top_k": "32"}),
     "eagle3_hass_lk": ("eagle3", {"eagle.hass_topk_weight": "1.0", "eagle.hass_context": "true", "eagle.lk_loss_weight": "1.0"}),
     "sdsat": ("sdsat", {"sdsat.sa_only_steps": "0"}),  # the joint step: LoRA on the target + the adaptive-token embeddings
 }

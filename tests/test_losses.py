@@ -88,6 +88,24 @@ def test_kl_to_original_is_zero_for_identical_models_and_positive_otherwise():
     assert hidden.grad.abs().sum() > 0
 
 
+def test_kl_to_original_top_k_renormalises_over_the_union_of_the_original_top_k():
+    # Hand-made: one-hot hidden states pick rows of an identity-like lm_head, so logits are known.
+    lm_head = torch.eye(5)
+    original = torch.tensor([[[4.0, 3.0, 0.0, 0.0, 0.0], [0.0, 0.0, 4.0, 3.0, 0.0], [0.0] * 5]])
+    tuned = torch.tensor([[[1.0, 2.0, 0.0, 0.0, 9.0], [0.0, 0.0, 2.0, 1.0, 9.0], [0.0] * 5]], requires_grad=True)
+    mask = torch.tensor([[0, 1, 1]])  # positions 0 and 1 predict assistant tokens
+    kl = kl_to_original(original, tuned, mask, lm_head, top_k=2)
+    # Support = {0, 1} (position 0's top 2) | {2, 3} (position 1's): token 4 drops out of both sides.
+    support = [0, 1, 2, 3]
+    p = torch.log_softmax(original[0, :2][:, support], -1)
+    q = torch.log_softmax(tuned[0, :2][:, support].detach(), -1)
+    assert kl.item() == pytest.approx((p.exp() * (p - q)).sum().item() / 2, rel=1e-5)
+    # The full KL sees the tuned model's mass on token 4; the top-k one does not, and its gradient skips that row.
+    assert kl_to_original(original, tuned, mask, lm_head).item() > kl.item() + 1
+    kl.backward()
+    assert tuned.grad[0, :2, 4].abs().max() == 0 and tuned.grad[0, :2, :4].abs().sum() > 0
+
+
 def test_ramp_schedules():
     assert heads_ramp(0, 10, "sine") == 0.0 and heads_ramp(10, 10, "sine") == pytest.approx(1.0)
     assert heads_ramp(5, 10, "sine") == pytest.approx(math.sin(math.pi / 4))

@@ -314,3 +314,33 @@ def test_an_eagle1_draft_with_a_reduced_vocabulary_trains_and_decodes_losslessly
     generator = SpeculativeGenerator.from_draft(tiny_llama, draft, choose_layout(draft, "default", size=6, depth=3, top_k=2))
     prompt = torch.tensor([[1, 40, 41, 42, 43]])
     assert generator.generate(prompt, 20).tokens == plain_generate(tiny_llama, prompt, 20).tokens
+
+
+@pytest.mark.parametrize("layout", ["unrolled", "context_aligned"])
+def test_the_training_caches_attend_as_their_dense_masks_with_the_same_gradients(layout):
+    from specdec.models.decoder import ContextAlignedKV, DecoderLayer, UnrolledKV
+
+    make_mask, make_cache = {"unrolled": (unrolled_mask, UnrolledKV), "context_aligned": (context_aligned_mask, ContextAlignedKV)}[layout]
+    torch.manual_seed(0)
+    shape = LayerShape(hidden_size=32, num_heads=4, num_kv_heads=2, head_dim=8, intermediate_size=48, rms_norm_eps=1e-6, rope_theta=10000.0)
+    layer = DecoderLayer(shape)
+    x0 = torch.randn(2, 7, 32, requires_grad=True)
+    positions = torch.arange(7)[None].expand(2, -1)
+
+    def unroll(cache, dense: bool):
+        x, outs = x0, []
+        for i in range(4):  # every step reads the previous step's output, as training-time test does
+            x = layer(x, positions + i, make_mask(7, i, x.dtype, "cpu") if dense else None, cache)
+            outs.append(x)
+        return torch.stack(outs)
+
+    dense = unroll(KVCache(), dense=True)
+    dense.square().sum().backward()
+    dense_grads = [x0.grad.clone()] + [p.grad.clone() for p in layer.parameters()]
+    x0.grad = None
+    layer.zero_grad()
+    chained = unroll(make_cache(), dense=False)
+    assert not torch.allclose(dense[1:], dense[:1].expand(3, -1, -1, -1), atol=1e-2)  # the steps' outputs differ (not a constant)
+    assert torch.allclose(chained, dense, atol=1e-5)
+    chained.square().sum().backward()
+    assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip([x0.grad] + [p.grad for p in layer.parameters()], dense_grads))

@@ -312,6 +312,8 @@ def test_eagle1_layout_drops_the_vocabulary_and_warns(tmp_path, fitted):
 # -- recipes --
 def test_recipes_ship_the_reduced_vocabulary_and_the_keys_are_checked():
     assert load_recipe("medusa1").medusa.draft_vocab_size == 8192 and load_recipe("chimera").chimera.draft_vocab_size == 8192
+    medusa2 = load_recipe("medusa2")  # its step within 1.5 target forwards (bench/train_objectives.json)
+    assert medusa2.medusa.draft_vocab_size == 8192 and medusa2.medusa2.lora_layers == 2 and medusa2.medusa2.kl_top_k == 32
     assert load_recipe("eagle1").eagle1.draft_vocab_size == 8192 and load_recipe("medusa1", {"medusa.draft_vocab_size": "null"}).medusa.draft_vocab_size is None
     for method, key in (("medusa1", "medusa.draft_vocab_size"), ("chimera", "chimera.draft_vocab_size")):
         with pytest.raises(RecipeError, match=key.replace(".", r"\.")):

@@ -15,7 +15,8 @@ from specdec.models.sdsat import SA_TOKEN_FORMAT, SdsatDraft
 from specdec.train.config import RecipeError, load_recipe
 from specdec.train.losses import RANKS
 from specdec.train.pipeline import export_checkpoint, run
-from specdec.train.sdsat_losses import IGNORE, greedy_agreement, sample_anchors, side_branch, slot_losses, span_lengths, standard_ce, standard_kl, standard_positions
+from specdec.train.losses import greedy_agreement, standard_kl
+from specdec.train.sdsat_losses import IGNORE, sample_anchors, side_branch, slot_losses, span_lengths, standard_ce, standard_positions
 from test_train import prompts_file, tiny_overrides  # noqa: F401 (prompts_file is a fixture)
 
 K = 3

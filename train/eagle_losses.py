@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from specdec.models.decoder import KVCache, additive
-from specdec.train.losses import HeadLosses, _rank_hits, _weighted, head_targets, shift_left, unrolled_mask
+from specdec.models.decoder import ContextAlignedKV, UnrolledKV, additive
+from specdec.train.losses import HeadLosses, _rank_hits, _weighted, head_targets, shift_left
 
 
 @dataclass(frozen=True)
@@ -154,12 +154,13 @@ def eagle_losses(
         index = draft_index(draft.to_target_ids(torch.arange(vocab_weight.shape[0], device=input_ids.device)), embed_weight.shape[0])
     hidden = draft.embed_features(features if noise is None else features + noise)
     aligned = torch.ones(batch, length, dtype=torch.bool, device=input_ids.device)
-    make_mask = context_aligned_mask if objectives.hass_context else unrolled_mask
-    cache, per_step, rank_hits, count = KVCache(), [], [], []
+    # The layouts of `context_aligned_mask` and `unrolled_mask`, computed without their dense masks.
+    cache = ContextAlignedKV() if objectives.hass_context else UnrolledKV()
+    per_step, rank_hits, count = [], [], []
     for i in range(steps):
-        # Step 1: run draft step i for every anchor at once, attending per the chosen mask.
+        # Step 1: run draft step i for every anchor at once, attending per the chosen layout.
         embeds = F.embedding(shift_left(input_ids, i + 1), embed_weight)
-        hidden = draft(embeds, hidden, positions + i, make_mask(length, i, hidden.dtype, hidden.device), cache)
+        hidden = draft(embeds, hidden, positions + i, None, cache)
         # Step 2: the anchors whose label x_{a+i+2} is an assistant token, and the target's
         # distribution at a+i+1 over the drafter's vocabulary.
         select, labels = head_targets(input_ids, loss_mask, i + 2)

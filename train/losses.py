@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from specdec.models.chimera import ChimeraDrafter, trigram_embeddings
-from specdec.models.decoder import KVCache, additive
+from specdec.models.decoder import UnrolledKV, additive
 from specdec.models.medusa import MedusaHeads
 from specdec.models.vocab import IGNORE_INDEX
 
@@ -182,11 +182,10 @@ def chimera_losses(
     positions = torch.arange(length, device=input_ids.device)[None].expand(input_ids.shape[0], -1)
     # Step 0: every position's trigram encoded once (the encoder is position-wise, so head k reads it shifted by k + 1).
     trigrams = draft.trigram(trigram_embeddings(embed_weight, input_ids))
-    cache, per_head, rank_hits, count = KVCache(), [], [], []
+    cache, per_head, rank_hits, count = UnrolledKV(), [], [], []
     for k in range(draft.config.num_heads):
-        # Step 1: head k's context features for every anchor at once.
-        mask = unrolled_mask(length, k, final_hidden.dtype, final_hidden.device)
-        features = draft.contextualize(shift_left(trigrams, k + 1), final_hidden, positions + k, mask, cache)
+        # Step 1: head k's context features for every anchor at once (the attention of `unrolled_mask`).
+        features = draft.contextualize(shift_left(trigrams, k + 1), final_hidden, positions + k, None, cache)
         # Step 2: hard CE against x_{a+k+2} where that is an assistant token.
         select, labels = head_targets(input_ids, loss_mask, k + 2)
         logits = draft.head_logits(k, final_hidden[select], features[select], lm_head_weight).float()
@@ -211,18 +210,41 @@ def kl_to_original(
     loss_mask: torch.Tensor,
     lm_head_weight: torch.Tensor,
     denominator: torch.Tensor | None = None,
+    top_k: int = 0,
 ) -> torch.Tensor:
     """Medusa-2's base term with self-distillation: KL(original || fine-tuned) of next-token
     distributions at the positions that predict an assistant token, summed and divided by
-    `denominator` (default: those positions; data-parallel training passes the mean over ranks)."""
+    `denominator` (default: those positions; data-parallel training passes the mean over ranks).
+
+    With `top_k` > 0 both distributions are renormalised over the batch's support: every token
+    that is among the original model's top_k at some position. The tuned logits are then
+    computed (and differentiated) over those rows only, not all V."""
     select, _ = head_targets(torch.zeros_like(loss_mask), loss_mask, 1)
+    rows = lm_head_weight
     with torch.no_grad():
-        log_p = F.log_softmax((original_hidden[select] @ lm_head_weight.T).float(), dim=-1)
-    log_q = F.log_softmax((hidden[select] @ lm_head_weight.T).float(), dim=-1)
-    if log_q.shape[0] == 0:
-        return hidden.sum() * 0.0
-    divisor = denominator if denominator is not None else log_q.shape[0]
-    return F.kl_div(log_q, log_p, log_target=True, reduction="sum") / divisor
+        # Step 1: the original model's logits, and the support they choose.
+        original = original_hidden[select] @ lm_head_weight.T
+        if 0 < top_k < original.shape[-1] and original.shape[0]:
+            support = original.topk(top_k, dim=-1).indices.unique()
+            original, rows = original[:, support], lm_head_weight[support]
+    # Step 2: the tuned model's logits over the same rows.
+    return standard_kl(original, hidden[select] @ rows.T, denominator)
+
+
+def standard_kl(original_logits: torch.Tensor, tuned_logits: torch.Tensor, denominator: torch.Tensor | None = None) -> torch.Tensor:
+    """KL(original || tuned) of next-token distributions [N, V], summed and divided by `denominator` (default N)."""
+    if tuned_logits.shape[0] == 0:
+        return tuned_logits.sum() * 0.0
+    log_p = F.log_softmax(original_logits.float(), dim=-1)
+    log_q = F.log_softmax(tuned_logits.float(), dim=-1)
+    return F.kl_div(log_q, log_p, log_target=True, reduction="sum") / (denominator if denominator is not None else log_q.shape[0])
+
+
+def greedy_agreement(original_logits: torch.Tensor, tuned_logits: torch.Tensor) -> torch.Tensor:
+    """Share of positions where the tuned model's greedy token is the original model's (teacher-forced)."""
+    if tuned_logits.shape[0] == 0:
+        return torch.tensor(float("nan"))
+    return (original_logits.argmax(-1) == tuned_logits.argmax(-1)).float().mean()
 
 
 def heads_ramp(step: int, total: int, kind: str) -> float:

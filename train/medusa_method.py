@@ -12,8 +12,9 @@ import torch
 
 from specdec.models.medusa import MedusaConfig, MedusaHeads
 from specdec.train.config import AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE
-from specdec.train.losses import head_label_counts, heads_ramp, kl_to_original, medusa_head_losses
+from specdec.train.losses import head_label_counts, head_targets, heads_ramp, kl_to_original, medusa_head_losses
 from specdec.train.methods import TrainingMethod, install_vocab, reduced_vocab_size, register_method
+from specdec.train.steps import FaithfulnessMeter
 
 FINETUNED_TARGET_DIR = "target"
 """Folder of the draft that holds Medusa-2's fine-tuned target (LoRA merged)."""
@@ -51,6 +52,8 @@ class Medusa2Section:
     """peft target_modules: `all-linear` or a comma-separated list of module names."""
     lora_layers: int = 0
     """LoRA on the top N decoder layers only (0 = every layer). The layers below keep the original weights, so a joint step runs them once, in the original model's forward for the KL term, and the tuned forward reuses their output: the step costs one target forward plus the top N layers' forward and backward, instead of two forwards and a backward through the whole target."""
+    kl_top_k: int = 0
+    """The KL term over the batch's support only: every token among the original model's top k at some position, both distributions renormalised there (0 = all V tokens). The tuned logits and their backward then cover a few thousand rows instead of V; `val/standard_kl` and `val/greedy_agreement` still measure the full distributions."""
     heads_only_steps: int = 50
     """Stage 1: optimizer steps that train only the heads before joint training starts."""
     heads_coefficient: float = 0.01
@@ -66,7 +69,7 @@ class Medusa2Section:
 
     ranges: ClassVar[dict] = {
         "lora_r": AT_LEAST_1, "lora_alpha": POSITIVE, "heads_lr_multiplier": POSITIVE, "lora_dropout": FRACTION,
-        "heads_only_steps": NON_NEGATIVE, "heads_coefficient": NON_NEGATIVE, "lora_layers": NON_NEGATIVE,
+        "heads_only_steps": NON_NEGATIVE, "heads_coefficient": NON_NEGATIVE, "lora_layers": NON_NEGATIVE, "kl_top_k": NON_NEGATIVE,
     }
     choices: ClassVar[dict] = {"ramp": ("sine", "linear", "none")}
 
@@ -109,6 +112,10 @@ class Medusa2Method(Medusa1Method):
     sections = {"medusa": MedusaSection, "medusa2": Medusa2Section}
     reads_target_features = False  # it fine-tunes the target, so it needs the live one
 
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.faithfulness = FaithfulnessMeter()
+
     def prepare_target(self, model: torch.nn.Module) -> torch.nn.Module:
         """Wrap the target with peft LoRA adapters; only the adapters are trainable."""
         from peft import LoraConfig, get_peft_model
@@ -131,7 +138,18 @@ class Medusa2Method(Medusa1Method):
         return torch.cat([head_label_counts(loss_mask, self.cfg.medusa.num_heads), loss_mask[:, 1:].sum().float()[None]])
 
     def losses(self, module, batch: dict, training: bool, denominators: torch.Tensor | None = None, hidden: torch.Tensor | None = None):
+        """The heads' `HeadLosses`; in validation also the guards that the tuned target still behaves as the original."""
+        if not training and hidden is None:
+            with torch.no_grad():
+                original, hidden = self._original_and_tuned(module, batch)
+                select, _ = head_targets(torch.zeros_like(batch["loss_mask"]), batch["loss_mask"], 1)
+                lm_head = module.weights()[1]
+                self.faithfulness.add(module.global_step, original[select] @ lm_head.T, hidden[select] @ lm_head.T)
         return super().losses(module, batch, training, None if denominators is None else denominators[:-1], hidden)
+
+    def acceptance_metrics(self, rank_accuracy: torch.Tensor) -> dict[str, float]:
+        """The heads' expected acceptance, and `val/standard_kl` / `val/greedy_agreement` of the tuned target."""
+        return {**super().acceptance_metrics(rank_accuracy), **self.faithfulness.metrics()}
 
     def training_loss(self, module, batch: dict, denominators: torch.Tensor | None = None):
         heads_only = self.cfg.medusa2.heads_only_steps
@@ -140,7 +158,7 @@ class Medusa2Method(Medusa1Method):
         # Joint stage: KL to the original model (adapters off) + the ramped heads term.
         original, hidden = self._original_and_tuned(module, batch)
         heads = self.losses(module, batch, True, denominators, hidden=hidden)
-        base = kl_to_original(original, hidden, batch["loss_mask"], module.weights()[1], None if denominators is None else denominators[-1])
+        base = kl_to_original(original, hidden, batch["loss_mask"], module.weights()[1], None if denominators is None else denominators[-1], top_k=self.cfg.medusa2.kl_top_k)
         ramp = heads_ramp(module.global_step - heads_only, module.trainer.max_steps - heads_only, self.cfg.medusa2.ramp)
         loss = base + self.cfg.medusa2.heads_coefficient * ramp * heads.loss
         return loss, {"train/base_kl": base.detach(), **{f"train/head{k + 1}_loss": v for k, v in enumerate(heads.per_head.detach())}}

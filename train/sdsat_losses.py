@@ -162,24 +162,8 @@ def standard_positions(loss_mask: torch.Tensor) -> torch.Tensor:
     return select
 
 
-def standard_kl(original_logits: torch.Tensor, tuned_logits: torch.Tensor, denominator: torch.Tensor | None = None) -> torch.Tensor:
-    """KL(original || tuned) of next-token distributions [N, V], summed and divided by `denominator` (default N)."""
-    if tuned_logits.shape[0] == 0:
-        return tuned_logits.sum() * 0.0
-    log_p = F.log_softmax(original_logits.float(), dim=-1)
-    log_q = F.log_softmax(tuned_logits.float(), dim=-1)
-    return F.kl_div(log_q, log_p, log_target=True, reduction="sum") / (denominator if denominator is not None else log_q.shape[0])
-
-
 def standard_ce(tuned_logits: torch.Tensor, next_tokens: torch.Tensor, denominator: torch.Tensor | None = None) -> torch.Tensor:
     """Plain LM cross-entropy of the next tokens [N] under the tuned logits [N, V]."""
     if tuned_logits.shape[0] == 0:
         return tuned_logits.sum() * 0.0
     return F.cross_entropy(tuned_logits.float(), next_tokens, reduction="sum") / (denominator if denominator is not None else next_tokens.shape[0])
-
-
-def greedy_agreement(original_logits: torch.Tensor, tuned_logits: torch.Tensor) -> torch.Tensor:
-    """Share of positions where the tuned model's greedy token is the original model's (teacher-forced)."""
-    if tuned_logits.shape[0] == 0:
-        return torch.tensor(float("nan"))
-    return (original_logits.argmax(-1) == tuned_logits.argmax(-1)).float().mean()

@@ -24,8 +24,10 @@ import torch
 
 from specdec.models.sdsat import SA_TOKEN_FORMAT, TARGET_CONFIG_KEY, TUNED_TARGET_DIR, SdsatConfig, SdsatDraft, embedding_init, sdsat_config_entry
 from specdec.train.config import AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, RecipeError
+from specdec.train.losses import standard_kl
 from specdec.train.methods import TrainingMethod, register_method
-from specdec.train.sdsat_losses import IGNORE, batch_seed, greedy_agreement, sample_anchors, side_branch, slot_labels, slot_losses, span_lengths, standard_ce, standard_kl, standard_positions
+from specdec.train.sdsat_losses import IGNORE, batch_seed, sample_anchors, side_branch, slot_labels, slot_losses, span_lengths, standard_ce, standard_positions
+from specdec.train.steps import FaithfulnessMeter
 
 ADAPTER_DIR = "adapter"
 """Folder of the draft that holds the LoRA adapter alone (peft format), when asked for."""
@@ -97,7 +99,7 @@ class SdsatMethod(TrainingMethod):
         self.new_rows: list[int] = []
         self.original: torch.nn.Module | None = None  # full fine-tune: the frozen target before training
         self.joint = True  # False in stage 1: the LoRA weights' gradients are zeroed (see `_hold_in_stage_1`)
-        self._val_step, self._val_sums = None, torch.zeros(3)
+        self.faithfulness = FaithfulnessMeter()
 
     @classmethod
     def check_recipe(cls, config) -> None:
@@ -180,7 +182,7 @@ class SdsatMethod(TrainingMethod):
         if not training:
             with torch.no_grad():
                 original, tuned = self._standard_logits(module, batch, hidden)
-            self._record_validation(module.global_step, standard_kl(original, tuned), greedy_agreement(original, tuned), tuned.shape[0])
+            self.faithfulness.add(module.global_step, original, tuned)
         return out
 
     def training_loss(self, module, batch: dict, denominators: torch.Tensor | None = None):
@@ -258,20 +260,9 @@ class SdsatMethod(TrainingMethod):
         return [g for g in ({"params": rows, "lr": lr * self.cfg.sdsat.sa_lr_multiplier}, {"params": rest, "lr": lr}) if g["params"]]
 
     # -- validation and export --
-    def _record_validation(self, step: int, kl: torch.Tensor, agreement: torch.Tensor, count: int) -> None:
-        """Accumulate a validation batch's standard-token guards (a new pass starts at a new global step)."""
-        if step != self._val_step:
-            self._val_step, self._val_sums = step, torch.zeros(3)
-        if count:
-            self._val_sums += torch.tensor([float(kl) * count, float(agreement) * count, count])
-
     def acceptance_metrics(self, rank_accuracy: torch.Tensor) -> dict[str, float]:
         """The chain's expected accept length over the k slots, and the standard-token guards."""
-        metrics = super().acceptance_metrics(rank_accuracy)
-        kl, agree, count = self._val_sums.tolist()
-        if count:
-            metrics.update({"val/standard_kl": kl / count, "val/greedy_agreement": agree / count})
-        return metrics
+        return {**super().acceptance_metrics(rank_accuracy), **self.faithfulness.metrics()}
 
     def export_extras(self, target, out: Path) -> dict[str, Any]:
         """The tuned target in out/target: LoRA merged, SA tokens in its tokenizer, k and their ids in its config.json."""

@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
 
+from specdec.train.losses import greedy_agreement, standard_kl
+
 SCHEDULES = {
     "cosine": get_cosine_schedule_with_warmup,
     "linear": get_linear_schedule_with_warmup,
@@ -72,3 +74,25 @@ def check_trainable_state(module: torch.nn.Module, checkpoint: dict) -> None:
             f"checkpoint does not match this recipe: {len(missing)} trainable tensors missing "
             f"(e.g. {sorted(missing)[0]}). Resume with the recipe and overrides the run was started with."
         )
+
+
+class FaithfulnessMeter:
+    """Validation guards of a method that fine-tunes the target: KL(original || tuned) at the
+    standard positions and the share of the original model's greedy tokens the tuned one
+    reproduces (teacher-forced), weighted by positions over one validation pass."""
+
+    def __init__(self):
+        self._step, self._sums = None, torch.zeros(3)
+
+    def add(self, step: int, original_logits: torch.Tensor, tuned_logits: torch.Tensor) -> None:
+        """Accumulate one validation batch's next-token logits [N, V] (a new pass starts at a new global step)."""
+        if step != self._step:
+            self._step, self._sums = step, torch.zeros(3)
+        count = tuned_logits.shape[0]
+        if count:
+            self._sums += torch.tensor([float(standard_kl(original_logits, tuned_logits)) * count, float(greedy_agreement(original_logits, tuned_logits)) * count, count])
+
+    def metrics(self) -> dict[str, float]:
+        """`val/standard_kl` and `val/greedy_agreement` of the last pass (empty before any)."""
+        kl, agree, count = self._sums.tolist()
+        return {"val/standard_kl": kl / count, "val/greedy_agreement": agree / count} if count else {}
