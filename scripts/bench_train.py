@@ -4,6 +4,7 @@ training step's time to a frozen-target forward on the same batch, for online tr
     python scripts/bench_train.py [--steps 12] [--out bench/train_medusa.json]
     python scripts/bench_train.py --methods eagle1,eagle3,chimera --out bench/train_eagle.json
     python scripts/bench_train.py --methods medusa1_vocab,medusa2_vocab_top2_kl32,medusa2_vocab_top2,eagle1_vocab,eagle3_hass_lk,chimera_vocab,sdsat,eagle3_ttt7 --out bench/train_objectives.json
+    python scripts/bench_train.py --methods sdsat_top2,sdsat_top2_anchors8 --out bench/train_sdsat.json
 
 Each method runs in its own process (so peak RSS is its own) through the real `specdec-train`
 pipeline, with a callback that times every optimizer step and then, outside the timed region,
@@ -43,7 +44,9 @@ METHODS = {
     "medusa2_vocab_top2": ("medusa2", {"medusa2.heads_only_steps": "0", "medusa.draft_vocab_size": VOCAB, "medusa2.lora_layers": "2", "medusa2.kl_top_k": "0"}),
     "medusa2_vocab_top2_kl32": ("medusa2", {"medusa2.heads_only_steps": "0", "medusa.draft_vocab_size": VOCAB, "medusa2.lora_layers": "2", "medusa2.kl_top_k": "32"}),
     "eagle3_hass_lk": ("eagle3", {"eagle.hass_topk_weight": "1.0", "eagle.hass_context": "true", "eagle.lk_loss_weight": "1.0"}),
-    "sdsat": ("sdsat", {"sdsat.sa_only_steps": "0"}),  # the joint step: LoRA on the target + the adaptive-token embeddings
+    "sdsat": ("sdsat", {"sdsat.sa_only_steps": "0", "sdsat.lora_layers": "0", "sdsat.anchors_per_sequence": "32"}),  # the joint step: LoRA on the target + the adaptive-token embeddings
+    "sdsat_top2": ("sdsat", {"sdsat.sa_only_steps": "0", "sdsat.lora_layers": "2", "sdsat.anchors_per_sequence": "32"}),
+    "sdsat_top2_anchors8": ("sdsat", {"sdsat.sa_only_steps": "0", "sdsat.lora_layers": "2", "sdsat.anchors_per_sequence": "8"}),
 }
 """Name -> (recipe, overrides): the recipes as first measured (full vocabulary, no objectives), and the options of issue 14
 that change a step's cost, each spelled out in full so that a name measures the same thing whatever the recipe defaults become."""

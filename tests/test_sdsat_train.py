@@ -211,3 +211,38 @@ def test_the_exported_draft_decodes_losslessly_from_the_command_line(tmp_path, t
     assert main([f"draft={draft_dir}", f"bench={questions}", "max_new_tokens=24", f"out={out}", "tree=chain"]) == 0
     result = json.loads(out.read_text())
     assert result["overall"]["lossless_match"] == 1.0 and result["setting"]["proposer"] == "sdsat"
+
+
+def test_top_layer_lora_splits_the_step_with_the_loss_and_gradients_of_the_one_block_forward(tmp_path, tiny_target_dir, prompts_file):
+    """sdsat.lora_layers=1: standard tokens without gradient below the adapters, the slots in their own pass over the cached
+    keys, the original's forward replaying the bottom output: the same loss and gradients as one forward over the whole block."""
+    from types import SimpleNamespace
+
+    from conftest import build_tiny_llama, enliven
+    from specdec.train.methods import method_class
+
+    method = method_class("sdsat")(_sdsat(tmp_path, tiny_target_dir, prompts_file, **{"sdsat.lora_layers": 1}))
+    method.build_draft({"vocab_size": 320, "hidden_size": 32, "tokenizer_size": 320}, None)
+    target = method.prepare_target(enliven(build_tiny_llama(320, layers=3), seed=1))
+    assert {n.split(".layers.")[1].split(".")[0] for n, p in target.named_parameters() if "lora_" in n and p.requires_grad} == {"2"}
+    for name, param in target.named_parameters():
+        if "lora_B" in name:
+            param.data.normal_(0, 0.3)  # adapters that change the output
+    ids, attention, loss_mask = _batch()
+    module = SimpleNamespace(target=target, global_step=10)  # past sdsat.sa_only_steps: the joint stage
+    batch = {"input_ids": ids, "attention_mask": attention, "loss_mask": loss_mask}
+    results = []
+    for layers in (1, 0):  # the split step, then the one-block forward with the same adapters
+        method.cfg.sdsat.lora_layers = layers
+        loss, _ = method.training_loss(module, batch)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in target.named_parameters() if p.requires_grad}))
+        target.zero_grad()
+    (split_loss, split_grads), (block_loss, block_grads) = results
+    assert torch.allclose(split_loss, block_loss, atol=1e-5)
+    # Equal up to float summation order (the SA rows' gradients reach about 80 here).
+    assert all((split_grads[n] - block_grads[n]).abs().max() <= 1e-5 + 1e-5 * block_grads[n].abs().max() for n in block_grads)
+    rows = [g for n, g in split_grads.items() if "trainable_tokens" in n]
+    assert rows and all(g.abs().sum() > 0 for g in rows)  # the SA rows learn through every layer
+    with pytest.raises(RecipeError, match="sdsat.lora_layers"):
+        _sdsat(tmp_path, tiny_target_dir, prompts_file, **{"sdsat.finetune": "full", "sdsat.sa_only_steps": 0, "sdsat.lora_layers": 1})

@@ -12,7 +12,8 @@ from specdec.models.base import DraftMismatchError, load_draft, target_states
 from specdec.train.cli import main
 from specdec.train.config import load_recipe
 from specdec.train.losses import NonFiniteLossError
-from specdec.train.medusa_method import Medusa1Method, Medusa2Method, decoder_layers
+from specdec.train.lora_layers import decoder_layers
+from specdec.train.medusa_method import Medusa1Method, Medusa2Method
 from specdec.train.module import DraftModule
 from specdec.train.pipeline import run
 

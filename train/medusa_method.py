@@ -3,7 +3,6 @@ Medusa-2 (heads + joint LoRA fine-tuning of the target, online only)."""
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Optional
@@ -12,6 +11,7 @@ import torch
 
 from specdec.models.medusa import MedusaConfig, MedusaHeads
 from specdec.train.config import AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE
+from specdec.train.lora_layers import decoder_layers, linear_names, recorded_output, replayed, top_layer_indices
 from specdec.train.losses import head_label_counts, head_targets, heads_ramp, kl_to_original, medusa_head_losses
 from specdec.train.methods import TrainingMethod, install_vocab, reduced_vocab_size, register_method
 from specdec.train.steps import FaithfulnessMeter
@@ -125,12 +125,9 @@ class Medusa2Method(Medusa1Method):
         targets = modules if modules == "all-linear" else [name.strip() for name in modules.split(",")]
         top = None
         if m.lora_layers:
-            layers = decoder_layers(model)
-            if m.lora_layers > len(layers):
-                raise ValueError(f"medusa2.lora_layers={m.lora_layers}, but the target has only {len(layers)} decoder layers: use at most {len(layers)} (0 = every layer)")
-            top = list(range(len(layers) - m.lora_layers, len(layers)))
-            if targets == "all-linear":  # peft takes layers_to_transform with module names only: a decoder layer's linear layers
-                targets = sorted({name.rsplit(".", 1)[-1] for name, child in layers[0].named_modules() if isinstance(child, torch.nn.Linear)})
+            top = top_layer_indices(model, m.lora_layers, "medusa2.lora_layers")
+            if targets == "all-linear":  # peft takes layers_to_transform with module names only
+                targets = linear_names(model)
         return get_peft_model(model, LoraConfig(r=m.lora_r, lora_alpha=m.lora_alpha, lora_dropout=m.lora_dropout, target_modules=targets, layers_to_transform=top, task_type="CAUSAL_LM"))
 
     def label_counts(self, loss_mask: torch.Tensor) -> torch.Tensor:
@@ -197,37 +194,3 @@ class Medusa2Method(Medusa1Method):
         merged.save_pretrained(out / FINETUNED_TARGET_DIR)
         target.tokenizer.save_pretrained(out / FINETUNED_TARGET_DIR)
         return {"finetuned_weights": FINETUNED_TARGET_DIR}
-
-
-def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
-    """The target's stack of decoder layers: the ModuleList as long as config.num_hidden_layers (Llama, Qwen, Mistral, ... call it `layers`)."""
-    count = model.config.num_hidden_layers
-    for name, child in model.named_modules():
-        if isinstance(child, torch.nn.ModuleList) and len(child) == count and name.split(".")[-1] in ("layers", "h", "blocks"):
-            return child
-    raise ValueError(f"cannot find the {count} decoder layers of {type(model).__name__}: medusa2.lora_layers needs a ModuleList named layers, h or blocks; use medusa2.lora_layers=0")
-
-
-@contextlib.contextmanager
-def recorded_output(layer: torch.nn.Module | None):
-    """Yields a dict whose "output" is what `layer` returned in the forward run inside the block (nothing recorded for None)."""
-    record: dict = {}
-    handle = layer.register_forward_hook(lambda _module, _args, output: record.__setitem__("output", output)) if layer is not None else None
-    try:
-        yield record
-    finally:
-        if handle is not None:
-            handle.remove()
-
-
-@contextlib.contextmanager
-def replayed(layers, output):
-    """Inside the block, each of `layers` returns `output` without computing (the last of them
-    produced it; the layers before are bypassed because the next one ignores what they return)."""
-    for layer in layers:
-        layer.forward = lambda *args, **kwargs: output
-    try:
-        yield
-    finally:
-        for layer in layers:
-            del layer.forward

@@ -21,9 +21,11 @@ from pathlib import Path
 from typing import Any, ClassVar, Optional
 
 import torch
+from transformers import DynamicCache
 
 from specdec.models.sdsat import SA_TOKEN_FORMAT, TARGET_CONFIG_KEY, TUNED_TARGET_DIR, SdsatConfig, SdsatDraft, embedding_init, sdsat_config_entry
 from specdec.train.config import AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, RecipeError
+from specdec.train.lora_layers import decoder_layers, linear_names, recorded_output, replayed, top_layer_indices, without_grad_below
 from specdec.train.losses import standard_kl
 from specdec.train.methods import TrainingMethod, register_method
 from specdec.train.sdsat_losses import IGNORE, batch_seed, sample_anchors, side_branch, slot_labels, slot_losses, span_lengths, standard_ce, standard_positions
@@ -73,6 +75,8 @@ class SdsatSection:
     """LoRA dropout (non-zero makes resumed runs differ from uninterrupted ones)."""
     lora_target_modules: str = "all-linear"
     """peft target_modules: `all-linear` or a comma-separated list of module names."""
+    lora_layers: int = 0
+    """LoRA on the top N decoder layers only (0 = every layer; lora only). A step then runs the standard tokens through the layers below once, without gradient (the original model's KL forward reuses their output), and the SA slots in a pass of their own over those tokens' cached keys and values, so the backward through every layer covers the slots alone; the gradients equal those of the one-block forward with the same adapters."""
     save_adapter: bool = False
     """Also export the LoRA adapter alone (peft format) into <output_dir>/draft/adapter."""
 
@@ -80,7 +84,7 @@ class SdsatSection:
         "num_sa_tokens": (f"an integer in 1..{MAX_SA_TOKENS}", lambda v: 1 <= v <= MAX_SA_TOKENS),
         "anchors_per_sequence": NON_NEGATIVE, "poisson_lambda": POSITIVE, "slot_decay": POSITIVE, "sa_weight": POSITIVE,
         "standard_weight": NON_NEGATIVE, "sa_only_steps": NON_NEGATIVE, "sa_lr_multiplier": POSITIVE,
-        "lora_r": AT_LEAST_1, "lora_alpha": POSITIVE, "lora_dropout": FRACTION, "token_id": NON_NEGATIVE, "init_token_id": NON_NEGATIVE,
+        "lora_r": AT_LEAST_1, "lora_alpha": POSITIVE, "lora_dropout": FRACTION, "token_id": NON_NEGATIVE, "init_token_id": NON_NEGATIVE, "lora_layers": NON_NEGATIVE,
     }
     choices: ClassVar[dict] = {"span": ("fixed", "poisson"), "standard_loss": ("kl", "ce"), "finetune": ("lora", "full")}
 
@@ -106,6 +110,8 @@ class SdsatMethod(TrainingMethod):
         s = config.sdsat
         if s.finetune == "full" and s.sa_only_steps > 0:
             raise RecipeError("`sdsat.sa_only_steps` trains only the SA embedding rows through peft's trainable tokens, which `sdsat.finetune=full` does not use: set sdsat.sa_only_steps=0 or sdsat.finetune=lora")
+        if s.finetune == "full" and s.lora_layers:
+            raise RecipeError("`sdsat.lora_layers` places the LoRA adapters, which `sdsat.finetune=full` does not use: set sdsat.lora_layers=0 or sdsat.finetune=lora")
         if s.token_id is not None and s.distinct_tokens:
             raise RecipeError("`sdsat.token_id` puts one existing token in every slot: set sdsat.distinct_tokens=false with it (or unset token_id to add distinct SA tokens)")
 
@@ -152,7 +158,12 @@ class SdsatMethod(TrainingMethod):
 
         modules = s.lora_target_modules
         targets = modules if modules == "all-linear" else [name.strip() for name in modules.split(",")]
-        lora = LoraConfig(r=s.lora_r, lora_alpha=s.lora_alpha, lora_dropout=s.lora_dropout, target_modules=targets, trainable_token_indices=sorted(set(self.sa_ids)), task_type="CAUSAL_LM")
+        top = None
+        if s.lora_layers:
+            top = top_layer_indices(model, s.lora_layers, "sdsat.lora_layers")
+            if targets == "all-linear":  # peft takes layers_to_transform with module names only
+                targets = linear_names(model)
+        lora = LoraConfig(r=s.lora_r, lora_alpha=s.lora_alpha, lora_dropout=s.lora_dropout, target_modules=targets, layers_to_transform=top, trainable_token_indices=sorted(set(self.sa_ids)), task_type="CAUSAL_LM")
         return self._hold_in_stage_1(get_peft_model(model, lora))
 
     def _hold_in_stage_1(self, model: torch.nn.Module) -> torch.nn.Module:
@@ -177,11 +188,11 @@ class SdsatMethod(TrainingMethod):
 
     def losses(self, module, batch: dict, training: bool, denominators: torch.Tensor | None = None):
         """The slots' `HeadLosses`; in validation also the standard-token guards (see `acceptance_metrics`)."""
-        branch, hidden = self._forward(module, batch, grad=training)
+        branch, hidden, bottom = self._forward(module, batch, grad=training)
         out = self._slot_losses(module, branch, hidden, batch, with_accuracy=not training, denominators=denominators)
         if not training:
             with torch.no_grad():
-                original, tuned = self._standard_logits(module, batch, hidden)
+                original, tuned = self._standard_logits(module, batch, hidden, bottom)
             self.faithfulness.add(module.global_step, original, tuned)
         return out
 
@@ -190,12 +201,12 @@ class SdsatMethod(TrainingMethod):
         s = self.cfg.sdsat
         self.joint = module.global_step >= s.sa_only_steps
         # Step 2: one forward over standard tokens + SA side branch; the slots' weighted CE.
-        branch, hidden = self._forward(module, batch, grad=True)
+        branch, hidden, bottom = self._forward(module, batch, grad=True)
         slots = self._slot_losses(module, branch, hidden, batch, with_accuracy=False, denominators=None if denominators is None else denominators[:-1])
         # Step 3: the standard-token term against the original model (or the data).
         std_denominator = None if denominators is None else denominators[-1]
         if s.standard_loss == "kl":
-            standard = standard_kl(*self._standard_logits(module, batch, hidden), std_denominator)
+            standard = standard_kl(*self._standard_logits(module, batch, hidden, bottom), std_denominator)
         else:
             tuned = self._tuned_logits(module, batch, hidden)
             next_tokens = batch["input_ids"][:, 1:][standard_positions(batch["loss_mask"])[:, :-1]]
@@ -215,12 +226,24 @@ class SdsatMethod(TrainingMethod):
         return side_branch(input_ids, attention_mask, loss_mask, anchors, torch.tensor(self.sa_ids), spans, dtype)
 
     def _forward(self, module, batch: dict, grad: bool):
-        """(the side branch, the tuned target's last hidden states over it [B, T + A k, H])."""
+        """(the side branch, the tuned target's last hidden states over it [B, T + A k, H], the output of
+        the last layer without adapters over the standard tokens, or None when every layer has them)."""
         dtype = module.target.get_input_embeddings().weight.dtype
         branch = self._branch(batch["input_ids"], batch["attention_mask"], batch["loss_mask"], dtype)
+        decoder = module.target.get_decoder()
         with contextlib.nullcontext() if grad else torch.no_grad():
-            out = module.target.get_decoder()(input_ids=branch.input_ids, attention_mask=branch.attention_mask, position_ids=branch.position_ids)
-        return branch, out.last_hidden_state
+            if not self.cfg.sdsat.lora_layers:
+                out = decoder(input_ids=branch.input_ids, attention_mask=branch.attention_mask, position_ids=branch.position_ids)
+                return branch, out.last_hidden_state, None
+            # Step 1: the standard tokens, the layers below the adapters without gradient (their output kept for the original's forward).
+            layers = decoder_layers(module.target)
+            split, length = len(layers) - self.cfg.sdsat.lora_layers, batch["input_ids"].shape[1]
+            cache = DynamicCache(config=module.target.config)
+            with without_grad_below(layers, split), recorded_output(layers[split - 1] if split else None) as bottom:
+                standard = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], cache=cache, use_cache=True).last_hidden_state
+            # Step 2: the SA slots alone, attending to the standard tokens' cached keys and values (the branch mask's slot rows).
+            slots = decoder(input_ids=branch.input_ids[:, length:], attention_mask=branch.attention_mask[:, :, length:], position_ids=branch.position_ids[:, length:], cache=cache, use_cache=True).last_hidden_state
+        return branch, torch.cat([standard, slots], dim=1), bottom.get("output")
 
     def _slot_losses(self, module, branch, hidden, batch, with_accuracy, denominators):
         length = batch["input_ids"].shape[1]
@@ -228,11 +251,13 @@ class SdsatMethod(TrainingMethod):
         s = self.cfg.sdsat
         return slot_losses(hidden[:, length:], branch.labels, branch.slots, lm_head, s.num_sa_tokens, decay=s.slot_decay, with_accuracy=with_accuracy, denominators=denominators)
 
-    def _standard_logits(self, module, batch: dict, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(original, tuned) next-token logits [N, V] at the standard positions; the original's without gradient."""
+    def _standard_logits(self, module, batch: dict, hidden: torch.Tensor, bottom=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(original, tuned) next-token logits [N, V] at the standard positions; the original's without gradient
+        (with `bottom`, the layers below the adapters replay it instead of running again)."""
         select = standard_positions(batch["loss_mask"])
         tuned = self._tuned_logits(module, batch, hidden)
-        with torch.no_grad(), self._original_model(module.target) as original:
+        below = decoder_layers(module.target)[: len(decoder_layers(module.target)) - self.cfg.sdsat.lora_layers] if bottom is not None else []
+        with torch.no_grad(), self._original_model(module.target) as original, replayed(below, bottom):
             states = original.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
             return original.get_output_embeddings()(states[select]), tuned
 
