@@ -53,17 +53,23 @@ def _key(prompt: list[dict]) -> str:
 
 def held_out_prompts(tokenizer) -> set[str]:
     """The prompt keys of the standard setting's 64 validation conversations of today's standard set."""
-    import datasets
-
-    from specdec.data.batching import split_train_val
     from specdec.data.chat import tokenize_conversations
     from specdec.data.sources import load_conversations
 
     conversations = load_conversations(str(STANDARD))
     if len(tokenize_conversations(tokenizer, conversations, 384)) != len(conversations):
         raise SystemExit("today's standard set no longer tokenizes to one row per conversation: the held-out rows cannot be located")
-    _, val = split_train_val(datasets.Dataset.from_dict({"index": list(range(len(conversations)))}), HELD_OUT, SEED)
-    return {_key(first_prompt(conversations[i])) for i in val["index"]}
+    return {_key(first_prompt(conversations[i])) for i in held_out_indices(len(conversations))}
+
+
+def held_out_indices(rows: int) -> list[int]:
+    """Row numbers of the standard setting's validation conversations among the standard set's `rows` (`split_train_val`'s draw)."""
+    import datasets
+
+    from specdec.data.batching import split_train_val
+
+    _, val = split_train_val(datasets.Dataset.from_dict({"index": list(range(rows))}), HELD_OUT, SEED)
+    return list(val["index"])
 
 
 def first_prompt(conversation: list[dict]) -> list[dict]:

@@ -89,3 +89,20 @@ def test_feature_drafters_report_a_chain_expectation_only(tmp_path, tiny_target_
     ranks = load_draft(result.draft_dir).config.head_rank_accuracy
     assert len(ranks) == 4 and metrics["val/expected_accept_length"] == pytest.approx(chain_accept_length(ranks), abs=1e-4)
     assert not any(name.startswith("val/expected_accept_length_tree") for name in metrics)
+
+
+def test_val_source_replaces_the_held_out_split_and_is_checked_before_work(tmp_path, tiny_target_dir, prompts_file):
+    val = tmp_path / "val.jsonl"
+    val.write_text("".join(json.dumps({"conversations": [{"from": "human", "value": f"question {i}"}, {"from": "gpt", "value": f"answer number {i} is here"}]}) + "\n" for i in range(3)))
+    cfg = load_recipe("medusa1", tiny_overrides(tmp_path, tiny_target_dir, prompts_file, **{"data.val_source": str(val), "data.val_size": 0}))
+    train_rows, val_rows = prepare_data(cfg, load_target(str(tiny_target_dir)))
+    # Every one of the 24 source conversations trains; validation is the file, as written (not self-distilled).
+    assert len(train_rows) == 24 and len(val_rows) == 3
+    assert "answer number 2 is here" in load_target(str(tiny_target_dir)).tokenizer.decode(val_rows["input_ids"][2])
+    assert 0.0 <= run(cfg).metrics["val/head1_top1"] <= 1.0
+    with pytest.raises(RecipeError, match="set data.val_size=0"):
+        load_recipe("medusa1", {"data.val_source": str(val)})
+    with pytest.raises(RecipeError, match="`data.val_source`.*missing.jsonl"):
+        load_recipe("medusa1", {"data.val_source": str(tmp_path / "missing.jsonl"), "data.val_size": "0"})
+    with pytest.raises(RecipeError, match="online training only"):
+        load_recipe("eagle3", {"data.val_source": str(val), "data.val_size": "0", "data.features": "offline"})

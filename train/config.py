@@ -70,6 +70,8 @@ class DataConfig:
     """Tokens per training sequence (prompt + response), truncated beyond."""
     val_size: int = 16
     """Conversations held out for validation (per-head accuracy)."""
+    val_source: Optional[str] = None
+    """Validate on these conversations instead (a file or folder, as data.source; tokenized as they are, never self-distilled), so runs on different training data share one validation set; needs data.val_size=0 and online features."""
     batch_size: int = 4
     """Sequences per training micro-batch (per device)."""
     features: str = "online"
@@ -385,6 +387,8 @@ def _check_values(config: DictConfig) -> None:
     check_rules(config, choices, {**VALUE_RANGES, **_section_rules(method, "ranges")})
     if config.data.max_samples is not None and config.data.max_samples <= config.data.val_size:
         raise RecipeError(f"`data.max_samples` ({config.data.max_samples}) must be larger than `data.val_size` ({config.data.val_size}), which are held out for validation: raise data.max_samples or lower data.val_size")
+    if config.data.val_source is not None:
+        _check_val_source(config)
     if config.data.features == "offline" and not method.reads_target_features:
         raise RecipeError(f"`data.features=offline` is for {', '.join(feature_methods())}; method {config.method} reads the target online")
     method.check_recipe(config)
@@ -419,6 +423,20 @@ def _check_data_source(source: str) -> None:
         check_source(source)
     except (FileNotFoundError, DataError) as exc:
         raise RecipeError(f"`data.source`: {exc}") from exc
+
+
+def _check_val_source(config: DictConfig) -> None:
+    """`data.val_source` replaces the held-out split: it must exist, and nothing may ask for both."""
+    from specdec.data.sources import DataError, check_source
+
+    if config.data.val_size:
+        raise RecipeError(f"`data.val_source` replaces the {config.data.val_size} conversations `data.val_size` would hold out: set data.val_size=0 (or unset data.val_source)")
+    if config.data.features == "offline":
+        raise RecipeError("`data.val_source` works with online training only (offline validation reads the features `specdec-prepare` stored): set data.features=online or unset data.val_source")
+    try:
+        check_source(config.data.val_source)
+    except (FileNotFoundError, DataError) as exc:
+        raise RecipeError(f"`data.val_source`: {exc}") from exc
 
 
 def check_strategy_name(name: str) -> None:

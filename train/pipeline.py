@@ -230,8 +230,22 @@ def distill_ranks(trainer: L.Trainer) -> tuple[int, int]:
 
 
 def prepare_data(cfg: DictConfig, target: Target, rank: int = 0, world_size: int = 1):
-    """Load prompts, let the target answer them (cached; rank `rank` of `world_size` generates its share), tokenize with loss masks, split."""
-    return split_train_val(tokenized_data(cfg, target, rank, world_size), cfg.data.val_size, cfg.seed)
+    """Load prompts, let the target answer them (cached; rank `rank` of `world_size` generates its share), tokenize with loss masks,
+    split (or validate on data.val_source)."""
+    rows = tokenized_data(cfg, target, rank, world_size)
+    if cfg.data.val_source is None:
+        return split_train_val(rows, cfg.data.val_size, cfg.seed)
+    return rows, validation_rows(cfg, target.tokenizer, rows)
+
+
+def validation_rows(cfg: DictConfig, tokenizer, train_rows):
+    """data.val_source tokenized as it is; says how many of its conversations the training data also holds."""
+    rows = tokenize_conversations(tokenizer, load_conversations(cfg.data.val_source, on_error=cfg.data.on_error), cfg.data.max_length)
+    seen = {tuple(ids) for ids in train_rows["input_ids"]}
+    shared = sum(tuple(ids) in seen for ids in rows["input_ids"])
+    if shared:
+        say(f"warning: {shared} of the {len(rows)} validation conversations in data.val_source are also training conversations")
+    return rows
 
 
 def tokenized_data(cfg: DictConfig, target: Target, rank: int = 0, world_size: int = 1):
