@@ -180,7 +180,7 @@ def _pick_tree(options: dict, target, draft, questions: list[dict]):
     if options["tree"] != "tuned":
         return draft_layout(draft, options["tree"], options), None
     calibration = [prompt_ids(target.tokenizer, q) for q in questions[:2]]
-    layout, speeds = tune_tree(target.model, draft, calibration, depth=options["depth"], top_k=options["tree_top_k"])
+    layout, speeds = tune_tree(target.model, draft, calibration, depth=options["depth"], top_k=options["tree_top_k"], lookup_branch=options["lookup_branch"], lookup_ngram=options["lookup_ngram"])
     best = max(speeds, key=speeds.get)
     print("tree -> tokens/s: " + ", ".join(f"{label}: {speed:.1f}" for label, speed in speeds.items()) + f" (picked {best})")
     return layout, speeds

@@ -289,6 +289,17 @@ def test_tune_tree_measures_each_size_and_returns_the_fastest(lively):
     assert tree == DraftTree.from_accuracies(draft.config.head_rank_accuracy, tree.size)
 
 
+def test_tune_tree_times_every_layout_with_the_lookup_branch_it_will_decode_with(lively, monkeypatch):
+    from specdec.runtime import autotune
+    from specdec.runtime.lookup_branch import LookupBranchProposer
+
+    made, build = [], autotune.SpeculativeGenerator.from_draft
+    monkeypatch.setattr(autotune.SpeculativeGenerator, "from_draft", lambda *a, **kw: made.append(build(*a, **kw)) or made[-1])
+    _, speeds = autotune.tune_tree(lively, _accurate_heads(), [torch.tensor([[5, 6, 7, 5, 6]])], sizes=(1, 3), max_new_tokens=6, lookup_branch=4)
+    assert set(speeds) == {1, 3} and len(made) == 2
+    assert all(isinstance(g.proposer, LookupBranchProposer) for g in made)
+
+
 def test_generate_cli_streams_the_plain_greedy_answer(tmp_path, tiny_target_dir, tiny_tokenizer, capsys):
     from transformers import AutoModelForCausalLM
 
