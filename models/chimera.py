@@ -85,6 +85,13 @@ class ChimeraDrafter(ReducedVocab, DraftModel):
         """Context features F from already encoded trigrams [.., H] (`trigram`) fused with the target states."""
         return self.layer(self.fuse(torch.cat([trigrams, hidden], dim=-1)), positions, mask, cache)
 
+    def fused_terms(self, trigrams: torch.Tensor, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`fuse(cat(trigrams, hidden))` as its two terms (the bias in the second): training's unrolled
+        steps read shifted trigrams beside the same target states, so they add one shifted first term
+        to one second term instead of fusing again at every step."""
+        h = self.config.hidden_size
+        return F.linear(trigrams, self.fuse.weight[:, :h]), F.linear(hidden, self.fuse.weight[:, h:], self.fuse.bias)
+
     def head_logits(self, k: int, hidden: torch.Tensor, features: torch.Tensor, lm_head_weight: torch.Tensor | None) -> torch.Tensor:
         """Draft-vocabulary logits [.., V_draft] of head k (0-based) from the anchor's target state h and context features F."""
         if self.heads is not None:

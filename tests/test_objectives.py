@@ -344,3 +344,14 @@ def test_the_training_caches_attend_as_their_dense_masks_with_the_same_gradients
     assert torch.allclose(chained, dense, atol=1e-5)
     chained.square().sum().backward()
     assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip([x0.grad] + [p.grad for p in layer.parameters()], dense_grads))
+
+
+def test_chimera_fused_terms_add_up_to_the_fuse_layer():
+    from specdec.models.chimera import ChimeraConfig, ChimeraDrafter
+
+    torch.manual_seed(0)
+    draft = ChimeraDrafter(ChimeraConfig(HIDDEN, 50, layer=SHAPE))
+    trigrams, hidden = torch.randn(2, 5, HIDDEN), torch.randn(2, 5, HIDDEN)
+    first, second = draft.fused_terms(trigrams, hidden)
+    assert torch.allclose(first + second, draft.fuse(torch.cat([trigrams, hidden], dim=-1)), atol=1e-5)
+    assert not torch.allclose(first, second)

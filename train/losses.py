@@ -180,12 +180,12 @@ def chimera_losses(
     """
     length = input_ids.shape[1]
     positions = torch.arange(length, device=input_ids.device)[None].expand(input_ids.shape[0], -1)
-    # Step 0: every position's trigram encoded once (the encoder is position-wise, so head k reads it shifted by k + 1).
-    trigrams = draft.trigram(trigram_embeddings(embed_weight, input_ids))
+    # Step 0: every position's trigram encoded and fused once (position-wise, so head k reads its term shifted by k + 1).
+    trigram_term, hidden_term = draft.fused_terms(draft.trigram(trigram_embeddings(embed_weight, input_ids)), final_hidden)
     cache, per_head, rank_hits, count = UnrolledKV(), [], [], []
     for k in range(draft.config.num_heads):
-        # Step 1: head k's context features for every anchor at once (the attention of `unrolled_mask`).
-        features = draft.contextualize(shift_left(trigrams, k + 1), final_hidden, positions + k, None, cache)
+        # Step 1: head k's context features for every anchor at once (`contextualize`, with the attention of `unrolled_mask`).
+        features = draft.layer(shift_left(trigram_term, k + 1) + hidden_term, positions + k, None, cache)
         # Step 2: hard CE against x_{a+k+2} where that is an assistant token.
         select, labels = head_targets(input_ids, loss_mask, k + 2)
         logits = draft.head_logits(k, final_hidden[select], features[select], lm_head_weight).float()
