@@ -6,8 +6,8 @@
     python scripts/bench_objectives.py collect              # summarise into bench/objectives.json
     python scripts/bench_objectives.py defaults [NAME ...]  # the shipped recipes' default jobs with each alternative (bench/objectives_defaults.json)
 
-Standard setting (../shared/BENCHMARK.md): the standard self-distilled set, its last 64 rows held
-out, the target's states stored once by `specdec-prepare` (`FEATURES`, EAGLE-3's three layers plus
+Standard setting (../shared/BENCHMARK.md): the standard self-distilled set, 64 conversations held
+out (data.val_size=64: a seeded draw, seed 0), the target's states stored once by `specdec-prepare` (`FEATURES`, EAGLE-3's three layers plus
 the last hidden state), and every run trains offline from them for the same number of optimizer
 steps at batch 4 (equal data; each run's CPU time is measured with /usr/bin/time -v and reported,
 since options such as a longer training-time test cost more per step). Validation unrolls 7

@@ -256,7 +256,7 @@ class SdsatMethod(TrainingMethod):
         (with `bottom`, the layers below the adapters replay it instead of running again)."""
         select = standard_positions(batch["loss_mask"])
         tuned = self._tuned_logits(module, batch, hidden)
-        below = decoder_layers(module.target)[: len(decoder_layers(module.target)) - self.cfg.sdsat.lora_layers] if bottom is not None else []
+        below = list(decoder_layers(module.target))[: -self.cfg.sdsat.lora_layers] if bottom is not None else []
         with torch.no_grad(), self._original_model(module.target) as original, replayed(below, bottom):
             states = original.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
             return original.get_output_embeddings()(states[select]), tuned
