@@ -228,6 +228,13 @@ def lm_head_weight(target: nn.Module) -> torch.Tensor:
     return target.get_output_embeddings().weight
 
 
+def base_weight(layer: nn.Module) -> torch.Tensor:
+    """The weight parameter of an embedding or head, under peft's trainable-token wrapper where one wraps it
+    (the wrapper's own `.weight` builds a merged copy of the whole matrix at every read)."""
+    adapter = getattr(layer, "token_adapter", None)
+    return (adapter.base_layer if adapter is not None else layer).weight
+
+
 def final_hidden_states(target: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
     """The target's last hidden state h_t (after its final norm), without computing vocabulary logits.
 

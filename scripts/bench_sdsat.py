@@ -2,6 +2,8 @@
 
     python scripts/bench_sdsat.py train      # specdec-train recipe=sdsat on the standard set (~50 min on 2 cores)
     python scripts/bench_sdsat.py evaluate   # decoding on 16 MT-Bench questions -> bench/sdsat_mtbench16.json (+ .png)
+    python scripts/bench_sdsat.py train top2 # the cheap step (LoRA on the top 2 layers, 8 anchors, top-32 KL) at the same CPU budget (~38 min)
+    python scripts/bench_sdsat.py compare    # held-out slot accuracy, guards and CPU time of both runs -> bench/sdsat_training.json
 
 Training runs under /usr/bin/time -v (its CPU time goes into the JSON). Evaluation, in one
 process, greedy, 256 new tokens, the first 2 MT-Bench questions of each category: plain decoding
@@ -31,19 +33,63 @@ RUN = ROOT / "runs" / "bench_sdsat"
 OUT = ROOT / "bench" / "sdsat_mtbench16.json"
 STEPS = 96
 """Optimizer steps of the recorded run (about 25 s each on these two cores)."""
-TRAIN = [
-    f"data.source={DATA}", "data.self_distill=false", "data.max_samples=null", "data.val_size=64", "data.max_length=384", "data.batch_size=4",
-    "trainer.num_threads=2", f"trainer.max_steps={STEPS}", f"trainer.val_every_n_steps={STEPS // 2}", f"trainer.checkpoint_every_n_steps={STEPS // 4}",
-    "trainer.enable_progress_bar=false", "sdsat.sa_only_steps=16", "optim.lr=1e-3", "optim.warmup_steps=8",
-]
 
 
-def train() -> None:
+def train_options(steps: int) -> list[str]:
+    """The recorded runs' overrides for `steps` optimizer steps (validation at half and at the end)."""
+    return [
+        f"data.source={DATA}", "data.self_distill=false", "data.max_samples=null", "data.val_size=64", "data.max_length=384", "data.batch_size=4",
+        "trainer.num_threads=2", f"trainer.max_steps={steps}", f"trainer.val_every_n_steps={steps // 2}", f"trainer.checkpoint_every_n_steps={steps // 4}",
+        "trainer.enable_progress_bar=false", "sdsat.sa_only_steps=16", "optim.lr=1e-3", "optim.warmup_steps=8",
+    ]
+
+
+TRAIN = train_options(STEPS)
+
+
+VARIANTS = {
+    "recipe": (RUN, TRAIN),
+    "top2": (ROOT / "runs" / "bench_sdsat_top2", [
+        *train_options(STEPS * 8), "sdsat.lora_layers=2", "sdsat.anchors_per_sequence=8", "sdsat.kl_top_k=32",
+    ]),
+}
+"""Name -> (run folder, overrides): the recipe as shipped, and the step within 1.5 target forwards (bench/train_sdsat.json)
+given 8x the steps, which is about the recipe run's CPU time."""
+COMPARE = ROOT / "bench" / "sdsat_training.json"
+
+
+def train(variant: str = "recipe") -> None:
     """specdec-train recipe=sdsat on the standard set, timed (resume=last continues an interrupted run)."""
-    resume = ["resume=last"] if (RUN / "checkpoints" / "last.ckpt").is_file() else []
-    RUN.mkdir(parents=True, exist_ok=True)
-    with (RUN.parent / "bench_sdsat.log").open("a") as log:
-        subprocess.run(["/usr/bin/time", "-v", "specdec-train", "recipe=sdsat", f"output_dir={RUN}", *TRAIN, *resume], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=True)
+    run, overrides = VARIANTS[variant]
+    resume = ["resume=last"] if (run / "checkpoints" / "last.ckpt").is_file() else []
+    run.mkdir(parents=True, exist_ok=True)
+    with log_path(run).open("a") as log:
+        subprocess.run(["/usr/bin/time", "-v", "specdec-train", "recipe=sdsat", f"output_dir={run}", *overrides, *resume], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=True)
+
+
+def log_path(run: Path) -> Path:
+    """The timed training log of a run folder (next to it)."""
+    return run.parent / f"{run.name}.log"
+
+
+def compare() -> None:
+    """Held-out metrics (final and halfway), steps and CPU minutes of every variant trained; one JSON."""
+    import csv
+
+    result = {"setting": "BENCHMARK.md standard set, 64 held out; batch 4, max_length 384, 2 threads", "date": time.strftime("%Y-%m-%d"), "variants": {}}
+    for name, (run, overrides) in VARIANTS.items():
+        config = run / "draft" / "config.json"
+        if not config.is_file():
+            if name == "recipe" and OUT.is_file():  # the decoding benchmark's JSON records the recipe run it decoded
+                recorded = json.loads(OUT.read_text())["training"]
+                result["variants"][name] = {"overrides": recorded["recipe_overrides"], "steps": recorded["steps"], "cpu_minutes": recorded["cpu_minutes"], "metrics": recorded["metrics"], "from": str(OUT.relative_to(ROOT))}
+            continue
+        rows = list(csv.DictReader((run / "logs" / "metrics.csv").open()))
+        validations = {int(r["step"]) + 1: {k: float(v) for k, v in r.items() if k.startswith("val/") and v} for r in rows if r.get("val/head1_top1")}
+        trained = json.loads(config.read_text())
+        result["variants"][name] = {"overrides": overrides, "steps": trained["training"]["steps"], "cpu_minutes": cpu_minutes(log_path(run)), "metrics": trained["metrics"], "validations": validations}
+    COMPARE.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({n: {"steps": v["steps"], "cpu_minutes": v["cpu_minutes"], **{k: round(v["metrics"][k], 4) for k in ("val/head1_top1", "val/expected_accept_length", "val/standard_kl", "val/greedy_agreement")}} for n, v in result["variants"].items()}, indent=2))
 
 
 def cpu_minutes(log: Path) -> float | None:
@@ -120,7 +166,7 @@ def evaluate() -> None:
     result = {
         "setting": "BENCHMARK.md standard setting; greedy, 256 new tokens, 16 MT-Bench first turns (2 per category); speedups per question, medians",
         "date": time.strftime("%Y-%m-%d"),
-        "training": {"steps": config["training"]["steps"], "cpu_minutes": cpu_minutes(RUN.parent / "bench_sdsat.log"), "recipe_overrides": TRAIN, "metrics": config["metrics"]},
+        "training": {"steps": config["training"]["steps"], "cpu_minutes": cpu_minutes(log_path(RUN)), "recipe_overrides": TRAIN, "metrics": config["metrics"]},
         "tuning_tokens_per_s": speeds,
         "standard_tokens": {
             "val_standard_kl": config["metrics"].get("val/standard_kl"),
@@ -163,4 +209,4 @@ def plot(result: dict, path: Path) -> None:
 
 
 if __name__ == "__main__":
-    {"train": train, "evaluate": evaluate}[sys.argv[1] if len(sys.argv) > 1 else "train"]()
+    {"train": train, "evaluate": evaluate, "compare": compare}[sys.argv[1] if len(sys.argv) > 1 else "train"](*sys.argv[2:3])

@@ -4,7 +4,7 @@ training step's time to a frozen-target forward on the same batch, for online tr
     python scripts/bench_train.py [--steps 12] [--out bench/train_medusa.json]
     python scripts/bench_train.py --methods eagle1,eagle3,chimera --out bench/train_eagle.json
     python scripts/bench_train.py --methods medusa1_vocab,medusa2_vocab_top2_kl32,medusa2_vocab_top2,eagle1_vocab,eagle3_hass_lk,chimera_vocab,sdsat,eagle3_ttt7 --out bench/train_objectives.json
-    python scripts/bench_train.py --methods sdsat_top2,sdsat_top2_anchors8 --out bench/train_sdsat.json
+    python scripts/bench_train.py --methods sdsat_top2,sdsat_top2_anchors8,sdsat_top2_kl32,sdsat_top2_anchors8_kl32 --out bench/train_sdsat.json
 
 Each method runs in its own process (so peak RSS is its own) through the real `specdec-train`
 pipeline, with a callback that times every optimizer step and then, outside the timed region,
@@ -47,6 +47,8 @@ METHODS = {
     "sdsat": ("sdsat", {"sdsat.sa_only_steps": "0", "sdsat.lora_layers": "0", "sdsat.anchors_per_sequence": "32"}),  # the joint step: LoRA on the target + the adaptive-token embeddings
     "sdsat_top2": ("sdsat", {"sdsat.sa_only_steps": "0", "sdsat.lora_layers": "2", "sdsat.anchors_per_sequence": "32"}),
     "sdsat_top2_anchors8": ("sdsat", {"sdsat.sa_only_steps": "0", "sdsat.lora_layers": "2", "sdsat.anchors_per_sequence": "8"}),
+    "sdsat_top2_kl32": ("sdsat", {"sdsat.sa_only_steps": "0", "sdsat.lora_layers": "2", "sdsat.anchors_per_sequence": "32", "sdsat.kl_top_k": "32"}),
+    "sdsat_top2_anchors8_kl32": ("sdsat", {"sdsat.sa_only_steps": "0", "sdsat.lora_layers": "2", "sdsat.anchors_per_sequence": "8", "sdsat.kl_top_k": "32"}),
 }
 """Name -> (recipe, overrides): the recipes as first measured (full vocabulary, no objectives), and the options of issue 14
 that change a step's cost, each spelled out in full so that a name measures the same thing whatever the recipe defaults become."""

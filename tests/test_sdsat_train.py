@@ -16,7 +16,7 @@ from specdec.train.config import RecipeError, load_recipe
 from specdec.train.losses import RANKS
 from specdec.train.pipeline import export_checkpoint, run
 from specdec.train.losses import greedy_agreement, standard_kl
-from specdec.train.sdsat_losses import IGNORE, sample_anchors, side_branch, slot_losses, span_lengths, standard_ce, standard_positions
+from specdec.train.sdsat_losses import IGNORE, TunedRows, sample_anchors, side_branch, slot_losses, span_lengths, standard_ce, standard_positions
 from test_train import prompts_file, tiny_overrides  # noqa: F401 (prompts_file is a fixture)
 
 K = 3
@@ -129,6 +129,67 @@ def test_standard_terms_and_agreement_on_hand_made_logits():
     assert standard_ce(b, torch.tensor([1, 1])) == pytest.approx(float(-torch.log_softmax(b, -1)[[0, 1], [1, 1]].mean()), rel=1e-5)
     mask = torch.tensor([[0, 0, 1, 1]])
     assert standard_positions(mask).tolist() == [[False, True, True, False]]
+
+
+def test_tuned_rows_equal_peft_trainable_tokens_in_values_and_gradients():
+    """TunedRows (rows and logits without materialising the replaced matrix) against peft's own wrapper forward."""
+    from peft import LoraConfig, get_peft_model
+
+    from specdec.train.sdsat_method import input_rows, output_rows
+
+    target = get_peft_model(enliven(build_tiny_llama(320), seed=2), LoraConfig(r=2, target_modules="all-linear", trainable_token_indices=[300, 305], task_type="CAUSAL_LM"))
+    head = target.get_output_embeddings()
+    adapter = head.token_adapter
+    with torch.no_grad():
+        adapter.trainable_tokens_delta["default"].normal_(0, 1.0)  # the SA rows differ from the base rows
+    rows = output_rows(target)
+    hidden, ids = torch.randn(6, 32), torch.tensor([305, 3, 300, 300, 17])
+    expected = head(hidden)
+    assert torch.allclose(rows.logits(hidden), expected, atol=1e-5)
+    assert torch.allclose(rows.logits(hidden, ids), expected[:, ids], atol=1e-5)
+    assert torch.allclose(input_rows(target).rows(ids[None]), target.get_input_embeddings()(ids[None]), atol=1e-6)
+    # The backward reaches the SA rows alone, with peft's gradient.
+    weights = torch.randn(6, 5)
+    (expected[:, ids] * weights).sum().backward()
+    reference = adapter.trainable_tokens_delta["default"].grad.clone()
+    target.zero_grad()
+    (rows.logits(hidden, ids) * weights).sum().backward()
+    assert torch.allclose(adapter.trainable_tokens_delta["default"].grad, reference, atol=1e-5) and reference.abs().sum() > 0
+    plain = TunedRows(torch.eye(3))
+    assert torch.equal(plain.logits(torch.eye(3)), torch.eye(3)) and torch.equal(plain.rows(torch.tensor([2])), torch.eye(3)[[2]])
+
+
+def test_top_k_kl_keeps_the_sa_tokens_in_its_support_and_trains_the_split_step(tmp_path, tiny_target_dir, prompts_file):
+    """sdsat.kl_top_k: the support is the original's top k at the standard positions plus the SA ids; the KL is the
+    renormalised one over it (checked by hand), smaller than the full KL, and the step still trains the adapters and SA rows."""
+    from types import SimpleNamespace
+
+    from specdec.train.methods import method_class
+
+    method = method_class("sdsat")(_sdsat(tmp_path, tiny_target_dir, prompts_file, **{"sdsat.lora_layers": 1, "sdsat.kl_top_k": 2}))
+    method.build_draft({"vocab_size": 320, "hidden_size": 32, "tokenizer_size": 310}, None)
+    target = method.prepare_target(enliven(build_tiny_llama(320, layers=3), seed=1))
+    for name, param in target.named_parameters():
+        if "lora_B" in name:
+            param.data.normal_(0, 0.3)
+    ids, attention, loss_mask = _batch()
+    module = SimpleNamespace(target=target, global_step=10)
+    batch = {"input_ids": ids, "attention_mask": attention, "loss_mask": loss_mask}
+    branch, hidden, bottom = method._forward(module, batch, grad=True)
+    states, rows, tuned_hidden = method._standard_states(module, batch, hidden, bottom)
+    original = rows.logits(states)
+    support = sorted(set(original.topk(2, dim=-1).indices.reshape(-1).tolist()) | set(method.sa_ids))
+    assert set(method.sa_ids) == {310, 311, 312}
+    tuned = target.get_output_embeddings()(tuned_hidden)
+    p, q = torch.log_softmax(original[:, support], -1), torch.log_softmax(tuned[:, support], -1)
+    expected = float((p.exp() * (p - q)).sum().detach() / original.shape[0])
+    kl = method._standard_kl(module, batch, hidden, bottom, None)
+    assert kl.item() == pytest.approx(expected, rel=1e-4)
+    assert kl.item() < float(standard_kl(original, tuned))
+    loss, _ = method.training_loss(module, batch)
+    loss.backward()
+    grads = {n: p.grad for n, p in target.named_parameters() if p.requires_grad}
+    assert all(g is not None and g.abs().sum() > 0 for n, g in grads.items() if "lora_A" in n or "trainable_tokens" in n)
 
 
 def _sdsat(tmp_path, target_dir, prompts, **extra):

@@ -224,11 +224,22 @@ def kl_to_original(
     with torch.no_grad():
         # Step 1: the original model's logits, and the support they choose.
         original = original_hidden[select] @ lm_head_weight.T
-        if 0 < top_k < original.shape[-1] and original.shape[0]:
-            support = original.topk(top_k, dim=-1).indices.unique()
+        support = top_k_support(original, top_k)
+        if support is not None:
             original, rows = original[:, support], lm_head_weight[support]
     # Step 2: the tuned model's logits over the same rows.
     return standard_kl(original, hidden[select] @ rows.T, denominator)
+
+
+def top_k_support(original_logits: torch.Tensor, top_k: int, always: torch.Tensor | None = None) -> torch.Tensor | None:
+    """Sorted ids of every token among the original model's top_k at some position of `original_logits` [N, V],
+    plus the ids `always`; None when top_k is 0 or reaches V (the KL then runs over every token)."""
+    if not 0 < top_k < original_logits.shape[-1] or not original_logits.shape[0]:
+        return None
+    ids = original_logits.topk(top_k, dim=-1).indices.reshape(-1)
+    if always is not None:
+        ids = torch.cat([ids, always.to(ids.device)])
+    return ids.unique()
 
 
 def standard_kl(original_logits: torch.Tensor, tuned_logits: torch.Tensor, denominator: torch.Tensor | None = None) -> torch.Tensor:

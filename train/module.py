@@ -15,7 +15,7 @@ import contextlib
 import lightning as L
 import torch
 
-from specdec.models.base import lm_head_weight, target_states
+from specdec.models.base import base_weight, lm_head_weight, target_states
 from specdec.train.losses import check_finite
 from specdec.train.methods import TrainingMethod
 from specdec.train.steps import accuracy_metrics, check_trainable_state, keep_trainable_state, log_validation, optimizer_and_schedule, rank_accuracy
@@ -68,8 +68,12 @@ class DraftModule(L.LightningModule):
         return features, final
 
     # -- training --
+    def head_parameter(self) -> torch.Tensor:
+        """The target lm_head's weight parameter, as DeepSpeed partitions it (not a merged copy a wrapper builds)."""
+        return self.lm_head_weight if self.target is None else base_weight(self.target.get_output_embeddings())
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        with full_parameter(self.weights()[1]):
+        with full_parameter(self.head_parameter()):
             loss, logs = self.method.training_loss(self, batch, self._global_label_counts(batch["loss_mask"]))
         check_finite(loss, self.global_step)
         self.log("train/loss", loss.detach(), prog_bar=True)
@@ -91,7 +95,7 @@ class DraftModule(L.LightningModule):
         self._val = []
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        with full_parameter(self.weights()[1]):
+        with full_parameter(self.head_parameter()):
             out = self.method.losses(self, batch, training=False)
         self._val.append((out.loss.detach().cpu(), out.rank_hits, out.count))
 

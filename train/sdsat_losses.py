@@ -38,6 +38,37 @@ class SideBranch:
     """[A k] 0-based slot number of every SA entry."""
 
 
+@dataclass
+class TunedRows:
+    """An embedding matrix as the tuned target uses it: frozen rows, some of them (the SA tokens')
+    replaced by trainable values, as peft's trainable tokens hold them. Gathers rows and computes
+    logits without materialising the whole replaced matrix, so the backward reaches `values` only."""
+
+    weight: torch.Tensor
+    """[V, H] the matrix (the base rows; with `values` None, the matrix itself, trainable or not)."""
+    replaced: torch.Tensor | None = None
+    """[S] ids whose rows are `values` (None: no row replaced)."""
+    values: torch.Tensor | None = None
+    """[S, H] the replacing rows, in the order of `replaced`."""
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """[..., H] the rows of `ids` [...] (an embedding lookup)."""
+        rows = self.weight[ids]
+        if self.values is None:
+            return rows
+        match = ids[..., None] == self.replaced.to(ids.device)
+        return torch.where(match.any(-1, keepdim=True), self.values[match.long().argmax(-1)], rows)
+
+    def logits(self, hidden: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """[N, V] logits of hidden states [N, H] over every row, or [N, len(ids)] over the rows of `ids`."""
+        if ids is not None:
+            return hidden @ self.rows(ids).T
+        logits = hidden @ self.weight.T
+        if self.values is None:
+            return logits
+        return logits.index_copy(-1, self.replaced.to(hidden.device), hidden @ self.values.T)
+
+
 def batch_seed(loss_mask: torch.Tensor, seed: int) -> int:
     """A seed that depends only on the batch's loss mask and the recipe seed, so the anchors of a
     batch are the same in the loss, in its label counts, on every rank and after a resume."""

@@ -23,12 +23,13 @@ from typing import Any, ClassVar, Optional
 import torch
 from transformers import DynamicCache
 
+from specdec.models.base import base_weight
 from specdec.models.sdsat import SA_TOKEN_FORMAT, TARGET_CONFIG_KEY, TUNED_TARGET_DIR, SdsatConfig, SdsatDraft, embedding_init, sdsat_config_entry
 from specdec.train.config import AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, RecipeError
 from specdec.train.lora_layers import decoder_layers, linear_names, recorded_output, replayed, top_layer_indices, without_grad_below
-from specdec.train.losses import standard_kl
+from specdec.train.losses import standard_kl, top_k_support
 from specdec.train.methods import TrainingMethod, register_method
-from specdec.train.sdsat_losses import IGNORE, batch_seed, sample_anchors, side_branch, slot_labels, slot_losses, span_lengths, standard_ce, standard_positions
+from specdec.train.sdsat_losses import IGNORE, TunedRows, batch_seed, sample_anchors, side_branch, slot_labels, slot_losses, span_lengths, standard_ce, standard_positions
 from specdec.train.steps import FaithfulnessMeter
 
 ADAPTER_DIR = "adapter"
@@ -61,6 +62,8 @@ class SdsatSection:
     """Standard-token term: kl (KL(original || tuned), self-distillation as Medusa-2) or ce (LM cross-entropy on assistant tokens)."""
     standard_weight: float = 1.0
     """Weight of the standard-token term."""
+    kl_top_k: int = 0
+    """The KL term over the batch's support only: every token among the original model's top k at some standard position, plus the SA tokens (so the tuned model is still held from predicting them), both distributions renormalised there (0 = all V tokens). The support is picked from the original's logits computed in bfloat16 (a third of the float32 matmul on a CPU with bfloat16 units); the KL over it is float32. The tuned logits and their backward then cover a few thousand rows instead of V; `val/standard_kl` and `val/greedy_agreement` still measure the full distributions."""
     sa_only_steps: int = 50
     """Stage 1: optimizer steps that train only the SA tokens' embedding rows before the adapters join (lora only)."""
     finetune: str = "lora"
@@ -84,9 +87,30 @@ class SdsatSection:
         "num_sa_tokens": (f"an integer in 1..{MAX_SA_TOKENS}", lambda v: 1 <= v <= MAX_SA_TOKENS),
         "anchors_per_sequence": NON_NEGATIVE, "poisson_lambda": POSITIVE, "slot_decay": POSITIVE, "sa_weight": POSITIVE,
         "standard_weight": NON_NEGATIVE, "sa_only_steps": NON_NEGATIVE, "sa_lr_multiplier": POSITIVE,
-        "lora_r": AT_LEAST_1, "lora_alpha": POSITIVE, "lora_dropout": FRACTION, "token_id": NON_NEGATIVE, "init_token_id": NON_NEGATIVE, "lora_layers": NON_NEGATIVE,
+        "lora_r": AT_LEAST_1, "lora_alpha": POSITIVE, "lora_dropout": FRACTION, "token_id": NON_NEGATIVE, "init_token_id": NON_NEGATIVE, "lora_layers": NON_NEGATIVE, "kl_top_k": NON_NEGATIVE,
     }
     choices: ClassVar[dict] = {"span": ("fixed", "poisson"), "standard_loss": ("kl", "ce"), "finetune": ("lora", "full")}
+
+
+def output_rows(target: torch.nn.Module) -> TunedRows:
+    """The tuned target's output rows: peft's trainable tokens (frozen base rows, the SA rows trainable) or the plain head."""
+    return _tuned_rows(target.get_output_embeddings())[1]
+
+
+def input_rows(target: torch.nn.Module) -> TunedRows | None:
+    """The tuned target's input embedding rows, or None when its embedding is not a plain lookup (a scaled
+    embedding, as Gemma's, keeps its own forward)."""
+    base, rows = _tuned_rows(target.get_input_embeddings())
+    return rows if type(base) is torch.nn.Embedding else None
+
+
+def _tuned_rows(layer: torch.nn.Module) -> tuple[torch.nn.Module, TunedRows]:
+    """(the wrapped base layer, its rows as training sees them) of an embedding or head, wrapped by peft's trainable tokens or not."""
+    adapter = getattr(layer, "token_adapter", None)
+    if adapter is None:
+        return layer, TunedRows(layer.weight)
+    name = adapter.active_adapters[0]
+    return adapter.base_layer, TunedRows(base_weight(layer), torch.tensor(adapter.token_indices[name]), adapter.trainable_tokens_delta[name])
 
 
 @register_method
@@ -142,6 +166,8 @@ class SdsatMethod(TrainingMethod):
         """Add and initialise the SA rows, then make the target trainable (LoRA + the SA rows, or every weight)."""
         # Step 1: embedding rows for the new SA tokens (the tokenizer gets them at export).
         s = self.cfg.sdsat
+        if getattr(model.get_output_embeddings(), "bias", None) is not None:
+            raise RecipeError("SDSAT training reads the target's lm_head as a matrix, and this target's lm_head has a bias: train SDSAT on a target whose head has none (Llama, Qwen, Mistral, ...)")
         if self.new_rows:
             rows = max(self.new_rows) + 1
             if rows > model.get_input_embeddings().weight.shape[0]:
@@ -192,8 +218,8 @@ class SdsatMethod(TrainingMethod):
         out = self._slot_losses(module, branch, hidden, batch, with_accuracy=not training, denominators=denominators)
         if not training:
             with torch.no_grad():
-                original, tuned = self._standard_logits(module, batch, hidden, bottom)
-            self.faithfulness.add(module.global_step, original, tuned)
+                original, original_rows, tuned_hidden = self._standard_states(module, batch, hidden, bottom)
+                self.faithfulness.add(module.global_step, original_rows.logits(original), output_rows(module.target).logits(tuned_hidden))
         return out
 
     def training_loss(self, module, batch: dict, denominators: torch.Tensor | None = None):
@@ -206,9 +232,9 @@ class SdsatMethod(TrainingMethod):
         # Step 3: the standard-token term against the original model (or the data).
         std_denominator = None if denominators is None else denominators[-1]
         if s.standard_loss == "kl":
-            standard = standard_kl(*self._standard_logits(module, batch, hidden, bottom), std_denominator)
+            standard = self._standard_kl(module, batch, hidden, bottom, std_denominator)
         else:
-            tuned = self._tuned_logits(module, batch, hidden)
+            tuned = output_rows(module.target).logits(self._tuned_states(batch, hidden))
             next_tokens = batch["input_ids"][:, 1:][standard_positions(batch["loss_mask"])[:, :-1]]
             standard = standard_ce(tuned, next_tokens, std_denominator)
         loss = s.standard_weight * standard + s.sa_weight * slots.loss
@@ -228,7 +254,7 @@ class SdsatMethod(TrainingMethod):
     def _forward(self, module, batch: dict, grad: bool):
         """(the side branch, the tuned target's last hidden states over it [B, T + A k, H], the output of
         the last layer without adapters over the standard tokens, or None when every layer has them)."""
-        dtype = module.target.get_input_embeddings().weight.dtype
+        dtype = base_weight(module.target.get_input_embeddings()).dtype
         branch = self._branch(batch["input_ids"], batch["attention_mask"], batch["loss_mask"], dtype)
         decoder = module.target.get_decoder()
         with contextlib.nullcontext() if grad else torch.no_grad():
@@ -239,32 +265,57 @@ class SdsatMethod(TrainingMethod):
             layers = decoder_layers(module.target)
             split, length = len(layers) - self.cfg.sdsat.lora_layers, batch["input_ids"].shape[1]
             cache = DynamicCache(config=module.target.config)
+            inputs = self._inputs(module.target)
             with without_grad_below(layers, split), recorded_output(layers[split - 1] if split else None) as bottom:
-                standard = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], cache=cache, use_cache=True).last_hidden_state
+                standard = decoder(**inputs(batch["input_ids"]), attention_mask=batch["attention_mask"], cache=cache, use_cache=True).last_hidden_state
             # Step 2: the SA slots alone, attending to the standard tokens' cached keys and values (the branch mask's slot rows).
-            slots = decoder(input_ids=branch.input_ids[:, length:], attention_mask=branch.attention_mask[:, :, length:], position_ids=branch.position_ids[:, length:], cache=cache, use_cache=True).last_hidden_state
+            slots = decoder(**inputs(branch.input_ids[:, length:]), attention_mask=branch.attention_mask[:, :, length:], position_ids=branch.position_ids[:, length:], cache=cache, use_cache=True).last_hidden_state
         return branch, torch.cat([standard, slots], dim=1), bottom.get("output")
+
+    @staticmethod
+    def _inputs(target):
+        """ids -> the decoder's input keywords: embeddings gathered by `input_rows` (peft's trainable tokens would copy
+        the whole matrix per call), or the ids themselves when the embedding is not a plain lookup."""
+        rows = input_rows(target)
+        return (lambda ids: {"input_ids": ids}) if rows is None else (lambda ids: {"inputs_embeds": rows.rows(ids)})
 
     def _slot_losses(self, module, branch, hidden, batch, with_accuracy, denominators):
         length = batch["input_ids"].shape[1]
-        lm_head = module.target.get_output_embeddings()
         s = self.cfg.sdsat
-        return slot_losses(hidden[:, length:], branch.labels, branch.slots, lm_head, s.num_sa_tokens, decay=s.slot_decay, with_accuracy=with_accuracy, denominators=denominators)
+        return slot_losses(hidden[:, length:], branch.labels, branch.slots, output_rows(module.target).logits, s.num_sa_tokens, decay=s.slot_decay, with_accuracy=with_accuracy, denominators=denominators)
 
-    def _standard_logits(self, module, batch: dict, hidden: torch.Tensor, bottom=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(original, tuned) next-token logits [N, V] at the standard positions; the original's without gradient
-        (with `bottom`, the layers below the adapters replay it instead of running again)."""
+    def _standard_kl(self, module, batch: dict, hidden: torch.Tensor, bottom, denominator) -> torch.Tensor:
+        """KL(original || tuned) at the standard positions, over every token or over the batch's support (`sdsat.kl_top_k`)."""
+        # Step 1: the support, chosen from the original's logits in bfloat16 (a matmul over all V rows at a third of the cost).
+        original, original_rows, tuned_hidden = self._standard_states(module, batch, hidden, bottom)
+        top_k = self.cfg.sdsat.kl_top_k
+        with torch.no_grad():
+            support = top_k_support(original.to(torch.bfloat16) @ self._bfloat16(original_rows.weight).T, top_k, torch.tensor(sorted(set(self.sa_ids)), device=original.device)) if top_k else None
+            original_logits = original_rows.logits(original, support)
+        # Step 2: both models' float32 logits over the same rows.
+        return standard_kl(original_logits, output_rows(module.target).logits(tuned_hidden, support), denominator)
+
+    def _bfloat16(self, weight: torch.Tensor) -> torch.Tensor:
+        """A bfloat16 copy of the original's (frozen) output matrix, made once and renewed only if the matrix changes."""
+        key = (weight.data_ptr(), weight._version, weight.device)
+        if getattr(self, "_bf16_key", None) != key:
+            self._bf16_key, self._bf16_weight = key, weight.detach().to(torch.bfloat16)
+        return self._bf16_weight
+
+    def _standard_states(self, module, batch: dict, hidden: torch.Tensor, bottom=None) -> tuple[torch.Tensor, TunedRows, torch.Tensor]:
+        """(the original's last hidden states [N, H] without gradient, its output rows, the tuned target's last hidden
+        states [N, H]) at the standard positions (with `bottom`, the layers below the adapters replay it instead of running again)."""
         select = standard_positions(batch["loss_mask"])
-        tuned = self._tuned_logits(module, batch, hidden)
+        tuned = self._tuned_states(batch, hidden)
         below = list(decoder_layers(module.target))[: -self.cfg.sdsat.lora_layers] if bottom is not None else []
         with torch.no_grad(), self._original_model(module.target) as original, replayed(below, bottom):
             states = original.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-            return original.get_output_embeddings()(states[select]), tuned
+            return states[select], TunedRows(base_weight(original.get_output_embeddings())), tuned
 
-    def _tuned_logits(self, module, batch: dict, hidden: torch.Tensor) -> torch.Tensor:
-        """[N, V] the tuned target's next-token logits at the standard positions."""
-        select = standard_positions(batch["loss_mask"])
-        return module.target.get_output_embeddings()(hidden[:, : batch["input_ids"].shape[1]][select])
+    @staticmethod
+    def _tuned_states(batch: dict, hidden: torch.Tensor) -> torch.Tensor:
+        """[N, H] the tuned target's last hidden states at the standard positions."""
+        return hidden[:, : batch["input_ids"].shape[1]][standard_positions(batch["loss_mask"])]
 
     @contextlib.contextmanager
     def _original_model(self, target):
