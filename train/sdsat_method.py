@@ -31,6 +31,7 @@ from specdec.train.losses import standard_kl, top_k_support
 from specdec.train.methods import TrainingMethod, register_method
 from specdec.train.sdsat_losses import IGNORE, TunedRows, batch_seed, sample_anchors, side_branch, slot_labels, slot_losses, span_lengths, standard_ce, standard_positions
 from specdec.train.steps import FaithfulnessMeter
+from specdec.train.strategies import BUNDLED_DEEPSPEED, deepspeed_config
 
 ADAPTER_DIR = "adapter"
 """Folder of the draft that holds the LoRA adapter alone (peft format), when asked for."""
@@ -136,6 +137,11 @@ class SdsatMethod(TrainingMethod):
             raise RecipeError("`sdsat.sa_only_steps` trains only the SA embedding rows through peft's trainable tokens, which `sdsat.finetune=full` does not use: set sdsat.sa_only_steps=0 or sdsat.finetune=lora")
         if s.finetune == "full" and s.lora_layers:
             raise RecipeError("`sdsat.lora_layers` places the LoRA adapters, which `sdsat.finetune=full` does not use: set sdsat.lora_layers=0 or sdsat.finetune=lora")
+        if s.kl_top_k and s.standard_loss != "kl":
+            raise RecipeError(f"`sdsat.kl_top_k` narrows the KL term, which sdsat.standard_loss={s.standard_loss} does not use: set sdsat.kl_top_k=0 or sdsat.standard_loss=kl")
+        strategy = str(config.trainer.strategy)
+        if strategy.startswith("fsdp") or "stage_3" in strategy or (strategy == "deepspeed" and deepspeed_config(config.trainer.deepspeed_config or BUNDLED_DEEPSPEED[strategy]).get("zero_optimization", {}).get("stage") == 3):
+            raise RecipeError(f"trainer.strategy={strategy} shards the target's weights, and SDSAT reads its embedding rows outside the modules' forwards (where a sharded weight is empty): use trainer.strategy=ddp or deepspeed_stage_2")
         if s.token_id is not None and s.distinct_tokens:
             raise RecipeError("`sdsat.token_id` puts one existing token in every slot: set sdsat.distinct_tokens=false with it (or unset token_id to add distinct SA tokens)")
 
@@ -184,6 +190,9 @@ class SdsatMethod(TrainingMethod):
 
         modules = s.lora_target_modules
         targets = modules if modules == "all-linear" else [name.strip() for name in modules.split(",")]
+        head = next((name for name, child in model.named_modules() if child is model.get_output_embeddings()), "lm_head").rsplit(".", 1)[-1]
+        if targets != "all-linear" and head in targets:
+            raise RecipeError(f"`sdsat.lora_target_modules` names the output head `{head}`: SDSAT trains its SA rows of the head and reads the rest as the frozen matrix, so a LoRA there would get no gradient; leave `{head}` out")
         top = None
         if s.lora_layers:
             top = top_layer_indices(model, s.lora_layers, "sdsat.lora_layers")
@@ -258,14 +267,14 @@ class SdsatMethod(TrainingMethod):
         branch = self._branch(batch["input_ids"], batch["attention_mask"], batch["loss_mask"], dtype)
         decoder = module.target.get_decoder()
         with contextlib.nullcontext() if grad else torch.no_grad():
+            inputs = self._inputs(module.target)
             if not self.cfg.sdsat.lora_layers:
-                out = decoder(input_ids=branch.input_ids, attention_mask=branch.attention_mask, position_ids=branch.position_ids)
+                out = decoder(**inputs(branch.input_ids), attention_mask=branch.attention_mask, position_ids=branch.position_ids)
                 return branch, out.last_hidden_state, None
             # Step 1: the standard tokens, the layers below the adapters without gradient (their output kept for the original's forward).
             layers = decoder_layers(module.target)
             split, length = len(layers) - self.cfg.sdsat.lora_layers, batch["input_ids"].shape[1]
             cache = DynamicCache(config=module.target.config)
-            inputs = self._inputs(module.target)
             with without_grad_below(layers, split), recorded_output(layers[split - 1] if split else None) as bottom:
                 standard = decoder(**inputs(batch["input_ids"]), attention_mask=batch["attention_mask"], cache=cache, use_cache=True).last_hidden_state
             # Step 2: the SA slots alone, attending to the standard tokens' cached keys and values (the branch mask's slot rows).
@@ -288,16 +297,18 @@ class SdsatMethod(TrainingMethod):
         """KL(original || tuned) at the standard positions, over every token or over the batch's support (`sdsat.kl_top_k`)."""
         # Step 1: the support, chosen from the original's logits in bfloat16 (a matmul over all V rows at a third of the cost).
         original, original_rows, tuned_hidden = self._standard_states(module, batch, hidden, bottom)
-        top_k = self.cfg.sdsat.kl_top_k
+        top_k, support = self.cfg.sdsat.kl_top_k, None
         with torch.no_grad():
-            support = top_k_support(original.to(torch.bfloat16) @ self._bfloat16(original_rows.weight).T, top_k, torch.tensor(sorted(set(self.sa_ids)), device=original.device)) if top_k else None
+            if 0 < top_k < original_rows.weight.shape[0]:
+                support = top_k_support(original.to(torch.bfloat16) @ self._bfloat16(original_rows.weight).T, top_k, torch.tensor(sorted(set(self.sa_ids)), device=original.device))
             original_logits = original_rows.logits(original, support)
         # Step 2: both models' float32 logits over the same rows.
         return standard_kl(original_logits, output_rows(module.target).logits(tuned_hidden, support), denominator)
 
     def _bfloat16(self, weight: torch.Tensor) -> torch.Tensor:
-        """A bfloat16 copy of the original's (frozen) output matrix, made once and renewed only if the matrix changes."""
-        key = (weight.data_ptr(), weight._version, weight.device)
+        """A bfloat16 copy of the original's (frozen) output matrix, made once and renewed when another matrix, or
+        the same one after an in-place write through autograd, comes in (writes through `.data` are not seen: the matrix is frozen)."""
+        key = (id(weight), weight.data_ptr(), tuple(weight.shape), weight._version, weight.device)
         if getattr(self, "_bf16_key", None) != key:
             self._bf16_key, self._bf16_weight = key, weight.detach().to(torch.bfloat16)
         return self._bf16_weight
