@@ -25,6 +25,7 @@ import transformers
 from tqdm.auto import tqdm
 
 from specdec.models.base import DraftModel
+from specdec.runtime.draft_length import DraftLength, find_draft_length
 from specdec.runtime.generator import SpeculativeGenerator, default_eos_ids, plain_generate
 from specdec.runtime.verify import AUTO, SamplingConfig, Verifier, resolve_verifier
 
@@ -124,6 +125,7 @@ def evaluate(
     prompt_lookup_tokens: int = 10,
     lookup_branch: int = 0,
     lookup_ngram: int = 3,
+    draft_length: DraftLength | None = None,
     baselines: bool = True,
     progress: bool = True,
     seed: int = 0,
@@ -137,12 +139,13 @@ def evaluate(
     the speculative and plain decoders sample (seeded) and `lossless_match` is None, as it is for a
     lossy verifier. `lookup_branch` > 0 adds that many prompt-lookup tokens (suffix n-grams of up to
     `lookup_ngram`) to the draft's tree (`LookupBranchProposer`); each record then counts the
-    `accepted_lookup_tokens` only the lookup proposed.
+    `accepted_lookup_tokens` only the lookup proposed. `draft_length`: verify only the nodes likely to be
+    accepted (`DraftLengthProposer`); each record then counts its `verified_nodes` and `drafted_nodes`.
     """
     # Step 1: one generator for all questions, and a short warm-up of every decoder.
     sampling = SamplingConfig(temperature=temperature)
     lookup = {"lookup_branch": lookup_branch, "lookup_ngram": lookup_ngram}
-    generator = SpeculativeGenerator.from_draft(target, draft, layout, tokenizer=tokenizer, verifier=resolve_verifier(verifier, sampling), **lookup)
+    generator = SpeculativeGenerator.from_draft(target, draft, layout, tokenizer=tokenizer, verifier=resolve_verifier(verifier, sampling), draft_length=draft_length, **lookup)
     eos = sorted(default_eos_ids(target, tokenizer))
     run = _runner(target, tokenizer, generator, sampling, eos, prompt_lookup_tokens, baselines, seed)
     with torch.inference_mode():
@@ -174,10 +177,14 @@ def _runner(target, tokenizer, generator, sampling, eos, prompt_lookup_tokens, b
             hf = _timed(lambda: _hf_generate(target, ids, max_new_tokens, eos, tokenizer), device)
             pld = _timed(lambda: _hf_generate(target, ids, max_new_tokens, eos, tokenizer, prompt_lookup_num_tokens=prompt_lookup_tokens), device)
         before = getattr(generator.proposer, "accepted_lookup_tokens", None)
+        length = find_draft_length(generator.proposer)
+        counted = (length.verified_nodes, length.drafted_nodes) if length is not None else None
         spec, t_spec = _timed(lambda: generator.generate(ids, max_new_tokens, sampling=sampling, seed=seed), device)
         record = question_record(question, spec, t_spec, plain, t_plain, hf, pld, lossless=spec.lossless and sampling.greedy)
         if before is not None:
             record["accepted_lookup_tokens"] = generator.proposer.accepted_lookup_tokens - before
+        if counted is not None:
+            record["verified_nodes"], record["drafted_nodes"] = length.verified_nodes - counted[0], length.drafted_nodes - counted[1]
         return record
 
     return run
@@ -243,6 +250,9 @@ def summarize(records: list[dict]) -> dict[str, Any]:
     # Step 3: tokens only a lookup branch proposed, when one ran; match fractions (None when not measured).
     if records and all("accepted_lookup_tokens" in r for r in records):
         summary["accepted_lookup_tokens"] = sum(r["accepted_lookup_tokens"] for r in records)
+    if records and all("verified_nodes" in r for r in records):
+        summary["verified_nodes_per_step"] = sum(r["verified_nodes"] for r in records) / max(steps, 1)
+        summary["drafted_nodes_per_step"] = sum(r["drafted_nodes"] for r in records) / max(steps, 1)
     for name in ("lossless_match", "hf_generate_matches_plain"):
         values = [float(r[name]) for r in records if r[name] is not None]
         summary[name] = statistics.fmean(values) if values else None

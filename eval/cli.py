@@ -16,7 +16,7 @@ from specdec.models.cli_args import AT_LEAST_1, NON_NEGATIVE, Option, Rule, Usag
 from specdec.models.judge import read_judge_config
 from specdec.models.target import load_target
 from specdec.runtime.autotune import tune_tree
-from specdec.runtime.options import RUNTIME_ERRORS, SHARED_OPTIONS, build_verifier, check_lookup_branch, check_verifier, draft_folder, draft_layout, target_source
+from specdec.runtime.options import RUNTIME_ERRORS, SHARED_OPTIONS, build_verifier, check_lookup_branch, check_verifier, draft_folder, draft_layout, draft_length, target_source
 
 EVAL_RESULTS = "eval_results.json"
 OPTIONS = {
@@ -61,6 +61,8 @@ def parse_args(argv: list[str]) -> dict:
         raise UsageError("checker= measures the quality of a sweep: add sweep=THRESHOLDS (verifier=judge) or training_free=RULES")
     if options["lookup_branch"] and (options["sweep"] or options["training_free"]):
         raise UsageError(f"lookup_branch={options['lookup_branch']} is measured against the baselines, not in a sweep: drop lookup_branch= or sweep= / training_free=")
+    if (options["draft_length"] is not None or options["acceptance_head"]) and (options["sweep"] or options["training_free"]):
+        raise UsageError("draft_length= / acceptance_head= are measured against the baselines, not in a sweep: drop them or sweep= / training_free=")
     if options["sweep"] and options["judge_threshold"] is not None:
         raise UsageError(f"sweep= sets the judge's thresholds: drop judge_threshold={options['judge_threshold']}")
     if options["verifier"] == "judge" and options["training_free"] and not options["sweep"]:
@@ -107,6 +109,7 @@ def run(options: dict) -> int:
     questions = load_questions(options["bench"], options["max_questions"], options["per_category"], options["skip_questions"])
     draft = load_draft(draft_dir)
     check_lookup_branch(draft, options)
+    length = draft_length(draft, options)
     source = options["target"] or target_source(draft_dir, config)
     target = load_target(source)
     # Step 2: the benchmark itself (a sweep of lossy rules, or one verifier against the baselines).
@@ -125,6 +128,7 @@ def run(options: dict) -> int:
         prompt_lookup_tokens=options["prompt_lookup_tokens"],
         lookup_branch=options["lookup_branch"],
         lookup_ngram=options["lookup_ngram"],
+        draft_length=length,
         baselines=options["baselines"],
         seed=options["seed"],
     )

@@ -39,14 +39,14 @@ class ChimeraProposer(StaticTreeProposer):
         self.history = ids[-2:]
         anchor, h = self.state.length - 1, committed.hidden[-1:]
         # Step 2: head d's candidates; the next head reads the argmax appended to the sequence.
-        top, tail = [], ids[-2:]
+        top, heads, tail = [], [], ids[-2:]
         for d, k in enumerate(self._needed):
-            logits = self.draft.head_logits(d, h, features, self.lm_head_weight)
-            top.append(self._candidates(logits[0], k))
+            heads.append(self.draft.head_logits(d, h, features, self.lm_head_weight)[0])
+            top.append(self._candidates(heads[-1], k))
             if d + 1 < len(self._needed):
-                tail = torch.cat([tail, self.draft.to_target_ids(logits[0].argmax()[None])])[-3:]
+                tail = torch.cat([tail, self.draft.to_target_ids(heads[-1].argmax()[None])])[-3:]
                 features = self.state.step(self.draft, self._trigrams(tail, 1), h, anchor + d + 1)
-        return self._proposal(top)
+        return self._proposal(top, heads)
 
     def _trigrams(self, ids: torch.Tensor, count: int) -> torch.Tensor:
         """[count, 3H] trigram embeddings of the last `count` tokens of `ids` (zeros before the sequence start)."""

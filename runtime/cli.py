@@ -10,7 +10,8 @@ import torch
 from specdec.models.base import load_draft
 from specdec.models.cli_args import NON_NEGATIVE, PROBABILITY, Option, UsageError, help_page, parse_options, run_cli, spec_rows
 from specdec.models.target import load_target
-from specdec.runtime.options import RUNTIME_ERRORS, SHARED_OPTIONS, build_verifier, check_lookup_branch, check_verifier, draft_folder, draft_layout, target_source
+from specdec.runtime.options import RUNTIME_ERRORS, SHARED_OPTIONS, build_verifier, check_lookup_branch, check_verifier, draft_folder, draft_layout, draft_length, target_source
+from specdec.runtime.draft_length import find_draft_length
 from specdec.runtime.generator import SpeculativeGenerator
 from specdec.runtime.verify import SamplingConfig
 
@@ -59,11 +60,12 @@ def run(options: dict) -> int:
     draft = load_draft(draft_dir)
     layout = draft_layout(draft, "chain" if options["chain"] else "default", options)
     check_lookup_branch(draft, options)
+    length = draft_length(draft, options)
     source = options["target"] or target_source(draft_dir, config)
     target = load_target(source)
     verifier = build_verifier(options, target.model.config.hidden_size)
     lookup = {"lookup_branch": options["lookup_branch"], "lookup_ngram": options["lookup_ngram"]}
-    generator = SpeculativeGenerator.from_draft(target.model, draft, layout, tokenizer=target.tokenizer, verifier=verifier, **lookup)
+    generator = SpeculativeGenerator.from_draft(target.model, draft, layout, tokenizer=target.tokenizer, verifier=verifier, draft_length=length, **lookup)
     # Step 2: stream the answer as tokens are committed.
     ids = target.tokenizer.apply_chat_template([{"role": "user", "content": options["prompt"]}], add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
     printer = _StreamPrinter(target.tokenizer)
@@ -78,6 +80,7 @@ def run(options: dict) -> int:
         "verification": result.verifier + ("" if result.lossless else " (lossy)"),
         "tree_nodes": generator.proposer.describe().get("tree_size"),
         **({"accepted_lookup_tokens": generator.proposer.accepted_lookup_tokens} if options["lookup_branch"] else {}),
+        **({"verified_nodes_per_step": round(find_draft_length(generator.proposer).verified_nodes / max(len(result.accepted_lengths), 1), 2)} if length else {}),
     }
     print("\n" + json.dumps(stats), file=sys.stderr)
     return 0

@@ -19,6 +19,7 @@ import torch
 from transformers import DynamicCache
 
 from specdec.models.base import DraftModel, final_hidden_states, lm_head_weight, target_states
+from specdec.runtime.draft_length import DraftLength, DraftLengthProposer
 from specdec.runtime.kv import commit_path
 from specdec.runtime.lookup_branch import LookupBranchProposer
 from specdec.runtime.proposers import LAYOUT_KINDS, Committed, Outcome, Proposer, proposer_class
@@ -76,13 +77,22 @@ class SpeculativeGenerator:
 
     @classmethod
     def from_draft(
-        cls, target, draft: DraftModel, layout=None, tokenizer=None, verifier: str | Verifier = AUTO, lookup_branch: int = 0, lookup_ngram: int = 3
+        cls,
+        target,
+        draft: DraftModel,
+        layout=None,
+        tokenizer=None,
+        verifier: str | Verifier = AUTO,
+        lookup_branch: int = 0,
+        lookup_ngram: int = 3,
+        draft_length: DraftLength | None = None,
     ) -> "SpeculativeGenerator":
         """Pair a target with a trained draft (its sizes are checked) through the proposer registered
         for its draft type. `layout`: that proposer's options (see `choose_layout`; None: its default);
         `verifier`: a name from `verify.verifier_names()` or a `Verifier`; `lookup_branch` > 0: wrap the
         proposer in a `LookupBranchProposer` adding up to that many prompt-lookup tokens, matched by
-        suffixes of up to `lookup_ngram` tokens, to its tree (same node budget)."""
+        suffixes of up to `lookup_ngram` tokens, to its tree (same node budget); `draft_length`: verify
+        only the nodes likely to be accepted (`DraftLengthProposer`, before any lookup branch joins)."""
         weight = lm_head_weight(target)
         draft.check_target(target.config.hidden_size, weight.shape[0])
         draft = draft.to(weight.device).eval()
@@ -93,6 +103,8 @@ class SpeculativeGenerator:
                 f"a {draft.draft_type} draft is laid out by {proposer.options_class.__name__}, not {type(options).__name__}: build the layout with choose_layout(draft, ...)"
             )
         built = proposer.build(target, draft, options)
+        if draft_length is not None:
+            built = DraftLengthProposer(built, draft_length)
         if lookup_branch:
             built = LookupBranchProposer(built, lookup_branch, lookup_ngram)
         return cls(target, built, tokenizer=tokenizer, verifier=verifier)

@@ -98,7 +98,7 @@ def merge_lookup(tree: DraftTree, tokens: list[int], scores: list[float], chain:
         current = match
     # Step 3: drop the lowest-scoring leaf until the budget holds (the last added first among ties).
     kept = _prune(parents, children, node_scores, tree.size, _with_ancestors(pinned, parents))
-    return _layout(tree.size, parents, children, node_tokens, kept)
+    return kept_layout(tree.size, parents, children, node_tokens, kept)
 
 
 def _with_ancestors(nodes: tuple[int, ...], parents: list[int]) -> set[int]:
@@ -122,7 +122,7 @@ def _prune(parents: list[int], children: list[list[int]], scores: list[float], b
     return kept
 
 
-def _layout(inner_size: int, parents: list[int], children: list[list[int]], tokens: list, kept: set[int]) -> MergedTree:
+def kept_layout(inner_size: int, parents: list[int], children: list[list[int]], tokens: list, kept: set[int]) -> MergedTree:
     """The merged tree of the `kept` nodes: a node's rank is its place among its kept siblings (inner nodes in their rank order, then the lookup-only one)."""
     # Step 1: paths from the root down (by depth: a parent's path before its children's).
     path: dict[int, tuple[int, ...]] = {0: ()}

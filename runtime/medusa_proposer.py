@@ -19,7 +19,6 @@ class MedusaProposer(StaticTreeProposer):
     def __init__(self, heads: MedusaHeads, lm_head_weight: torch.Tensor, tree: DraftTree):
         super().__init__(heads, tree, lm_head_weight.device)
         self.lm_head_weight = lm_head_weight
-        self._dist_rows = torch.tensor(tree.depths, device=lm_head_weight.device)  # every node's row of the `_distributions` table
 
     @classmethod
     def build(cls, target, draft: MedusaHeads, options: DraftTree) -> "MedusaProposer":
@@ -31,17 +30,5 @@ class MedusaProposer(StaticTreeProposer):
         # Step 1: top candidates of each head that the tree uses.
         logits = [self.draft.project(d, self.draft.head_features(d, hidden), self.lm_head_weight) for d in range(len(self._needed))]
         top = [self._candidates(head, k) for head, k in zip(logits, self._needed)]
-        # Step 2: node token = the candidate of its rank at its depth.
-        proposal = self._proposal(top)
-        # Step 3: when asked, the distribution each node's children were drawn from.
-        if self.keep_distributions:
-            proposal.draft_dists = self._distributions(logits)
-        return proposal
-
-    def _distributions(self, logits: list[torch.Tensor]) -> torch.Tensor:
-        """[tree.size + 1, V]: head d's softmax at every node of depth d (its children are head d's
-        candidates), over the target vocabulary (zero outside a reduced draft vocabulary); nodes at
-        the tree's last depth have no children and get a zero row."""
-        probs = self.draft.to_target_vocab(torch.softmax(torch.stack(logits).float(), dim=-1))
-        table = torch.cat([probs, probs.new_zeros(1, probs.shape[-1])])
-        return table[self._dist_rows]
+        # Step 2: node token = the candidate of its rank at its depth (and, when asked, each head's distribution).
+        return self._proposal(top, logits)

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from specdec.models.acceptance_head import load_acceptance_head, read_acceptance_config
 from specdec.models.base import DraftMismatchError, read_draft_config
 from specdec.models.judge import load_judge, read_judge_config
 from specdec.models.cli_args import AT_LEAST_1, NON_NEGATIVE, Option, Rule, UsageError
 from specdec.models.target import TargetLoadError
 from specdec.runtime.generator import choose_layout
 from specdec.runtime import lookup_branch
+from specdec.runtime.draft_length import DraftLength, check_draft_length
 from specdec.runtime.judge_verifier import JudgeVerifier, KLVerifier, TopKVerifier
 from specdec.runtime.proposers import proposer_class
 from specdec.runtime.verify import SamplingConfig, Verifier, resolve_verifier, verifier_names
@@ -32,6 +34,9 @@ SHARED_OPTIONS = {
     "tree_top_k": Option(int, 4, AT_LEAST_1, "EAGLE trees: nodes expanded and children per node at each depth"),
     "lookup_branch": Option(int, 0, NON_NEGATIVE, "prompt-lookup tokens added to the draft's tree as an extra branch, within its node budget (0: off; not for SDSAT drafts)"),
     "lookup_ngram": Option(int, 3, AT_LEAST_1, "lookup_branch: longest suffix n-gram matched in the prompt and the output so far"),
+    "draft_length": Option(float, None, Rule("within [0, 1]", lambda v: 0 <= v <= 1), "verify a draft node while the product of estimated acceptances on its path is at least this (unset: every node; not for SDSAT)"),
+    "draft_min_nodes": Option(int, 1, AT_LEAST_1, "draft_length: draft nodes verified per step at least"),
+    "acceptance_head": Option(str, None, doc="draft_length: the acceptance head folder whose estimates it multiplies (unset: the draft's own token probability; with no draft_length, the head's threshold)"),
     "seed": Option(int, 0, doc="random seed of sampling"),
     "threads": Option(int, None, AT_LEAST_1, "torch CPU threads (unset: torch's default)"),
 }
@@ -78,6 +83,30 @@ def check_lookup_branch(draft, options: dict) -> None:
             lookup_branch.check_lookup_branch(proposer_class(draft.draft_type), options["lookup_branch"], options["lookup_ngram"])
         except ValueError as exc:
             raise UsageError(str(exc)) from None
+
+
+def draft_length(draft, options: dict) -> DraftLength | None:
+    """The `DraftLength` the options ask for (None: verify every node), checked against the draft's proposer;
+    an acceptance head that is missing or does not load, or a proposer it cannot prune, is a usage error."""
+    threshold, head = options["draft_length"], None
+    if options["acceptance_head"]:
+        try:
+            config = read_acceptance_config(options["acceptance_head"])
+            head = load_acceptance_head(options["acceptance_head"])
+        except (FileNotFoundError, DraftMismatchError) as exc:
+            raise UsageError(str(exc)) from None
+        recorded = (config.get("draft") or {}).get("draft_type")
+        if recorded and recorded != draft.draft_type:
+            raise UsageError(f"{options['acceptance_head']} was trained on a {recorded} draft's proposals, not {draft.draft_type}: record and train one for this draft")
+        threshold = config["threshold"] if threshold is None else threshold
+    if threshold is None:
+        return None
+    length = DraftLength(threshold, options["draft_min_nodes"], head)
+    try:
+        check_draft_length(proposer_class(draft.draft_type), length)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return length
 
 
 def check_verifier(options: dict) -> None:

@@ -195,6 +195,7 @@ class StaticTreeProposer(Proposer):
         self.draft, self.tree = draft, tree
         self._needed = tree.ranks_needed()
         self._gather = tree_gather(tree, device)
+        self._dist_rows = torch.tensor(tree.depths, device=device)  # every node's row of the `_distributions` table
 
     @classmethod
     def layout(cls, draft, kind: str = "default", size: int | None = None, depth: int = 5, top_k: int = 4) -> DraftTree:
@@ -226,9 +227,21 @@ class StaticTreeProposer(Proposer):
         reduced vocabulary maps them with `to_target_ids`, specdec.models.vocab)."""
         return self.draft.to_target_ids(logits.topk(k, dim=-1).indices)
 
-    def _proposal(self, top: list[torch.Tensor]) -> Proposal:
-        """The tree's tokens from each depth's top candidates (kept on the device: no host sync)."""
-        return Proposal(self.tree, torch.cat(top)[self._gather])
+    def _proposal(self, top: list[torch.Tensor], logits: list[torch.Tensor] | None = None) -> Proposal:
+        """The tree's tokens from each depth's top candidates (kept on the device: no host sync); when
+        asked (`keep_distributions`), the distributions from each depth's `logits` [V_draft] too (None: none)."""
+        proposal = Proposal(self.tree, torch.cat(top)[self._gather])
+        if self.keep_distributions and logits is not None:
+            proposal.draft_dists = self._distributions(logits)
+        return proposal
+
+    def _distributions(self, logits: list[torch.Tensor]) -> torch.Tensor:
+        """[tree.size + 1, V]: depth d's softmax at every node of depth d (its children are depth d+1's
+        candidates), over the target vocabulary (zero outside a reduced draft vocabulary); nodes at
+        the tree's last depth have no children and get a zero row."""
+        probs = self.draft.to_target_vocab(torch.softmax(torch.stack(logits).float(), dim=-1))
+        table = torch.cat([probs, probs.new_zeros(1, probs.shape[-1])])
+        return table[self._dist_rows]
 
 
 class DraftState:

@@ -1,0 +1,147 @@
+"""An acceptance head: per drafted node, the probability that the target accepts it given that its
+parent was accepted (learned draft length; SpecDec++, C2T and DSpark's confidence head). The runtime
+multiplies it along a node's path and drops the nodes whose product falls below a threshold
+(`specdec.runtime.draft_length`), so each step verifies as many draft tokens as are likely to pay.
+
+The head reads cheap features every draft type can give, computed from the draft's next-token
+distributions (`node_features`): the draft probability of the node's token, the entropy and the top
+probability of the distribution it was drawn from, its depth, its rank among its siblings and the
+cumulative log-probability of its path. It is trained from the target's verification of the
+drafter's own proposals (`specdec-acceptance-data`, then `specdec.train.acceptance`).
+
+An acceptance-head folder holds `config.json` (`AcceptanceHeadConfig` plus the draft it was
+recorded with and the training metrics) and `model.safetensors` (standardisation and layers).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from specdec.models.base import CONFIG_NAME, WEIGHTS_NAME, DraftMismatchError, atomic_write, config_from_dict, specdec_version
+
+ACCEPTANCE_TYPE = "acceptance_head"
+"""Value of `config.json`'s `draft_type` in an acceptance-head folder (not a draft: `load_draft` refuses it)."""
+FEATURES = ("log_draft_prob", "parent_entropy", "parent_top_prob", "depth", "rank", "path_log_prob")
+"""The per-node features `node_features` computes, in column order."""
+LOG_FLOOR = math.log(1e-10)
+"""log-probability given to a token its parent's distribution does not cover (a zero row or a zero entry)."""
+
+
+@dataclass
+class AcceptanceHeadConfig:
+    """Shape and serving default of an acceptance head."""
+
+    hidden: int = 32
+    """Width of the two hidden layers of the MLP (features -> hidden -> hidden -> 1)."""
+    threshold: float = 0.3
+    """Serving default: a node is verified while the product of predicted acceptances along its path is at least this."""
+    features: tuple[str, ...] = FEATURES
+    """Feature names in column order (checked on load against `FEATURES`)."""
+    draft: dict = field(default_factory=dict)
+    """The draft whose proposals were recorded (`draft_type`, `path`)."""
+
+
+class AcceptanceHead(nn.Module):
+    """Standardised node features [.., len(FEATURES)] -> the logit of p(accepted | parent accepted)."""
+
+    def __init__(self, config: AcceptanceHeadConfig):
+        super().__init__()
+        self.config = config
+        f, h = len(FEATURES), config.hidden
+        self.register_buffer("feature_mean", torch.zeros(f))
+        self.register_buffer("feature_std", torch.ones(f))
+        self.layers = nn.Sequential(nn.Linear(f, h), nn.SiLU(), nn.Linear(h, h), nn.SiLU(), nn.Linear(h, 1))
+
+    def set_standardisation(self, features: torch.Tensor) -> None:
+        """Take each feature's mean and standard deviation from `features` [N, F] (the training set)."""
+        self.feature_mean.copy_(features.float().mean(0))
+        self.feature_std.copy_(features.float().std(0).clamp_min(1e-6))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """[.., F] -> [..] logits."""
+        x = (features.to(self.feature_mean.dtype) - self.feature_mean) / self.feature_std
+        return self.layers(x).squeeze(-1)
+
+    @torch.no_grad()
+    def acceptance(self, features: torch.Tensor) -> torch.Tensor:
+        """[.., F] -> [..] predicted acceptance in [0, 1]."""
+        return torch.sigmoid(self(features))
+
+    def save_pretrained(self, directory: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
+        """Write `config.json` and `model.safetensors` into `directory`, each atomically."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        config = {"draft_type": ACCEPTANCE_TYPE, **dataclasses.asdict(self.config), "specdec_version": specdec_version(), **(extra or {})}
+        config["features"] = list(config["features"])
+        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
+        atomic_write(directory / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(config, indent=2) + "\n"))
+        return directory
+
+
+def node_features(parents: tuple[int, ...], ranks: tuple[int, ...], depths: tuple[int, ...], tokens: torch.Tensor, draft_dists: torch.Tensor) -> torch.Tensor:
+    """[size, len(FEATURES)] features of every non-root node of a tree (`parents`, `ranks`, `depths` of
+    its size + 1 nodes, root first), from its node `tokens` [size] and the draft's distribution after
+    every node `draft_dists` [size + 1, V] (what each node's children were drawn from)."""
+    # Step 1: the parent's distribution of every node, and the node token's probability under it.
+    parent = torch.tensor(parents[1:], device=draft_dists.device)
+    rows = draft_dists.float()[parent]
+    tokens = torch.as_tensor(tokens, device=draft_dists.device).long()
+    log_q = rows.gather(1, tokens[:, None])[:, 0].clamp_min(1e-10).log()
+    # Step 2: the parent distribution's entropy and top probability.
+    entropy = -(rows * rows.clamp_min(1e-10).log()).sum(-1)
+    top = rows.max(-1).values
+    # Step 3: the cumulative log-probability down each path (a parent comes before its children).
+    path = [0.0]
+    for node, value in enumerate(log_q.tolist(), start=1):
+        path.append(path[parents[node]] + value)
+    columns = [log_q, entropy, top, torch.tensor(depths[1:]), torch.tensor(ranks[1:]), torch.tensor(path[1:])]
+    return torch.stack([c.to(draft_dists.device, torch.float32) for c in columns], dim=-1)
+
+
+def read_acceptance_config(directory: str | os.PathLike) -> dict[str, Any]:
+    """The config.json of an acceptance-head folder; a missing folder or one that is not an acceptance head raises a clear error."""
+    directory = Path(directory)
+    path = directory / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: acceptance_head=DIR must name the folder specdec.train.acceptance wrote")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DraftMismatchError(f"{path} is not valid JSON ({exc}); restore the config.json written with the acceptance head") from None
+    if not isinstance(config, dict) or config.get("draft_type") != ACCEPTANCE_TYPE:
+        found = config.get("draft_type") if isinstance(config, dict) else None
+        raise DraftMismatchError(f"{directory} holds a {found!r} folder, not an acceptance head: pass the folder specdec.train.acceptance wrote")
+    if tuple(config.get("features") or ()) != FEATURES:
+        raise DraftMismatchError(f"{path} reads features {config.get('features')}, this specdec computes {list(FEATURES)}: train the head again with this version")
+    return config
+
+
+def load_acceptance_head(directory: str | os.PathLike) -> AcceptanceHead:
+    """Rebuild the head `AcceptanceHead.save_pretrained` wrote (no pickles are read)."""
+    directory = Path(directory)
+    values = read_acceptance_config(directory)
+    values["features"] = tuple(values["features"])
+    head = AcceptanceHead(config_from_dict(AcceptanceHeadConfig, values))
+    try:
+        tensors = load_file(directory / WEIGHTS_NAME)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{directory / WEIGHTS_NAME} does not exist: the acceptance-head folder is incomplete; train it again or restore the file") from None
+    except SafetensorError as exc:
+        raise DraftMismatchError(f"{directory / WEIGHTS_NAME} is damaged ({exc}); train the head again or restore the file") from None
+    expected = head.state_dict()
+    if expected.keys() != tensors.keys() or any(expected[k].shape != tensors[k].shape for k in expected):
+        raise DraftMismatchError(f"the weights in {directory / WEIGHTS_NAME} do not fit its {CONFIG_NAME} (hidden): restore the files written together")
+    head.load_state_dict(tensors)
+    return head.eval()
