@@ -21,6 +21,7 @@ from specdec.models.medusa import MedusaConfig, MedusaHeads
 from specdec.runtime.eagle_proposer import EagleOptions
 from specdec.runtime.generator import SpeculativeGenerator, plain_generate
 from specdec.runtime.judge_verifier import JudgeVerifier, KLVerifier, TopKVerifier
+from specdec.runtime.proposers import Proposer
 from specdec.runtime.tree import DraftTree
 from specdec.runtime.verify import GreedyVerifier, SamplingConfig, TypicalVerifier, VerifyBlock, resolve_verifier
 from specdec.train.eagle_losses import eagle_losses
@@ -219,7 +220,27 @@ def test_kl_accepts_the_first_child_when_the_draft_agrees_with_the_target():
 
 def test_kl_with_a_proposer_without_distributions_is_a_clear_error(lively, drafts):
     generator = SpeculativeGenerator.from_draft(lively, drafts["chimera"], verifier="kl")
-    with pytest.raises(ValueError, match="verifier=kl needs draft distributions, which the chimera proposer does not report; use verifier=judge or topk"):
+    assert len(generator.generate(PROMPT, 4).tokens) == 4, "Chimera reports its heads' distributions"
+
+    class NoDistributions(Proposer):
+        name = "no_dists"
+
+        def __init__(self, inner):
+            self.inner, self.feature_layers = inner, inner.feature_layers
+
+        def reset(self, prompt_ids):
+            self.inner.reset(prompt_ids)
+
+        def propose(self, committed):
+            proposal = self.inner.propose(committed)
+            proposal.draft_dists = None
+            return proposal
+
+        def observe(self, outcome):
+            self.inner.observe(outcome)
+
+    generator.proposer = NoDistributions(generator.proposer)
+    with pytest.raises(ValueError, match="verifier=kl needs draft distributions, which the no_dists proposer does not report; use verifier=judge or topk"):
         generator.generate(PROMPT, 4)
 
 
