@@ -68,6 +68,8 @@ class DraftLengthProposer(Proposer):
         self.inner, self.length = inner, length
         self.feature_layers = inner.feature_layers
         self.inner.keep_distributions = True
+        if length.head is not None and proposer_device(inner) is not None:
+            length.head.to(proposer_device(inner))
         self._step: MergedTree | None = None
         self.reset_counts()
 
@@ -118,6 +120,12 @@ class DraftLengthProposer(Proposer):
         # The inner proposer sees the accepted path in its own node indices; the bonus is the target's token either way.
         path = outcome.path if self._step is None else [self._step.inner[n] for n in outcome.path]
         self.inner.observe(Outcome(path, outcome.bonus, outcome.extra_hidden, outcome.extra_features))
+
+
+def proposer_device(proposer: Proposer) -> torch.device | None:
+    """The device of the draft a proposer runs (None: it holds no draft)."""
+    draft = getattr(proposer, "draft", None)
+    return next(draft.parameters()).device if isinstance(draft, torch.nn.Module) else None
 
 
 def find_draft_length(proposer: Proposer) -> DraftLengthProposer | None:

@@ -100,6 +100,8 @@ def draft_length(draft, options: dict) -> DraftLength | None:
             raise UsageError(f"{options['acceptance_head']} was trained on a {recorded} draft's proposals, not {draft.draft_type}: record and train one for this draft")
         threshold = config["threshold"] if threshold is None else threshold
     if threshold is None:
+        if options["draft_min_nodes"] != 1:
+            raise UsageError(f"draft_min_nodes={options['draft_min_nodes']} is only read with draft_length= or acceptance_head=: add one of them or drop draft_min_nodes=")
         return None
     length = DraftLength(threshold, options["draft_min_nodes"], head)
     try:

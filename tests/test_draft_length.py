@@ -181,6 +181,8 @@ def test_options_build_the_draft_length_and_refuse_what_cannot_apply(tmp_path):
     assert draft_length_option(medusa, parse_options(["draft=d", "prompt=p"], GENERATE_OPTIONS)) is None
     with pytest.raises(UsageError, match="draft_length"):
         parse_options(["draft_length=1.5"], GENERATE_OPTIONS)
+    with pytest.raises(UsageError, match="draft_min_nodes=3 is only read with draft_length"):
+        draft_length_option(medusa, parse_options(["draft=d", "prompt=p", "draft_min_nodes=3"], GENERATE_OPTIONS))
     with pytest.raises(UsageError, match="SDSAT"):
         draft_length_option(SimpleNamespace(draft_type="sdsat"), options)
     AcceptanceHead(AcceptanceHeadConfig(threshold=0.25, draft={"draft_type": "eagle3"})).save_pretrained(tmp_path / "head")
