@@ -26,7 +26,7 @@ OPTIONS = {
     "per_category": Option(int, None, AT_LEAST_1, "at most this many questions of each category (unset: all)"),
     **SHARED_OPTIONS,
     "out": Option(str, None, doc="where the full result goes (unset: eval_<bench>.json)"),
-    "plot": Option(str, None, doc="where the figure goes (unset: next to out, as .png)"),
+    "plot": Option(str, None, doc="where the figure goes (unset: next to out, as .png; false: no figure)"),
     "tree": Option(str, "default", Rule(f"one of {', '.join(TREE_KINDS)}", lambda v: v in TREE_KINDS), "layout: default (the draft type's tree), chain, or tuned (the fastest of several, measured on two questions)"),
     "prompt_lookup_tokens": Option(int, 10, AT_LEAST_1, "tokens the prompt-lookup baseline proposes per step"),
     "baselines": Option(bool, True, doc="also time plain greedy decoding and prompt lookup beside the draft"),
@@ -140,9 +140,11 @@ def run(options: dict) -> int:
     out = Path(options["out"] or f"eval_{bench_name}.json")
     write_json(result, out)
     write_json(flat_summary(result), draft_dir / EVAL_RESULTS)
-    figure = plot(result, options["plot"] or out.with_suffix(".png"))
+    figure = figure_path(options, out)
+    if figure:
+        plot(result, figure)
     print(format_table(result))
-    print(f"wrote {out}, {figure} and {draft_dir / EVAL_RESULTS}")
+    print(f"wrote {', '.join(map(str, filter(None, (out, figure))))} and {draft_dir / EVAL_RESULTS}")
     return 1 if result["lossless_failures"] else 0
 
 
@@ -158,9 +160,11 @@ def _sweep(options: dict, target, draft, questions: list[dict], layout) -> int:
     result["setting"].update(draft=options["draft"], judge=options["judge"], bench=str(options["bench"]), skip_questions=options["skip_questions"], target=target.name_or_path)
     out = Path(options["out"] or f"sweep_{Path(str(options['bench'])).stem}.json")
     write_json(result, out)
-    figure = plot_sweep(result, options["plot"] or out.with_suffix(".png"))
+    figure = figure_path(options, out)
+    if figure:
+        plot_sweep(result, figure)
     print(sweep_table(result))
-    print(f"wrote {out} and {figure}")
+    print(f"wrote {' and '.join(map(str, filter(None, (out, figure))))}")
     return 0
 
 
@@ -188,6 +192,17 @@ def _pick_tree(options: dict, target, draft, questions: list[dict]):
     best = max(speeds, key=speeds.get)
     print("tree -> tokens/s: " + ", ".join(f"{label}: {speed:.1f}" for label, speed in speeds.items()) + f" (picked {best})")
     return layout, speeds
+
+
+NO_FIGURE = ("false", "off", "no", "none", "0")
+"""`plot=` values that mean no figure."""
+
+
+def figure_path(options: dict, out: Path) -> Path | None:
+    """Where the figure goes: `plot=PATH`, None for plot=false, else beside `out` as .png."""
+    if options["plot"] is None:
+        return out.with_suffix(".png")
+    return None if options["plot"].strip().lower() in NO_FIGURE else Path(options["plot"])
 
 
 def main(argv: list[str] | None = None) -> int:

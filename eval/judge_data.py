@@ -426,12 +426,30 @@ def help_text() -> str:
     return help_page(USAGE, [("keys:", spec_rows(OPTIONS))])
 
 
+def require_folders(options: dict, out_meaning: str) -> None:
+    """A command line over a draft's prompts needs draft=DIR and out=DIR (UsageError naming the missing one)."""
+    for key, meaning in (("draft", "the draft/ folder that specdec-train wrote"), ("out", out_meaning)):
+        if not options[key]:
+            raise UsageError(f"{key}=DIR is required ({meaning})")
+
+
+def command_line_inputs(options: dict) -> tuple[Path, dict, Path, list[MinedPrompt]]:
+    """(draft folder, its config.json, prompts file, the prompts slice) that the options name, checked
+    before anything loads (a missing draft or prompts file is a UsageError); sets the torch threads."""
+    draft_dir, config = draft_folder(options["draft"])
+    try:
+        path = prompts_path(options["prompts"])
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from None
+    if options["threads"]:
+        torch.set_num_threads(options["threads"])
+    return draft_dir, config, path, load_prompts(path, options["skip_prompts"], options["max_prompts"])
+
+
 def parse_args(argv: list[str]) -> dict:
     """`key=value` words -> options with their defaults; draft and out are required, the checker must exist."""
     options = parse_options(argv, OPTIONS)
-    for key, meaning in (("draft", "the draft/ folder that specdec-train wrote"), ("out", "the label folder to write or resume")):
-        if not options[key]:
-            raise UsageError(f"{key}=DIR is required ({meaning})")
+    require_folders(options, "the label folder to write or resume")
     if options["checker"] not in CHECKERS:
         raise UsageError(f"unknown checker `{options['checker']}`: choose one of {', '.join(CHECKERS)}.{did_you_mean(options['checker'], CHECKERS)}")
     return options
@@ -440,14 +458,7 @@ def parse_args(argv: list[str]) -> dict:
 def run(options: dict) -> int:
     """Load, mine, report; returns the exit code."""
     # Step 1: what the command line names must exist before anything loads.
-    draft_dir, config = draft_folder(options["draft"])
-    try:
-        path = prompts_path(options["prompts"])
-    except FileNotFoundError as exc:
-        raise UsageError(str(exc)) from None
-    if options["threads"]:
-        torch.set_num_threads(options["threads"])
-    prompts = load_prompts(path, options["skip_prompts"], options["max_prompts"])
+    draft_dir, config, path, prompts = command_line_inputs(options)
     # Step 2: draft, target, checker and miner (an SDSAT draft fails here).
     draft = load_draft(draft_dir)
     source = options["target"] or target_source(draft_dir, config)

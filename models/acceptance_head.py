@@ -102,12 +102,22 @@ def node_features(parents: tuple[int, ...], ranks: tuple[int, ...], depths: tupl
     # Step 2: the parent distribution's entropy and top probability.
     entropy = -(rows * rows.clamp_min(1e-10).log()).sum(-1)
     top = rows.max(-1).values
-    # Step 3: the cumulative log-probability down each path (a parent comes before its children).
-    path = [0.0]
-    for node, value in enumerate(log_q.tolist(), start=1):
-        path.append(path[parents[node]] + value)
-    columns = [log_q, entropy, top, torch.tensor(depths[1:]), torch.tensor(ranks[1:]), torch.tensor(path[1:])]
+    # Step 3: the cumulative log-probability down each path: the node-to-ancestor matrix (built from
+    # the host-side parents, so nothing waits on the device) times the per-node log-probabilities.
+    path = path_matrix(parents).to(draft_dists.device) @ log_q
+    columns = [log_q, entropy, top, torch.tensor(depths[1:]), torch.tensor(ranks[1:]), path]
     return torch.stack([c.to(draft_dists.device, torch.float32) for c in columns], dim=-1)
+
+
+def path_matrix(parents: tuple[int, ...]) -> torch.Tensor:
+    """Float [size, size] over the non-root nodes of a tree (root first in `parents`, a parent before
+    its children): entry (i, j) is 1 when node j + 1 is node i + 1 or one of its ancestors."""
+    size = len(parents) - 1
+    matrix = torch.zeros(size + 1, size + 1)
+    for node in range(1, size + 1):
+        matrix[node] = matrix[parents[node]]
+        matrix[node, node] = 1.0
+    return matrix[1:, 1:]
 
 
 def read_acceptance_config(directory: str | os.PathLike) -> dict[str, Any]:
@@ -115,7 +125,7 @@ def read_acceptance_config(directory: str | os.PathLike) -> dict[str, Any]:
     directory = Path(directory)
     path = directory / CONFIG_NAME
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: acceptance_head=DIR must name the folder specdec.train.acceptance wrote")
+        raise FileNotFoundError(f"{path} does not exist: acceptance_head=DIR must name the head/ folder `specdec-train recipe=acceptance` wrote")
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from specdec.eval.acceptance_data import OPTIONS as ACCEPTANCE_DATA_OPTIONS
 from specdec.eval.cli import OPTIONS as EVAL_OPTIONS
 from specdec.eval.judge_data import OPTIONS as JUDGE_DATA_OPTIONS
 from specdec.models.cli_args import FALSE_WORDS, TRUE_WORDS, Option, Rule, UsageError, parse_bool, parse_options, run_cli
@@ -39,13 +40,14 @@ CASES = {
     "specdec-eval": (lambda: list(EVAL_OPTIONS), "baselines", "max_new_token", "max_new_tokens"),
     "specdec-generate": (lambda: list(GENERATE_OPTIONS), "chain", "max_new_token", "max_new_tokens"),
     "specdec-judge-data": (lambda: list(JUDGE_DATA_OPTIONS), "progress", "max_prompt", "max_prompts"),
+    "specdec-acceptance-data": (lambda: list(ACCEPTANCE_DATA_OPTIONS), "progress", "max_prompt", "max_prompts"),
 }
 
 
 @pytest.fixture(autouse=True)
 def nothing_runs(monkeypatch):
     """A usage error must stop every script before its work starts."""
-    for name in ("specdec.train.pipeline.run", "specdec.train.pipeline.tokenized_data", "specdec.train.export.export_folder", "specdec.runtime.cli.load_draft", "specdec.eval.cli.load_draft", "specdec.eval.judge_data.load_draft"):
+    for name in ("specdec.train.pipeline.run", "specdec.train.pipeline.tokenized_data", "specdec.train.export.export_folder", "specdec.runtime.cli.load_draft", "specdec.eval.cli.load_draft", "specdec.eval.judge_data.load_draft", "specdec.eval.acceptance_data.load_draft"):
         monkeypatch.setattr(name, lambda *a, **k: pytest.fail("the work started"))
 
 

@@ -9,9 +9,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from specdec.eval.acceptance_data import load_records, record_proposals, save_records
+from specdec.eval.acceptance_data import record_proposals
 from specdec.eval.benchmark import evaluate
 from specdec.eval.cli import main as eval_main
+from specdec.models.acceptance_data import load_records, save_records
 from specdec.models.acceptance_head import FEATURES, AcceptanceHead, AcceptanceHeadConfig, load_acceptance_head, node_features
 from specdec.models.base import DraftMismatchError
 from specdec.models.cli_args import UsageError, parse_options
@@ -121,8 +122,15 @@ def test_exact_sampling_with_a_head_and_a_lookup_branch_still_runs_and_stays_in_
 
 def test_recording_labels_the_nodes_the_target_would_accept(copier):
     draft = drafts(copier)["medusa"]
-    recorder = RecordingVerifier(resolve_verifier("greedy", SamplingConfig()))
-    generator = SpeculativeGenerator.from_draft(copier, draft, SETUPS[0][1], verifier=recorder)
+    class TreeRecorder(RecordingVerifier):
+        def verify(self, block, generator):
+            trees.append(block.tree)
+            return super().verify(block, generator)
+
+    trees = []
+    recorder = TreeRecorder(resolve_verifier("greedy", SamplingConfig()))
+    # The lookup branch copies the prompt's continuation (right for the copier), the random heads are wrong: both labels occur.
+    generator = SpeculativeGenerator.from_draft(copier, draft, SETUPS[0][1], verifier=recorder, lookup_branch=3)
     generator.eos = set(NO_EOS)
     result = generator.generate(copy_prompt(copier, 0), 16)
     records = recorder.records.tensors()
@@ -130,16 +138,20 @@ def test_recording_labels_the_nodes_the_target_would_accept(copier):
     assert records["features"].shape == (steps * SETUPS[0][1].size, len(FEATURES))
     assert records["matched"].shape == records["ratio"].shape == (steps * SETUPS[0][1].size,)
     assert ((records["ratio"] >= 0) & (records["ratio"] <= 1)).all()
-    # The first depth-1 node that was accepted in a step is a match; a step's accepted count never exceeds its matched chain.
-    matched = records["matched"].reshape(steps, -1)
-    for accepted, row in zip(result.accepted_lengths, matched):
-        if accepted:
-            assert row[:2].max() == 1.0
+    # Greedy verification accepts the longest path of nodes that match the target's argmax at their
+    # parent, so each step's accepted count must be the deepest all-matched path of its labels.
+    matched = records["matched"].reshape(steps, -1).tolist()
+    for tree, accepted, row in zip(trees, result.accepted_lengths, matched):
+        ok = [True] + [False] * tree.size
+        for node in range(1, tree.size + 1):
+            ok[node] = bool(row[node - 1]) and ok[tree.parents[node]]
+        assert accepted == max(tree.depths[node] for node in range(tree.size + 1) if ok[node])
+    assert any(any(row) for row in matched) and not all(all(row) for row in matched), "the copier must both accept and reject some nodes for this to test anything"
 
 
 def test_records_round_trip_and_a_fitted_head_beats_a_coin(copier, tmp_path):
-    records = record_proposals(copier, None, drafts(copier)["medusa"], SETUPS[0][1], [], progress=False)
-    assert records["features"].shape[0] == 0
+    records, described = record_proposals(copier, None, drafts(copier)["medusa"], SETUPS[0][1], [], progress=False)
+    assert records["features"].shape[0] == 0 and described["proposer"] == "medusa"
     recorder = RecordingVerifier(resolve_verifier("greedy", SamplingConfig()))
     generator = SpeculativeGenerator.from_draft(copier, drafts(copier)["medusa"], SETUPS[0][1], verifier=recorder)
     generator.eos = set(NO_EOS)

@@ -1,6 +1,9 @@
-"""Fit an acceptance head (learned draft length) on what `RecordingVerifier` recorded: the features of
-every node a draft proposed and whether the target accepted it given its parent (greedy: the node is
-the target's argmax at its parent; sampling: the soft label min(1, p/q)).
+"""`specdec-train recipe=acceptance data.records=DIR`: fit an acceptance head (learned draft length) on
+what `specdec-acceptance-data` recorded: the features of every node a draft proposed and whether the
+target accepted it given its parent (greedy: the node is the target's argmax at its parent;
+sampling: the soft label min(1, p/q)). The head is not a draft, so the recipe has its own schema
+(`AcceptanceRecipeConfig`) and job (`train_acceptance`), which writes `<output_dir>/head` (served
+with specdec-generate / specdec-eval `acceptance_head=DIR`) and `<output_dir>/acceptance_report.json`.
 
 `fit_acceptance_head(records, settings)`:
 1. rows are split into training and validation by verification step (a step's nodes never straddle the split);
@@ -12,31 +15,47 @@ the target's argmax at its parent; sampling: the soft label min(1, p/q)).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import ClassVar, Optional
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
+from specdec.models.acceptance_data import AcceptanceDataError, load_records
 from specdec.models.acceptance_head import FEATURES, AcceptanceHead, AcceptanceHeadConfig
+from specdec.models.base import atomic_write
+from specdec.models.cli_args import AT_LEAST_1
+from specdec.train.config import POSITIVE, NON_NEGATIVE, RecipeError, check_rules
 from specdec.train.judge import FullBatch, quiet_lightning, roc_auc
 from specdec.train.losses import NonFiniteLossError
 
+METHOD = "acceptance"
+"""The `method` of this recipe."""
+SECTION = "acceptance"
+"""The recipe's own section (beside data)."""
+HEAD_DIR, REPORT_NAME = "head", "acceptance_report.json"
+"""What the job writes into output_dir."""
 LABELS = ("matched", "ratio")
 """Label columns of the records: the greedy match, or the sampling ratio min(1, p/q)."""
+ERRORS = (AcceptanceDataError,)
+"""Failures of this job caused by its input, which the CLI reports in one line (exit code 1)."""
 
 
 @dataclass
 class AcceptanceSettings:
     """How an acceptance head is fitted."""
 
-    label: str = "matched"
-    """Which label to fit: `matched` (greedy decoding) or `ratio` (sampling)."""
+    label: str = "auto"
+    """Which label to fit: `matched` (greedy decoding), `ratio` (sampling), or auto: the one the records were decoded for."""
     hidden: int = 32
     """Width of the head's two hidden layers."""
-    threshold: float = 0.3
-    """Serving default written into the head's config (draft_length threshold)."""
+    threshold: float = 0.1
+    """Serving default written into the head's config (the draft_length threshold on a node's path acceptance); 0.1 suits a CPU, where verifying a node costs about a tenth of a one-token step."""
     steps: int = 400
     """Full-batch AdamW steps."""
     lr: float = 3e-3
@@ -47,6 +66,72 @@ class AcceptanceSettings:
     """Share of verification steps held out for the report."""
     seed: int = 0
     """Seed of the split and the head's initialisation."""
+
+    ranges: ClassVar[dict] = {
+        "hidden": AT_LEAST_1, "threshold": ("within [0, 1]", lambda v: 0 <= v <= 1), "steps": AT_LEAST_1, "lr": POSITIVE,
+        "weight_decay": NON_NEGATIVE, "val_fraction": ("within (0, 1)", lambda v: 0 < v < 1),
+    }
+    choices: ClassVar[dict] = {"label": ("auto", *LABELS)}
+
+
+@dataclass
+class AcceptanceDataSection:
+    records: Optional[str] = None
+    """Records folder that `specdec-acceptance-data` wrote (its out=). Required."""
+
+
+@dataclass
+class AcceptanceRecipeConfig:
+    method: str = METHOD
+    """acceptance: fit an acceptance head (learned draft length) on recorded proposals instead of a draft."""
+    output_dir: str = "runs/acceptance"
+    """Where the resolved config, head/ (the acceptance head) and acceptance_report.json go."""
+    data: AcceptanceDataSection = field(default_factory=AcceptanceDataSection)
+    """The recorded proposals."""
+    acceptance: AcceptanceSettings = field(default_factory=AcceptanceSettings)
+    """The head, its fit and its serving threshold."""
+
+
+RECIPE = AcceptanceRecipeConfig
+"""This recipe's schema."""
+
+
+def check_recipe(config: DictConfig) -> None:
+    """Raise RecipeError for an acceptance recipe that cannot run: values out of range, no records folder."""
+    prefixed = {kind: {f"{SECTION}.{key}": rule for key, rule in getattr(AcceptanceSettings, kind).items()} for kind in ("choices", "ranges")}
+    check_rules(config, prefixed["choices"], prefixed["ranges"])
+    records = config.data.records
+    if records is None:
+        raise RecipeError("`data.records` is required: the folder `specdec-acceptance-data` wrote (its out=DIR); record the draft's proposals first")
+    if not Path(records).is_dir():
+        raise RecipeError(f"`data.records`: records folder {records} does not exist: run specdec-acceptance-data first (out={records}), or fix the path")
+
+
+def run_recipe(cfg: DictConfig, callbacks: list | tuple = ()) -> Path:
+    """Run the acceptance recipe `cfg` (validated by `load_recipe`); returns the head folder."""
+    # Step 1: output folder with the resolved config; the records.
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "config.yaml", lambda p: Path(p).write_text(OmegaConf.to_yaml(cfg)))
+    records, card = load_records(cfg.data.records)
+    settings = AcceptanceSettings(**OmegaConf.to_container(cfg.acceptance))
+    if settings.label == "auto":
+        settings = replace(settings, label=card.get("label", "matched"))
+    # Step 2: fit, then the head folder (its report in config.json) and the report.
+    head, report = fit_acceptance_head(records, settings, draft=card.get("draft") or {}, callbacks=callbacks)
+    report |= {"label": settings.label, "rows": int(records["features"].shape[0]), "records": str(Path(cfg.data.records).resolve()), "proposer": card.get("proposer")}
+    head_dir = head.save_pretrained(out / HEAD_DIR, extra={"metrics": report, "target": {"name_or_path": card.get("target"), "target_id": card.get("target_id")}})
+    atomic_write(out / REPORT_NAME, lambda p: Path(p).write_text(json.dumps(report, indent=2) + "\n"))
+    print(
+        f"acceptance head written to {head_dir}: validation AUC {fmt(report['val_auc_head'])} (draft probability {fmt(report['val_auc_draft_prob'])}), "
+        f"BCE {fmt(report['val_bce_head'])} ({fmt(report['val_bce_draft_prob'])}); serve it with draft_length={settings.threshold} acceptance_head={head_dir}",
+        flush=True,
+    )
+    return head_dir
+
+
+def fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def acceptance_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -83,13 +168,16 @@ def split_by_step(steps: torch.Tensor, val_fraction: float, seed: int) -> tuple[
     return ~val, val
 
 
-def fit_acceptance_head(records: dict[str, torch.Tensor], settings: AcceptanceSettings, draft: dict | None = None) -> tuple[AcceptanceHead, dict]:
-    """(the fitted head, its validation report) from `records` {features [N, F], matched [N], ratio [N], step [N]}."""
+def fit_acceptance_head(records: dict[str, torch.Tensor], settings: AcceptanceSettings, draft: dict | None = None, callbacks: list | tuple = ()) -> tuple[AcceptanceHead, dict]:
+    """(the fitted head, its validation report) from `records` {features [N, F], matched [N], ratio [N], step [N]};
+    label auto fits `matched`. `callbacks` join the Lightning Trainer."""
+    if settings.label == "auto":
+        settings = replace(settings, label="matched")
     if settings.label not in LABELS:
         raise ValueError(f"label={settings.label!r}: choose one of {', '.join(LABELS)}")
     features, labels = records["features"].float(), records[settings.label].float()
     if features.shape[0] < 10 or features.shape[1] != len(FEATURES):
-        raise ValueError(f"need at least 10 recorded nodes with {len(FEATURES)} features each (got {tuple(features.shape)}): record more proposals")
+        raise AcceptanceDataError(f"need at least 10 recorded nodes with {len(FEATURES)} features each (got {tuple(features.shape)}): record more proposals (specdec-acceptance-data max_prompts=)")
     # Step 1: split by verification step.
     train, val = split_by_step(records["step"], settings.val_fraction, settings.seed)
     # Step 2: fit the head full-batch.
@@ -101,7 +189,7 @@ def fit_acceptance_head(records: dict[str, torch.Tensor], settings: AcceptanceSe
     with quiet_lightning():
         trainer = L.Trainer(
             accelerator="cpu", devices=1, max_steps=settings.steps, max_epochs=1, logger=False, enable_checkpointing=False,
-            enable_progress_bar=False, enable_model_summary=False,
+            enable_progress_bar=False, enable_model_summary=False, callbacks=list(callbacks),
         )
         trainer.fit(module, train_dataloaders=loader)
     head.eval()

@@ -9,13 +9,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from specdec.models import cli_args
 from specdec.models.cli_args import UsageError, help_page
-from specdec.train.config import JUDGE_METHOD, RecipeError, available_recipes, field_docs, load_recipe, method_field_docs, parse_overrides, section_owners
+from specdec.train.config import HEAD_RECIPES, RecipeError, available_recipes, field_docs, head_recipe, load_recipe, method_field_docs, parse_overrides, section_owners
 
 USAGE = """usage: specdec-train recipe=NAME_OR_PATH [key=value ...]
 
-Trains a draft against a frozen target and exports it to <output_dir>/draft; recipe=judge instead
-trains a judge head (Judge decoding, LOSSY) on the labels specdec-judge-data mined (data.labels=DIR)
-and writes <output_dir>/judge plus <output_dir>/judge_report.json and .png.
+Trains a draft against a frozen target and exports it to <output_dir>/draft. Two recipes fit a head
+instead: recipe=judge a judge head (Judge decoding, LOSSY) on the labels specdec-judge-data mined
+(data.labels=DIR; writes <output_dir>/judge plus judge_report.json and .png), recipe=acceptance an
+acceptance head (learned draft length) on the proposals specdec-acceptance-data recorded
+(data.records=DIR; writes <output_dir>/head plus acceptance_report.json).
   recipe=NAME_OR_PATH  a bundled recipe ({recipes}) or a path to a YAML file (default: medusa1)
   key=value            override any recipe key below, e.g. trainer.max_steps=200 data.max_samples=500
   resume=last          continue a killed run from <output_dir>/checkpoints/last.ckpt
@@ -30,13 +32,11 @@ def help_text() -> str:
 
 def recipe_key_sections() -> list[tuple[str, list]]:
     """`help_page` sections of the recipe keys: every shared key, then each method's own sections (a recipe reads only its method's),
-    then the judge recipe's keys (it reads only those)."""
-    from specdec.train.judge import JudgeRecipeConfig
-
+    then each head recipe's keys (it reads only those)."""
     owners = section_owners()
     sections = [("keys of every draft recipe:", field_docs())]
     sections += [(f"keys of section `{name}` (method {' / '.join(owners[name])}):", rows) for name, rows in method_field_docs().items()]
-    return sections + [(f"keys of recipe=judge (method {JUDGE_METHOD}; it reads only these):", field_docs(JudgeRecipeConfig))]
+    return sections + [(f"keys of recipe={m} (method {m}; it reads only these):", field_docs(head_recipe(m).RECIPE)) for m in HEAD_RECIPES]
 
 
 def parse(argv: list[str], default_recipe: str = "medusa1") -> DictConfig:
@@ -56,10 +56,10 @@ def main(argv: list[str] | None = None) -> int:
 def run_cli(argv: list[str], callbacks: list | tuple = ()) -> int:
     """`specdec-train` on `argv`, with extra Lightning `callbacks` (for scripts that wrap the CLI); returns the exit code:
     2 for a bad command line or recipe (before any work), 1 for a job that failed on its inputs or lost a rank."""
-    from specdec.train.judge import JUDGE_ERRORS
     from specdec.train.pipeline import user_errors
 
-    return cli_args.run_cli("specdec-train", argv, help_text, parse, lambda cfg: train(cfg, callbacks), (*user_errors(), *JUDGE_ERRORS, DistributedFailure))
+    head_errors = tuple(error for m in HEAD_RECIPES for error in head_recipe(m).ERRORS)
+    return cli_args.run_cli("specdec-train", argv, help_text, parse, lambda cfg: train(cfg, callbacks), (*user_errors(), *head_errors, DistributedFailure))
 
 
 class DistributedFailure(RuntimeError):
@@ -67,14 +67,12 @@ class DistributedFailure(RuntimeError):
 
 
 def train(cfg: DictConfig, callbacks: list | tuple = ()) -> int:
-    """Print the resolved recipe and run the job (the judge recipe: `specdec.train.judge`); returns 0."""
+    """Print the resolved recipe and run the job (a head recipe: its module's `run_recipe`); returns 0."""
     from specdec.train.pipeline import run, user_errors
 
     rank_zero_only(print)(OmegaConf.to_yaml(cfg), flush=True)
-    if cfg.method == JUDGE_METHOD:
-        from specdec.train.judge import train_judge
-
-        train_judge(cfg, callbacks)
+    if cfg.method in HEAD_RECIPES:
+        head_recipe(cfg.method).run_recipe(cfg, callbacks)
         return 0
     try:
         run(cfg, callbacks)

@@ -55,6 +55,8 @@ class JudgeTrainingError(ValueError):
 
 JUDGE_ERRORS = (JudgeDataError, JudgeTrainingError)
 """Failures of this job caused by its input, which the CLI reports in one line (exit code 1)."""
+METHOD, SECTION, ERRORS = JUDGE_METHOD, "judge", JUDGE_ERRORS
+"""This recipe's `method`, its own section and its input errors, as `specdec.train.config.HEAD_RECIPES` reads them."""
 
 
 @dataclass
@@ -108,6 +110,10 @@ class JudgeRecipeConfig:
     """The L-BFGS optimizer."""
     judge: JudgeSection = field(default_factory=JudgeSection)
     """The head, its regularisation grid and its serving threshold."""
+
+
+RECIPE = JudgeRecipeConfig
+"""This recipe's schema."""
 
 
 def check_recipe(config: DictConfig) -> None:
@@ -335,6 +341,11 @@ def fit_head(cfg: DictConfig, features: torch.Tensor, important: torch.Tensor, w
         )
         trainer.fit(module, train_dataloaders=loader)
     return head.eval(), module.last_loss
+
+
+def run_recipe(cfg: DictConfig, callbacks: list | tuple = ()) -> Path:
+    """`train_judge` as `specdec-train` runs a head recipe; returns the judge folder."""
+    return train_judge(cfg, callbacks).judge_dir
 
 
 @dataclass
