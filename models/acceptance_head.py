@@ -15,8 +15,6 @@ recorded with and the training metrics) and `model.safetensors` (standardisation
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -24,11 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from specdec.models.base import CONFIG_NAME, WEIGHTS_NAME, DraftMismatchError, atomic_write, config_from_dict, specdec_version
+from specdec.models.base import DraftMismatchError
+from specdec.models.small_head import SmallHead
 
 ACCEPTANCE_TYPE = "acceptance_head"
 """Value of `config.json`'s `draft_type` in an acceptance-head folder (not a draft: `load_draft` refuses it)."""
@@ -52,42 +49,32 @@ class AcceptanceHeadConfig:
     """The draft whose proposals were recorded (`draft_type`, `path`)."""
 
 
-class AcceptanceHead(nn.Module):
+class AcceptanceHead(SmallHead):
     """Standardised node features [.., len(FEATURES)] -> the logit of p(accepted | parent accepted)."""
+
+    head_type, config_class = ACCEPTANCE_TYPE, AcceptanceHeadConfig
+    what, trained_by, option = "an acceptance head", "specdec-train recipe=acceptance (its head/)", "acceptance_head=DIR"
 
     def __init__(self, config: AcceptanceHeadConfig):
         super().__init__()
         self.config = config
         f, h = len(FEATURES), config.hidden
-        self.register_buffer("feature_mean", torch.zeros(f))
-        self.register_buffer("feature_std", torch.ones(f))
+        self.add_standardisation(f)
         self.layers = nn.Sequential(nn.Linear(f, h), nn.SiLU(), nn.Linear(h, h), nn.SiLU(), nn.Linear(h, 1))
-
-    def set_standardisation(self, features: torch.Tensor) -> None:
-        """Take each feature's mean and standard deviation from `features` [N, F] (the training set)."""
-        self.feature_mean.copy_(features.float().mean(0))
-        self.feature_std.copy_(features.float().std(0).clamp_min(1e-6))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """[.., F] -> [..] logits."""
-        x = (features.to(self.feature_mean.dtype) - self.feature_mean) / self.feature_std
-        return self.layers(x).squeeze(-1)
+        return self.layers(self.standardise(features)).squeeze(-1)
 
     @torch.no_grad()
     def acceptance(self, features: torch.Tensor) -> torch.Tensor:
         """[.., F] -> [..] predicted acceptance in [0, 1]."""
         return torch.sigmoid(self(features))
 
-    def save_pretrained(self, directory: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
-        """Write `config.json` and `model.safetensors` into `directory`, each atomically."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        config = {"draft_type": ACCEPTANCE_TYPE, **dataclasses.asdict(self.config), "specdec_version": specdec_version(), **(extra or {})}
-        config["features"] = list(config["features"])
-        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
-        atomic_write(directory / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(config, indent=2) + "\n"))
-        return directory
+    @classmethod
+    def check_config(cls, config: dict, path: Path) -> None:
+        if tuple(config.get("features") or ()) != FEATURES:
+            raise DraftMismatchError(f"{path} reads features {config.get('features')}, this specdec computes {list(FEATURES)}: train the head again with this version")
 
 
 def node_features(parents: tuple[int, ...], ranks: tuple[int, ...], depths: tuple[int, ...], tokens: torch.Tensor, draft_dists: torch.Tensor) -> torch.Tensor:
@@ -122,36 +109,9 @@ def path_matrix(parents: tuple[int, ...]) -> torch.Tensor:
 
 def read_acceptance_config(directory: str | os.PathLike) -> dict[str, Any]:
     """The config.json of an acceptance-head folder; a missing folder or one that is not an acceptance head raises a clear error."""
-    directory = Path(directory)
-    path = directory / CONFIG_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: acceptance_head=DIR must name the head/ folder `specdec-train recipe=acceptance` wrote")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DraftMismatchError(f"{path} is not valid JSON ({exc}); restore the config.json written with the acceptance head") from None
-    if not isinstance(config, dict) or config.get("draft_type") != ACCEPTANCE_TYPE:
-        found = config.get("draft_type") if isinstance(config, dict) else None
-        raise DraftMismatchError(f"{directory} holds a {found!r} folder, not an acceptance head: pass the folder specdec.train.acceptance wrote")
-    if tuple(config.get("features") or ()) != FEATURES:
-        raise DraftMismatchError(f"{path} reads features {config.get('features')}, this specdec computes {list(FEATURES)}: train the head again with this version")
-    return config
+    return AcceptanceHead.read_config(directory)
 
 
 def load_acceptance_head(directory: str | os.PathLike) -> AcceptanceHead:
     """Rebuild the head `AcceptanceHead.save_pretrained` wrote (no pickles are read)."""
-    directory = Path(directory)
-    values = read_acceptance_config(directory)
-    values["features"] = tuple(values["features"])
-    head = AcceptanceHead(config_from_dict(AcceptanceHeadConfig, values))
-    try:
-        tensors = load_file(directory / WEIGHTS_NAME)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{directory / WEIGHTS_NAME} does not exist: the acceptance-head folder is incomplete; train it again or restore the file") from None
-    except SafetensorError as exc:
-        raise DraftMismatchError(f"{directory / WEIGHTS_NAME} is damaged ({exc}); train the head again or restore the file") from None
-    expected = head.state_dict()
-    if expected.keys() != tensors.keys() or any(expected[k].shape != tensors[k].shape for k in expected):
-        raise DraftMismatchError(f"the weights in {directory / WEIGHTS_NAME} do not fit its {CONFIG_NAME} (hidden): restore the files written together")
-    head.load_state_dict(tensors)
-    return head.eval()
+    return AcceptanceHead.from_pretrained(directory)

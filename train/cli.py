@@ -9,15 +9,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from specdec.models import cli_args
 from specdec.models.cli_args import UsageError, help_page
-from specdec.train.config import HEAD_RECIPES, RecipeError, available_recipes, field_docs, head_recipe, load_recipe, method_field_docs, parse_overrides, section_owners
+from specdec.train.config import STANDALONE_RECIPES, RecipeError, available_recipes, field_docs, standalone_recipe, load_recipe, method_field_docs, parse_overrides, section_owners
 
 USAGE = """usage: specdec-train recipe=NAME_OR_PATH [key=value ...]
 
-Trains a draft against a frozen target and exports it to <output_dir>/draft. Two recipes fit a head
-instead: recipe=judge a judge head (Judge decoding, LOSSY) on the labels specdec-judge-data mined
-(data.labels=DIR; writes <output_dir>/judge plus judge_report.json and .png), recipe=acceptance an
-acceptance head (learned draft length) on the proposals specdec-acceptance-data recorded
-(data.records=DIR; writes <output_dir>/head plus acceptance_report.json).
+Trains a draft against a frozen target and exports it to <output_dir>/draft. Three recipes train
+something else: recipe=judge a judge head (Judge decoding, LOSSY) on the labels specdec-judge-data
+mined (data.labels=DIR; writes <output_dir>/judge plus judge_report.json and .png), recipe=acceptance
+an acceptance head (learned draft length) on the proposals specdec-acceptance-data recorded
+(data.records=DIR; writes <output_dir>/head plus acceptance_report.json), recipe=diffusion_adapt a
+masked-diffusion LM adapted from the target (writes <output_dir>/model).
   recipe=NAME_OR_PATH  a bundled recipe ({recipes}) or a path to a YAML file (default: medusa1)
   key=value            override any recipe key below, e.g. trainer.max_steps=200 data.max_samples=500
   resume=last          continue a killed run from <output_dir>/checkpoints/last.ckpt
@@ -32,11 +33,11 @@ def help_text() -> str:
 
 def recipe_key_sections() -> list[tuple[str, list]]:
     """`help_page` sections of the recipe keys: every shared key, then each method's own sections (a recipe reads only its method's),
-    then each head recipe's keys (it reads only those)."""
+    then each standalone recipe's keys (it reads only those)."""
     owners = section_owners()
     sections = [("keys of every draft recipe:", field_docs())]
     sections += [(f"keys of section `{name}` (method {' / '.join(owners[name])}):", rows) for name, rows in method_field_docs().items()]
-    return sections + [(f"keys of recipe={m} (method {m}; it reads only these):", field_docs(head_recipe(m).RECIPE)) for m in HEAD_RECIPES]
+    return sections + [(f"keys of recipe={m} (method {m}; it reads only these):", field_docs(standalone_recipe(m).RECIPE)) for m in STANDALONE_RECIPES]
 
 
 def parse(argv: list[str], default_recipe: str = "medusa1") -> DictConfig:
@@ -58,7 +59,7 @@ def run_cli(argv: list[str], callbacks: list | tuple = ()) -> int:
     2 for a bad command line or recipe (before any work), 1 for a job that failed on its inputs or lost a rank."""
     from specdec.train.pipeline import user_errors
 
-    head_errors = tuple(error for m in HEAD_RECIPES for error in head_recipe(m).ERRORS)
+    head_errors = tuple(error for m in STANDALONE_RECIPES for error in standalone_recipe(m).ERRORS)
     return cli_args.run_cli("specdec-train", argv, help_text, parse, lambda cfg: train(cfg, callbacks), (*user_errors(), *head_errors, DistributedFailure))
 
 
@@ -67,12 +68,12 @@ class DistributedFailure(RuntimeError):
 
 
 def train(cfg: DictConfig, callbacks: list | tuple = ()) -> int:
-    """Print the resolved recipe and run the job (a head recipe: its module's `run_recipe`); returns 0."""
+    """Print the resolved recipe and run the job (a standalone recipe: its module's `run_recipe`); returns 0."""
     from specdec.train.pipeline import run, user_errors
 
     rank_zero_only(print)(OmegaConf.to_yaml(cfg), flush=True)
-    if cfg.method in HEAD_RECIPES:
-        head_recipe(cfg.method).run_recipe(cfg, callbacks)
+    if cfg.method in STANDALONE_RECIPES:
+        standalone_recipe(cfg.method).run_recipe(cfg, callbacks)
         return 0
     try:
         run(cfg, callbacks)

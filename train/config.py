@@ -157,7 +157,7 @@ class HubConfig:
 @dataclass
 class RecipeConfig:
     method: str = "medusa1"
-    """Training method, one of the registered methods: medusa1 (frozen target), medusa2 (joint LoRA), eagle1, eagle3 or chimera (feature-level drafters on the frozen target); its sections (e.g. medusa, eagle3) join the recipe. (Head recipes train no draft and have keys of their own: method judge, recipe=judge, a judge head; method acceptance, recipe=acceptance, an acceptance head.)"""
+    """Training method, one of the registered methods: medusa1 (frozen target), medusa2 (joint LoRA), eagle1, eagle3 or chimera (feature-level drafters on the frozen target); its sections (e.g. medusa, eagle3) join the recipe. (Standalone recipes train no draft and have keys of their own: judge, a judge head; acceptance, an acceptance head; diffusion_adapt, a masked-diffusion LM adapted from a causal LM.)"""
     output_dir: str = "runs/medusa1"
     """Where the resolved config, checkpoints, logs and the exported draft go."""
     seed: int = 0
@@ -197,8 +197,8 @@ checked. A method's own sections declare theirs as a `ranges` class attribute of
 
 JUDGE_METHOD = "judge"
 """The `method` of the judge recipe: a classifier over mined labels, not a draft `TrainingMethod` (see `specdec.train.judge`)."""
-HEAD_RECIPES = {JUDGE_METHOD: "specdec.train.judge", "acceptance": "specdec.train.acceptance"}
-"""Recipes that fit a small head on recorded data instead of a draft: `method` -> the module that
+STANDALONE_RECIPES = {JUDGE_METHOD: "specdec.train.judge", "acceptance": "specdec.train.acceptance", "diffusion_adapt": "specdec.train.diffusion_adapt"}
+"""Recipes that train something other than a draft (a small head on recorded data, a diffusion LM): `method` -> the module that
 holds the recipe's schema (`RECIPE`), its own section name (`SECTION`), `check_recipe(config)`,
 the job (`run_recipe(config, callbacks)`) and its input errors (`ERRORS`)."""
 
@@ -240,9 +240,9 @@ def _methods():
     return methods
 
 
-def head_recipe(method: str):
-    """The module of the head recipe `method` (imported late: it imports this one)."""
-    return importlib.import_module(HEAD_RECIPES[method])
+def standalone_recipe(method: str):
+    """The module of the standalone recipe `method` (imported late: it imports this one)."""
+    return importlib.import_module(STANDALONE_RECIPES[method])
 
 
 def method_names() -> list[str]:
@@ -256,14 +256,14 @@ def feature_methods() -> list[str]:
 
 
 def recipe_schema(method: str) -> type:
-    """The structured config of a recipe of `method`: the shared sections plus the method's own (a head recipe: its own schema)."""
-    if method in HEAD_RECIPES:
-        return head_recipe(method).RECIPE
+    """The structured config of a recipe of `method`: the shared sections plus the method's own (a standalone recipe: its own schema)."""
+    if method in STANDALONE_RECIPES:
+        return standalone_recipe(method).RECIPE
     try:
         cls = _methods().method_class(method)
     except ValueError as exc:
-        heads = ", ".join(HEAD_RECIPES)
-        raise RecipeError(f"`method`: {exc}; or a head recipe: {heads} (recipe={JUDGE_METHOD}: a judge head on mined labels; recipe=acceptance: an acceptance head on recorded proposals).{did_you_mean(method, list(HEAD_RECIPES))}") from None
+        heads = ", ".join(STANDALONE_RECIPES)
+        raise RecipeError(f"`method`: {exc}; or a standalone recipe: {heads} (recipe={JUDGE_METHOD}: a judge head on mined labels; recipe=acceptance: an acceptance head on recorded proposals; recipe=diffusion_adapt: a masked-diffusion LM).{did_you_mean(method, list(STANDALONE_RECIPES))}") from None
     extra = [(name, section, field(default_factory=section)) for name, section in cls.sections.items()]
     return make_dataclass(f"{cls.__name__}Recipe", extra, bases=(RecipeConfig,))
 
@@ -290,8 +290,8 @@ def _flat_keys(node: Any, prefix: str = "") -> list[str]:
 
 
 def section_owners() -> dict[str, list[str]]:
-    """Recipe section name -> the methods that read it: the draft methods' sections and each head recipe's own."""
-    return {**_methods().section_owners(), **{head_recipe(m).SECTION: [m] for m in HEAD_RECIPES}}
+    """Recipe section name -> the methods that read it: the draft methods' sections and each standalone recipe's own."""
+    return {**_methods().section_owners(), **{standalone_recipe(m).SECTION: [m] for m in STANDALONE_RECIPES}}
 
 
 def _check_keys(tree: dict, origin: str, schema: type, method: str) -> None:
@@ -314,7 +314,7 @@ def parse_overrides(args: list[str]) -> dict[str, str]:
     (specdec.models.cli_args). Values stay strings for OmegaConf to type, except those of boolean
     recipe keys: they take the shared spellings (true/false, 1/0, yes/no, on/off; UsageError otherwise)."""
     overrides = split_words(args)
-    rows = [*field_docs(), *(row for rows in method_field_docs().values() for row in rows), *(row for m in HEAD_RECIPES for row in field_docs(head_recipe(m).RECIPE))]
+    rows = [*field_docs(), *(row for rows in method_field_docs().values() for row in rows), *(row for m in STANDALONE_RECIPES for row in field_docs(standalone_recipe(m).RECIPE))]
     booleans = {key for key, default, _ in rows if isinstance(default, bool)}
     return {key: str(parse_bool(key, value)).lower() if key in booleans else value for key, value in overrides.items()}
 
@@ -337,7 +337,7 @@ def load_recipe(recipe: str, overrides: dict[str, str] | None = None) -> DictCon
         config = OmegaConf.merge(config, OmegaConf.from_dotlist([f"{k}={v}" for k, v in overrides.items()]))
     except OmegaConfBaseException as exc:
         raise RecipeError(f"invalid value: {_short_omegaconf_error(exc)}") from exc
-    (head_recipe(config.method).check_recipe if config.method in HEAD_RECIPES else _check_values)(config)
+    (standalone_recipe(config.method).check_recipe if config.method in STANDALONE_RECIPES else _check_values)(config)
     OmegaConf.set_struct(config, True)
     return config
 

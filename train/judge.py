@@ -56,7 +56,7 @@ class JudgeTrainingError(ValueError):
 JUDGE_ERRORS = (JudgeDataError, JudgeTrainingError)
 """Failures of this job caused by its input, which the CLI reports in one line (exit code 1)."""
 METHOD, SECTION, ERRORS = JUDGE_METHOD, "judge", JUDGE_ERRORS
-"""This recipe's `method`, its own section and its input errors, as `specdec.train.config.HEAD_RECIPES` reads them."""
+"""This recipe's `method`, its own section and its input errors, as `specdec.train.config.STANDALONE_RECIPES` reads them."""
 
 
 @dataclass
@@ -344,7 +344,7 @@ def fit_head(cfg: DictConfig, features: torch.Tensor, important: torch.Tensor, w
 
 
 def run_recipe(cfg: DictConfig, callbacks: list | tuple = ()) -> Path:
-    """`train_judge` as `specdec-train` runs a head recipe; returns the judge folder."""
+    """`train_judge` as `specdec-train` runs a standalone recipe; returns the judge folder."""
     return train_judge(cfg, callbacks).judge_dir
 
 

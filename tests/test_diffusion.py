@@ -1,0 +1,183 @@
+"""Masked-diffusion targets and their block decoding (issue 13, Learn2PD): bidirectional attention and
+the shift, low-confidence remasking's schedule, the oracle replay reproducing its reference, the
+filter finishing blocks early, End-of-Text Prediction, and the folders' round trips and errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from specdec.models.base import DraftMismatchError
+from specdec.models.diffusion import DiffusionConfig, DiffusionLM, DiffusionTargetError, load_diffusion_target, save_diffusion_model
+from specdec.models.learn2pd import Learn2PDConfig, Learn2PDFilter, load_filter
+from specdec.runtime.diffusion import BlockSchedule, LowConfidenceRemasking, OracleReplay, agreement, block_decode, transfer_counts
+from conftest import build_tiny_llama, enliven
+
+VOCAB, MASK, EOS = 64, 63, 2
+PROMPT = torch.tensor([5, 9, 12, 7])
+
+
+@pytest.fixture()
+def lm() -> DiffusionLM:
+    return DiffusionLM(enliven(build_tiny_llama(VOCAB), seed=3), DiffusionConfig(MASK, shift=True), bidirectional_mask=True)
+
+
+class Constant:
+    """A filter whose probability is the same everywhere."""
+
+    def __init__(self, p: float):
+        self.p = p
+
+    def p_final(self, confidences):
+        return torch.full_like(confidences, self.p)
+
+
+def test_attention_is_bidirectional_and_the_shift_aligns_rows(lm):
+    x = torch.tensor([[5, 9, 12, 7, MASK, MASK]])
+    changed = x.clone()
+    changed[0, -1] = 11
+    assert not torch.allclose(lm(x)[0, :3], lm(changed)[0, :3]), "an earlier position must see a later token"
+    raw = lm.model(input_ids=x, attention_mask=torch.zeros(1, 1, 6, 6)).logits
+    assert torch.equal(lm(x)[0, 1:], raw[0, :-1]), "row i holds the prediction made at i - 1"
+
+
+def test_schedule_checks_and_even_split():
+    assert transfer_counts(32, 8) == [4] * 8 and transfer_counts(10, 4) == [3, 3, 2, 2] and sum(transfer_counts(31, 7)) == 31
+    with pytest.raises(ValueError, match="multiple of block_length"):
+        BlockSchedule(gen_length=40, block_length=32)
+    with pytest.raises(ValueError, match="steps_per_block"):
+        BlockSchedule(gen_length=32, block_length=8, steps_per_block=9)
+
+
+def test_low_confidence_remasking_decodes_every_position_on_schedule(lm):
+    schedule = BlockSchedule(gen_length=16, block_length=8, steps_per_block=4)
+    first = block_decode(lm, PROMPT, schedule, LowConfidenceRemasking(schedule), {EOS})
+    assert len(first.positions) == 16 and MASK not in first.positions
+    assert first.forwards == 8 and first.steps_by_block == [4, 4], "two tokens a step, four steps a block"
+    again = block_decode(lm, PROMPT, schedule, LowConfidenceRemasking(schedule), {EOS})
+    assert again.positions == first.positions, "greedy decoding is deterministic"
+    sampled = block_decode(lm, PROMPT, BlockSchedule(16, 8, 4, temperature=1.0), LowConfidenceRemasking(schedule), {EOS}, seed=1)
+    assert MASK not in sampled.positions
+
+
+def test_the_oracle_replay_reproduces_its_reference_and_labels_each_step(lm):
+    schedule = BlockSchedule(gen_length=16, block_length=8, steps_per_block=8)
+    reference = block_decode(lm, PROMPT, schedule, LowConfidenceRemasking(schedule), {EOS})
+    oracle = OracleReplay(reference.positions, schedule.block_length)
+    replay = block_decode(lm, PROMPT, schedule, oracle, {EOS}, write=oracle.write)
+    assert replay.positions == reference.positions and replay.forwards <= reference.forwards
+    assert len(oracle.labels) == replay.forwards
+    for labels, masked, confidences in zip(oracle.labels, oracle.masked, oracle.confidences):
+        assert not bool(labels[~masked].any()), "only masked positions carry a label"
+        assert bool((confidences[~masked] == 1.0).all()) and bool(((confidences > 0) & (confidences <= 1)).all())
+
+
+def test_a_filter_finishes_blocks_early_and_a_silent_one_changes_nothing(lm):
+    schedule = BlockSchedule(gen_length=16, block_length=8, steps_per_block=8)
+    plain = block_decode(lm, PROMPT, schedule, LowConfidenceRemasking(schedule), {EOS})
+    silent = block_decode(lm, PROMPT, schedule, LowConfidenceRemasking(schedule, Constant(0.0)), {EOS})
+    assert silent.positions == plain.positions and silent.forwards == plain.forwards == 16 and silent.filter_unmasked == 0
+    eager = block_decode(lm, PROMPT, schedule, LowConfidenceRemasking(schedule, Constant(1.0)), {EOS})
+    assert eager.forwards == 2 and eager.filter_unmasked == 14, "the filter takes every masked position at each block's first step"
+    assert 0 <= agreement(eager.tokens, plain.tokens) <= 1 and agreement(plain.tokens, plain.tokens) == 1.0
+
+
+class EndsEarly(torch.nn.Module):
+    """A stand-in diffusion LM that answers 3, 4, 5 and then end-of-text everywhere, each with probability ~1."""
+
+    config = DiffusionConfig(MASK, shift=False)
+    device = torch.device("cpu")
+
+    def forward(self, x):
+        answer = [3, 4, 5] + [EOS] * (x.shape[1] - len(PROMPT) - 3)
+        targets = torch.tensor(PROMPT.tolist() + answer)
+        return torch.nn.functional.one_hot(targets, VOCAB)[None].float() * 20
+
+
+def test_end_of_text_prediction_skips_the_padding_after_the_answer():
+    schedule = BlockSchedule(gen_length=32, block_length=8, steps_per_block=8)
+    plain = block_decode(EndsEarly(), PROMPT, schedule, LowConfidenceRemasking(schedule), {EOS})
+    cut = block_decode(EndsEarly(), PROMPT, schedule, LowConfidenceRemasking(schedule), {EOS}, eotp=True)
+    assert plain.tokens == cut.tokens == [3, 4, 5] and cut.positions == plain.positions
+    assert plain.forwards == 32 and cut.forwards < 8 and cut.steps_by_block[1:] == [0, 0, 0] and cut.eotp_filled > 20
+
+
+def test_diffusion_folders_round_trip_and_refuse_what_they_cannot_load(tmp_path, lm, tiny_tokenizer):
+    folder = save_diffusion_model(lm.model, tiny_tokenizer, DiffusionConfig(MASK, True, base="tiny"), tmp_path / "mdm")
+    loaded, tokenizer = load_diffusion_target(str(folder))
+    x = torch.tensor([[5, 9, MASK, MASK]])
+    assert torch.allclose(loaded(x), lm(x)) and loaded.config.mask_token_id == MASK and len(tokenizer) == len(tiny_tokenizer)
+    (folder / "diffusion.json").write_text("{")
+    with pytest.raises(DiffusionTargetError, match="damaged"):
+        load_diffusion_target(str(folder))
+    remote = tmp_path / "llada"
+    remote.mkdir()
+    (remote / "config.json").write_text(json.dumps({"model_type": "llada", "auto_map": {"AutoModel": "modeling_llada.LLaDAModelLM"}}))
+    with pytest.raises(DiffusionTargetError, match="trust_remote_code=true"):
+        load_diffusion_target(str(remote))
+    causal = tmp_path / "causal"
+    build_tiny_llama(VOCAB).save_pretrained(causal)
+    with pytest.raises(DiffusionTargetError, match="not a masked-diffusion LM"):
+        load_diffusion_target(str(causal))
+
+
+def test_filter_folder_round_trips(tmp_path):
+    torch.manual_seed(0)
+    head = Learn2PDFilter(Learn2PDConfig(block_length=8, hidden=16, threshold=0.9))
+    head.save_pretrained(tmp_path / "filter")
+    loaded = load_filter(tmp_path / "filter")
+    x = torch.rand(3, 8)
+    assert torch.allclose(loaded.p_final(x), head.p_final(x)) and loaded.config.threshold == 0.9
+    assert sum(p.numel() for p in Learn2PDFilter(Learn2PDConfig()).parameters()) < 10_000, "a few thousand parameters"
+    with pytest.raises(FileNotFoundError, match="filter=DIR"):
+        load_filter(tmp_path / "none")
+    with pytest.raises(DraftMismatchError, match="not a Learn2PD filter"):
+        Learn2PDFilter.from_pretrained(_acceptance_head(tmp_path))
+
+
+def _acceptance_head(tmp_path):
+    from specdec.models.acceptance_head import AcceptanceHead, AcceptanceHeadConfig
+
+    return AcceptanceHead(AcceptanceHeadConfig()).save_pretrained(tmp_path / "acc")
+
+
+# --- adapting a causal LM (recipe=diffusion_adapt) ------------------------------------------------
+
+
+def test_masking_touches_only_answers_and_the_loss_weights_by_ratio():
+    from specdec.train.diffusion_adapt import denoising_loss, mask_batch
+
+    ids = torch.arange(12).view(2, 6)
+    answer = torch.tensor([[0, 0, 1, 1, 1, 1], [0, 0, 0, 1, 1, 0]])
+    noisy, masked, t = mask_batch(ids, answer, MASK, 0.001, torch.Generator().manual_seed(0), ratio=1.0)
+    assert torch.equal(masked, answer.bool()) and bool((noisy[masked] == MASK).all()) and torch.equal(noisy[~masked], ids[~masked])
+    logits = torch.zeros(2, 6, 16)
+    full = denoising_loss(logits, ids, masked, t, answer)
+    assert full == pytest.approx(torch.log(torch.tensor(16.0)).item(), rel=1e-5), "uniform logits: CE log V on every answer token"
+    half = denoising_loss(logits, ids, masked, torch.full((2,), 0.5), answer)
+    assert half == pytest.approx(2 * full.item(), rel=1e-5) and denoising_loss(logits, ids, torch.zeros_like(masked), t, answer) == 0
+
+
+def test_the_recipe_adapts_a_tiny_target_resumes_and_refuses_bad_keys(tmp_path, tiny_target_dir, capsys):
+    from specdec.train.cli import main as train_main
+
+    out = tmp_path / "adapt"
+    args = ["recipe=diffusion_adapt", f"target.name_or_path={tiny_target_dir}", f"output_dir={out}", "data.max_samples=24", "data.max_length=48", "data.val_size=4",
+            "diffusion_adapt.val_every_n_steps=2", "diffusion_adapt.checkpoint_every_n_steps=2", "diffusion_adapt.enable_progress_bar=false", "optim.lr=1e-3"]
+    assert train_main([*args, "diffusion_adapt.max_steps=2"]) == 0
+    lm, tokenizer = load_diffusion_target(str(out / "model"))
+    assert lm.config.mask_token_id == tokenizer.mask_token_id and lm.config.shift and lm.bidirectional_mask
+    assert lm.model.get_input_embeddings().weight.shape[0] >= len(tokenizer)
+    rows = (out / "logs" / "metrics.csv").read_text()
+    assert "val/denoising_loss" in rows and "val/masked_top1" in rows
+    assert train_main([*args, "diffusion_adapt.max_steps=4", "resume=last"]) == 0
+    import csv
+
+    logged = {int(float(row["step"])) for row in csv.DictReader((out / "logs" / "metrics.csv").open()) if row.get("train/loss")}
+    assert logged == {0, 1, 2, 3}, "the resumed run continued at step 2 and kept the first run's rows"
+    assert "masked-diffusion LM written to" in capsys.readouterr().out
+    assert train_main([*args, "diffusion_adapt.max_step=3"]) == 2 and "diffusion_adapt.max_steps" in capsys.readouterr().err
+    assert train_main([*args, "diffusion_adapt.min_mask_ratio=1.5"]) == 2 and "within (0, 1)" in capsys.readouterr().err
+    assert train_main(["recipe=medusa1", "diffusion_adapt.max_steps=3"]) == 2 and "belongs to method diffusion_adapt" in capsys.readouterr().err
