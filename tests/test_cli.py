@@ -13,6 +13,7 @@ import pytest
 from specdec.eval.acceptance_data import OPTIONS as ACCEPTANCE_DATA_OPTIONS
 from specdec.eval.cli import OPTIONS as EVAL_OPTIONS
 from specdec.eval.judge_data import OPTIONS as JUDGE_DATA_OPTIONS
+from specdec.eval.learn2pd_data import OPTIONS as LEARN2PD_DATA_OPTIONS
 from specdec.models.cli_args import FALSE_WORDS, TRUE_WORDS, Option, Rule, UsageError, parse_bool, parse_options, run_cli
 from specdec.runtime.cli import OPTIONS as GENERATE_OPTIONS
 from specdec.train.cli import recipe_key_sections
@@ -41,13 +42,14 @@ CASES = {
     "specdec-generate": (lambda: list(GENERATE_OPTIONS), "chain", "max_new_token", "max_new_tokens"),
     "specdec-judge-data": (lambda: list(JUDGE_DATA_OPTIONS), "progress", "max_prompt", "max_prompts"),
     "specdec-acceptance-data": (lambda: list(ACCEPTANCE_DATA_OPTIONS), "progress", "max_prompt", "max_prompts"),
+    "specdec-learn2pd-data": (lambda: list(LEARN2PD_DATA_OPTIONS), "progress", "max_prompt", "max_prompts"),
 }
 
 
 @pytest.fixture(autouse=True)
 def nothing_runs(monkeypatch):
     """A usage error must stop every script before its work starts."""
-    for name in ("specdec.train.pipeline.run", "specdec.train.pipeline.tokenized_data", "specdec.train.export.export_folder", "specdec.runtime.cli.load_draft", "specdec.eval.cli.load_draft", "specdec.eval.judge_data.load_draft", "specdec.eval.acceptance_data.load_draft"):
+    for name in ("specdec.train.pipeline.run", "specdec.train.pipeline.tokenized_data", "specdec.train.export.export_folder", "specdec.runtime.cli.load_draft", "specdec.eval.cli.load_draft", "specdec.eval.judge_data.load_draft", "specdec.eval.acceptance_data.load_draft", "specdec.eval.learn2pd_data.load_diffusion_target"):
         monkeypatch.setattr(name, lambda *a, **k: pytest.fail("the work started"))
 
 

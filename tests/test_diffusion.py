@@ -181,3 +181,44 @@ def test_the_recipe_adapts_a_tiny_target_resumes_and_refuses_bad_keys(tmp_path, 
     assert train_main([*args, "diffusion_adapt.max_step=3"]) == 2 and "diffusion_adapt.max_steps" in capsys.readouterr().err
     assert train_main([*args, "diffusion_adapt.min_mask_ratio=1.5"]) == 2 and "within (0, 1)" in capsys.readouterr().err
     assert train_main(["recipe=medusa1", "diffusion_adapt.max_steps=3"]) == 2 and "belongs to method diffusion_adapt" in capsys.readouterr().err
+
+
+# --- Learn2PD: oracle data, the filter recipe, serving it --------------------------------------------
+
+
+def test_oracle_data_resumes_the_filter_trains_and_serves(tmp_path, tiny_tokenizer, capsys):
+    from specdec.eval.learn2pd_data import main as oracle_main
+    from specdec.models.learn2pd_data import read_oracle_data
+    from specdec.train.cli import main as train_main
+
+    mask = len(tiny_tokenizer) - 1
+    lm = DiffusionLM(enliven(build_tiny_llama(len(tiny_tokenizer)), seed=3), DiffusionConfig(mask, True), bidirectional_mask=True)
+    target = save_diffusion_model(lm.model, tiny_tokenizer, lm.config, tmp_path / "mdm")
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"question": f"Count to {i}, please"}) + "\n" for i in range(4)))
+    out = tmp_path / "oracle"
+    args = [f"target={target}", f"out={out}", f"prompts={prompts}", "gen_length=16", "block_length=8", "steps_per_block=8", "chunk_size=2", "threads=1", "progress=false"]
+    # Step 1: the oracle data, two shards; a rerun finds them done, other settings are refused.
+    assert oracle_main(args) == 0
+    rows, card = read_oracle_data(out)
+    assert card["counts"]["prompts"] == 4 and rows["labels"].shape == rows["confidences"].shape == (card["counts"]["steps"], 8)
+    assert card["counts"]["oracle_forwards"] <= card["counts"]["reference_forwards"] == 4 * 16
+    assert sorted(rows["prompt_index"].unique().tolist()) == [0, 1, 2, 3] and not bool(rows["labels"][~rows["masked"].bool()].any())
+    assert "oracle steps from 4 prompts" in capsys.readouterr().out
+    assert oracle_main(args) == 0 and json.loads((out / "oracle_card.json").read_text())["counts"] == card["counts"]
+    assert oracle_main([*args[:-4], "steps_per_block=4", *args[-3:]]) == 1 and "other settings (steps_per_block)" in capsys.readouterr().err
+    assert oracle_main([*args, "gen_length=12"]) == 2 and "multiple of block_length" in capsys.readouterr().err
+    # Step 2: the filter, with its report at the serving threshold.
+    run = tmp_path / "run"
+    assert train_main(["recipe=learn2pd", f"data.oracle={out}", f"output_dir={run}", "learn2pd.steps=50", "data.val_fraction=0.25"]) == 0
+    report = json.loads((run / "learn2pd_report.json").read_text())
+    assert report["val_positions"] > 0 and set(report["filter"]) >= {"precision", "false_positive_rate", "recall", "accepted_share"}
+    assert "Learn2PD filter written to" in capsys.readouterr().out
+    # Step 3: served, it only ever adds unmasks to the schedule's, so a block never takes more steps.
+    model = load_filter(run / "filter")
+    schedule = BlockSchedule(16, 8, 8)
+    plain = block_decode(lm, PROMPT, schedule, LowConfidenceRemasking(schedule), {EOS})
+    served = block_decode(lm, PROMPT, schedule, LowConfidenceRemasking(schedule, model, threshold=0.5), {EOS})
+    assert served.forwards <= plain.forwards and mask not in served.positions
+    assert train_main(["recipe=learn2pd"]) == 2 and "`data.oracle` is required" in capsys.readouterr().err
+    assert train_main(["recipe=learn2pd", f"data.oracle={out}", "learn2pd.treshold=0.9"]) == 2 and "learn2pd.threshold" in capsys.readouterr().err

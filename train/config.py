@@ -197,7 +197,7 @@ checked. A method's own sections declare theirs as a `ranges` class attribute of
 
 JUDGE_METHOD = "judge"
 """The `method` of the judge recipe: a classifier over mined labels, not a draft `TrainingMethod` (see `specdec.train.judge`)."""
-STANDALONE_RECIPES = {JUDGE_METHOD: "specdec.train.judge", "acceptance": "specdec.train.acceptance", "diffusion_adapt": "specdec.train.diffusion_adapt"}
+STANDALONE_RECIPES = {JUDGE_METHOD: "specdec.train.judge", "acceptance": "specdec.train.acceptance", "diffusion_adapt": "specdec.train.diffusion_adapt", "learn2pd": "specdec.train.learn2pd"}
 """Recipes that train something other than a draft (a small head on recorded data, a diffusion LM): `method` -> the module that
 holds the recipe's schema (`RECIPE`), its own section name (`SECTION`), `check_recipe(config)`,
 the job (`run_recipe(config, callbacks)`) and its input errors (`ERRORS`)."""
