@@ -37,6 +37,7 @@ OPTIONS = {
 }
 """key -> Option(type, default, range, meaning)."""
 USAGE = """usage: specdec-eval draft=DIR [bench=mt-bench|PATH.jsonl] [key=value ...]
+       specdec-eval diffusion=DIR [filter=DIR] [key=value ...]   (a masked-diffusion LM; its own keys: specdec-eval diffusion= --help)
 
 Benchmarks a trained draft: prints the table, writes the full result (out), a figure (plot) and
 the overall summary into <draft>/eval_results.json (read by the model card).
@@ -206,8 +207,13 @@ def figure_path(options: dict, out: Path) -> Path | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of `specdec-eval`."""
-    return run_cli("specdec-eval", sys.argv[1:] if argv is None else argv, help_text, parse_args, run, (*RUNTIME_ERRORS, QuestionFileError, CheckerError))
+    """Entry point of `specdec-eval`; a command line with diffusion=DIR benchmarks a masked-diffusion LM instead (`specdec.eval.diffusion_eval`)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if any(word.startswith("diffusion=") for word in argv):
+        from specdec.eval import diffusion_eval
+
+        return diffusion_eval.main(argv)
+    return run_cli("specdec-eval", argv, help_text, parse_args, run, (*RUNTIME_ERRORS, QuestionFileError, CheckerError))
 
 
 if __name__ == "__main__":

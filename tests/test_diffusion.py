@@ -222,3 +222,25 @@ def test_oracle_data_resumes_the_filter_trains_and_serves(tmp_path, tiny_tokeniz
     assert served.forwards <= plain.forwards and mask not in served.positions
     assert train_main(["recipe=learn2pd"]) == 2 and "`data.oracle` is required" in capsys.readouterr().err
     assert train_main(["recipe=learn2pd", f"data.oracle={out}", "learn2pd.treshold=0.9"]) == 2 and "learn2pd.threshold" in capsys.readouterr().err
+
+
+def test_specdec_eval_on_a_diffusion_target_reports_every_point(tmp_path, tiny_tokenizer, capsys):
+    from specdec.eval.cli import main as eval_main
+
+    mask = len(tiny_tokenizer) - 1
+    lm = DiffusionLM(enliven(build_tiny_llama(len(tiny_tokenizer)), seed=3), DiffusionConfig(mask, True), bidirectional_mask=True)
+    target = save_diffusion_model(lm.model, tiny_tokenizer, lm.config, tmp_path / "mdm")
+    Learn2PDFilter(Learn2PDConfig(block_length=8, hidden=8)).save_pretrained(tmp_path / "filter")
+    questions = tmp_path / "q.jsonl"
+    questions.write_text("".join(json.dumps({"question_id": i, "category": "c", "turns": [f"Tell me {i} things"]}) + "\n" for i in range(2)))
+    out = tmp_path / "result.json"
+    args = [f"diffusion={target}", f"bench={questions}", "gen_length=16", "block_length=8", "steps_per_block=8", f"out={out}", "threads=1", "progress=false"]
+    assert eval_main([*args, f"filter={tmp_path / 'filter'}", "filter_threshold=0.5"]) == 0
+    result = json.loads(out.read_text())
+    assert list(result["points"]) == ["plain", "eotp", "filter", "filter+eotp"] and result["setting"]["num_questions"] == 2
+    plain = result["points"]["plain"]
+    assert plain["forwards"] == 16 and plain["agreement"] == 1.0 and plain["identical"] == 1.0
+    assert all(p["forwards"] <= 16 for p in result["points"].values()) and "may change the answer" in capsys.readouterr().out
+    assert eval_main([*args, "filter_threshold=0.5"]) == 2 and "only with filter=DIR" in capsys.readouterr().err
+    assert eval_main([*args, "block_length=6"]) == 2 and "multiple of block_length" in capsys.readouterr().err
+    assert eval_main([*args, f"filter={tmp_path / 'filter'}", "block_length=16"]) == 1 and "blocks of 8 positions" in capsys.readouterr().err
