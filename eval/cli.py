@@ -114,7 +114,7 @@ def run(options: dict) -> int:
     source = options["target"] or target_source(draft_dir, config)
     target = load_target(source)
     # Step 2: the benchmark itself (a sweep of lossy rules, or one verifier against the baselines).
-    layout, tree_speeds = _pick_tree(options, target, draft, questions)
+    layout, tree_speeds = _pick_tree(options, target, draft, questions, length)
     if options["sweep"] or options["training_free"]:
         return _sweep(options, target, draft, questions, layout)
     result = evaluate(
@@ -184,12 +184,13 @@ def _check_held_out(options: dict, questions: list[dict]) -> None:
         raise UsageError(f"the judge was mined on rows {first}..{first + count - 1} of {mined_file}, which include question(s) {', '.join(map(str, seen[:5]))}: choose skip_questions= past them")
 
 
-def _pick_tree(options: dict, target, draft, questions: list[dict]):
-    """The layout to evaluate (the draft proposer's options); `tuned` measures tokens/s per candidate on the first two questions."""
+def _pick_tree(options: dict, target, draft, questions: list[dict], length=None):
+    """The layout to evaluate (the draft proposer's options); `tuned` measures tokens/s per candidate on the first two questions
+    (pruned by `length`, the DraftLength it will decode with, when there is one)."""
     if options["tree"] != "tuned":
         return draft_layout(draft, options["tree"], options), None
     calibration = [prompt_ids(target.tokenizer, q) for q in questions[:2]]
-    layout, speeds = tune_tree(target.model, draft, calibration, depth=options["depth"], top_k=options["tree_top_k"], lookup_branch=options["lookup_branch"], lookup_ngram=options["lookup_ngram"])
+    layout, speeds = tune_tree(target.model, draft, calibration, depth=options["depth"], top_k=options["tree_top_k"], lookup_branch=options["lookup_branch"], lookup_ngram=options["lookup_ngram"], draft_length=length)
     best = max(speeds, key=speeds.get)
     print("tree -> tokens/s: " + ", ".join(f"{label}: {speed:.1f}" for label, speed in speeds.items()) + f" (picked {best})")
     return layout, speeds

@@ -26,7 +26,7 @@ from specdec.models.cli_args import AT_LEAST_1, NON_NEGATIVE, Option, Rule, Usag
 from specdec.models.base import DraftMismatchError
 from specdec.models.diffusion import DiffusionTargetError, load_diffusion_target
 from specdec.models.learn2pd import load_filter
-from specdec.runtime.diffusion import BlockSchedule, LowConfidenceRemasking, agreement, block_decode
+from specdec.runtime.diffusion import BlockSchedule, LowConfidenceRemasking, agreement, block_decode, check_filter, end_of_text_ids
 
 OPTIONS = {
     "diffusion": Option(str, None, doc="the masked-diffusion LM: the model/ folder `specdec-train recipe=diffusion_adapt` wrote, or a LLaDA / Dream checkpoint; required"),
@@ -75,9 +75,8 @@ def parse_args(argv: list[str]) -> dict:
 
 def evaluate_diffusion(lm, tokenizer, questions: list[dict], schedule: BlockSchedule, filter_model=None, threshold: float = 0.96, progress: bool = True) -> dict:
     """{setting, points: {name: overall}, questions: [per question per point]} (steps in the module docstring)."""
-    eos = {t for t in (tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")) if isinstance(t, int) and t >= 0}
-    if filter_model is not None and filter_model.config.block_length != schedule.block_length:
-        raise DraftMismatchError(f"the filter reads blocks of {filter_model.config.block_length} positions, the schedule has block_length={schedule.block_length}: use its block length")
+    eos = end_of_text_ids(tokenizer)
+    check_filter(filter_model, schedule)
     points = {"plain": (None, False), "eotp": (None, True)}
     if filter_model is not None:
         points |= {"filter": (filter_model, False), "filter+eotp": (filter_model, True)}

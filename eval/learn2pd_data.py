@@ -23,7 +23,7 @@ from specdec.eval.judge_data import PROMPT_SOURCES, PromptFileError, load_prompt
 from specdec.models.cli_args import AT_LEAST_1, NON_NEGATIVE, Option, UsageError, help_page, parse_options, run_cli, spec_rows
 from specdec.models.diffusion import DiffusionTargetError, load_diffusion_target
 from specdec.models.learn2pd_data import OracleDataError, read_card, shard_path, write_card, write_shard
-from specdec.runtime.diffusion import BlockSchedule, LowConfidenceRemasking, OracleReplay, block_decode
+from specdec.runtime.diffusion import BlockSchedule, LowConfidenceRemasking, OracleReplay, block_decode, end_of_text_ids
 
 OPTIONS = {
     "target": Option(str, None, doc="the masked-diffusion LM: the model/ folder `specdec-train recipe=diffusion_adapt` wrote, or a LLaDA / Dream checkpoint; required"),
@@ -93,7 +93,7 @@ def run(options: dict) -> int:
         raise OracleDataError(f"{options['out']} was written with other settings ({', '.join(changed)}): rerun with its settings to resume, or choose another out=")
     # Step 2: the target.
     lm, tokenizer = load_diffusion_target(options["target"], trust_remote_code=options["trust_remote_code"])
-    eos = {t for t in (tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")) if isinstance(t, int) and t >= 0}
+    eos = end_of_text_ids(tokenizer)
     counts = card.get("counts", {"prompts": 0, "steps": 0, "reference_forwards": 0, "oracle_forwards": 0, "wall_s": 0.0})
     # Step 3: each missing chunk, one shard, the card rewritten after it.
     chunks = [prompts[i : i + options["chunk_size"]] for i in range(0, len(prompts), options["chunk_size"])]

@@ -12,6 +12,7 @@ import statistics
 import torch
 
 from specdec.models.base import DraftModel
+from specdec.runtime.draft_length import DraftLength
 from specdec.runtime.generator import SpeculativeGenerator
 from specdec.runtime.proposers import proposer_class
 
@@ -26,13 +27,15 @@ def tune_tree(
     top_k: int = 4,
     lookup_branch: int = 0,
     lookup_ngram: int = 3,
+    draft_length: DraftLength | None = None,
 ) -> tuple[object, dict]:
     """Return the fastest layout (the proposer's options) and {candidate: median tokens/s over the prompts}.
 
     Medusa / Chimera: the best tree of each of `sizes` nodes (default 1-32). EAGLE: chains of
     1..`depth` tokens and dynamic trees of `sizes` nodes (default 4-32), `depth` deep, `top_k` wide.
     With `lookup_branch` > 0 every candidate is timed with the prompt-lookup branch it will decode
-    with (`SpeculativeGenerator.from_draft`), so the layout is picked for the combined tree."""
+    with (`SpeculativeGenerator.from_draft`), so the layout is picked for the combined tree; with
+    `draft_length` every candidate is timed pruned, so a large tree is judged by the nodes it verifies."""
     if not prompts:
         raise ValueError("tune_tree needs at least one calibration prompt")
     # Step 1: the candidates.
@@ -40,7 +43,7 @@ def tune_tree(
     # Step 2: warm up each once, then time each calibration prompt.
     speeds = {}
     for label, layout in candidates.items():
-        generator = SpeculativeGenerator.from_draft(target, draft, layout, lookup_branch=lookup_branch, lookup_ngram=lookup_ngram)
+        generator = SpeculativeGenerator.from_draft(target, draft, layout, lookup_branch=lookup_branch, lookup_ngram=lookup_ngram, draft_length=draft_length)
         generator.generate(prompts[0], 4)
         speeds[label] = statistics.median(generator.generate(p, max_new_tokens).tokens_per_s for p in prompts)
     best = max(speeds, key=speeds.get)

@@ -26,6 +26,7 @@ OPTIONS = {
 }
 """key -> Option(type, default, range, meaning)."""
 USAGE = """usage: specdec-generate draft=DIR prompt=TEXT [key=value ...]
+       specdec-generate diffusion=DIR prompt=TEXT [key=value ...]   (a masked-diffusion LM; its own keys: specdec-generate diffusion= --help)
 
 Streams the target's answer to one prompt, decoded speculatively with the draft, then prints what
 it cost (tokens, mean accepted tokens per step, tokens/s) as one JSON line on stderr.
@@ -47,8 +48,14 @@ def parse(argv: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of `specdec-generate`: exit 0 ok, 2 bad command line, 1 a draft or target that fails to load."""
-    return run_cli("specdec-generate", sys.argv[1:] if argv is None else argv, help_text, parse, run, RUNTIME_ERRORS)
+    """Entry point of `specdec-generate`: exit 0 ok, 2 bad command line, 1 a draft or target that fails to load;
+    a command line with diffusion=DIR answers with a masked-diffusion LM instead (`specdec.runtime.diffusion_cli`)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if any(word.startswith("diffusion=") for word in argv):
+        from specdec.runtime import diffusion_cli
+
+        return diffusion_cli.main(argv)
+    return run_cli("specdec-generate", argv, help_text, parse, run, RUNTIME_ERRORS)
 
 
 def run(options: dict) -> int:
@@ -68,7 +75,7 @@ def run(options: dict) -> int:
     generator = SpeculativeGenerator.from_draft(target.model, draft, layout, tokenizer=target.tokenizer, verifier=verifier, draft_length=length, **lookup)
     # Step 2: stream the answer as tokens are committed.
     ids = target.tokenizer.apply_chat_template([{"role": "user", "content": options["prompt"]}], add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
-    printer = _StreamPrinter(target.tokenizer)
+    printer = StreamPrinter(target.tokenizer)
     sampling = SamplingConfig(temperature=options["temperature"], top_p=options["top_p"], top_k=options["top_k"])
     result = generator.generate(ids, options["max_new_tokens"], sampling, stop_strings=(options["stop"],) if options["stop"] else (), seed=options["seed"], on_tokens=printer)
     # Step 3: what it cost.
@@ -86,7 +93,7 @@ def run(options: dict) -> int:
     return 0
 
 
-class _StreamPrinter:
+class StreamPrinter:
     """Prints the text of newly committed tokens (decoding the whole answer keeps multi-byte characters intact)."""
 
     def __init__(self, tokenizer):

@@ -23,6 +23,7 @@ from typing import Callable
 
 import torch
 
+from specdec.models.base import DraftMismatchError
 from specdec.models.diffusion import DiffusionLM
 
 
@@ -152,9 +153,13 @@ class OracleReplay:
         return self._reference(view)
 
 
-def block_decode(lm: DiffusionLM, prompt_ids: torch.Tensor, schedule: BlockSchedule, policy: Policy, eos_token_ids: set[int], eotp: bool = False, seed: int = 0, write: Callable[[StepView, torch.Tensor], torch.Tensor] | None = None) -> DiffusionResult:
+def block_decode(
+    lm: DiffusionLM, prompt_ids: torch.Tensor, schedule: BlockSchedule, policy: Policy, eos_token_ids: set[int], eotp: bool = False, seed: int = 0,
+    write: Callable[[StepView, torch.Tensor], torch.Tensor] | None = None, on_block: Callable[[list[int]], None] | None = None,
+) -> DiffusionResult:
     """Decode one answer after `prompt_ids` [T] (steps in the module docstring). `write(view, chosen)`
-    gives the tokens the chosen positions take (default: their predictions; the oracle writes the reference's)."""
+    gives the tokens the chosen positions take (default: their predictions; the oracle writes the reference's);
+    `on_block(answer so far)` is called after every block (the answer up to its first end-of-text, for streaming)."""
     start, device = time.perf_counter(), lm.device
     mask_id, eos = lm.config.mask_token_id, sorted(eos_token_ids)
     prompt_len, length = prompt_ids.numel(), schedule.block_length
@@ -185,12 +190,29 @@ def block_decode(lm: DiffusionLM, prompt_ids: torch.Tensor, schedule: BlockSched
             if eotp and eos:
                 result.eotp_filled += fill_after_eos(x, prompt_len, mask_id, eos[0], set(eos))
         result.steps_by_block.append(step)
+        if on_block is not None:
+            on_block(cut_at_eos(x[prompt_len:hi].tolist(), eos_token_ids))
     result.filter_unmasked = getattr(policy, "filter_unmasked", 0)
     answer = x[prompt_len:].tolist()
-    cut = next((i for i, t in enumerate(answer) if t in eos_token_ids), len(answer))
-    result.tokens, result.positions = answer[:cut], answer
+    result.tokens, result.positions = cut_at_eos(answer, eos_token_ids), answer
     result.total_s = time.perf_counter() - start
     return result
+
+
+def check_filter(filter_model, schedule: BlockSchedule) -> None:
+    """A filter trained on blocks of another length cannot read this schedule's: a DraftMismatchError that says which to use."""
+    if filter_model is not None and filter_model.config.block_length != schedule.block_length:
+        raise DraftMismatchError(f"the filter reads blocks of {filter_model.config.block_length} positions, the schedule has block_length={schedule.block_length}: pass block_length={filter_model.config.block_length}")
+
+
+def cut_at_eos(tokens: list[int], eos_token_ids: set[int]) -> list[int]:
+    """`tokens` up to (without) the first end-of-text token."""
+    return tokens[: next((i for i, t in enumerate(tokens) if t in eos_token_ids), len(tokens))]
+
+
+def end_of_text_ids(tokenizer) -> set[int]:
+    """The tokenizer's end-of-text tokens: its eos token and ChatML's <|im_end|> where it has one."""
+    return {t for t in (tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")) if isinstance(t, int) and t >= 0}
 
 
 def predict(logits: torch.Tensor, temperature: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

@@ -244,3 +244,32 @@ def test_specdec_eval_on_a_diffusion_target_reports_every_point(tmp_path, tiny_t
     assert eval_main([*args, "filter_threshold=0.5"]) == 2 and "only with filter=DIR" in capsys.readouterr().err
     assert eval_main([*args, "block_length=6"]) == 2 and "multiple of block_length" in capsys.readouterr().err
     assert eval_main([*args, f"filter={tmp_path / 'filter'}", "block_length=16"]) == 1 and "blocks of 8 positions" in capsys.readouterr().err
+
+
+def test_specdec_generate_streams_a_diffusion_answer_and_labels_what_may_change_it(tmp_path, tiny_tokenizer, capsys):
+    from specdec.runtime.cli import main as generate_main
+    from specdec.runtime.diffusion import end_of_text_ids
+
+    mask = len(tiny_tokenizer) - 1
+    lm = DiffusionLM(enliven(build_tiny_llama(len(tiny_tokenizer)), seed=3), DiffusionConfig(mask, True), bidirectional_mask=True)
+    target = save_diffusion_model(lm.model, tiny_tokenizer, lm.config, tmp_path / "mdm")
+    Learn2PDFilter(Learn2PDConfig(block_length=8, hidden=8)).save_pretrained(tmp_path / "filter")
+    args = [f"diffusion={target}", "prompt=Tell me three things", "gen_length=16", "block_length=8", "steps_per_block=8", "threads=1"]
+    # Step 1: plain remasking: the streamed text is the decode's answer, every block on schedule.
+    assert generate_main(args) == 0
+    captured = capsys.readouterr()
+    stats = json.loads(captured.err.strip().splitlines()[-1])
+    ids = tiny_tokenizer.apply_chat_template([{"role": "user", "content": "Tell me three things"}], add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"][0]
+    schedule = BlockSchedule(16, 8, 8)
+    reference = block_decode(lm, ids, schedule, LowConfidenceRemasking(schedule), end_of_text_ids(tiny_tokenizer))
+    assert captured.out.rstrip("\n") == tiny_tokenizer.decode(reference.tokens, skip_special_tokens=True)
+    assert stats["forwards"] == 16 and stats["steps_by_block"] == [8, 8] and stats["decoding"].endswith("(the model's own decode)")
+    # Step 2: with the filter and EoTP the cost line says the answer may differ.
+    assert generate_main([*args, f"filter={tmp_path / 'filter'}", "filter_threshold=0.5", "eotp=true"]) == 0
+    stats = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    assert stats["forwards"] <= 16 and "may differ from plain remasking's answer" in stats["decoding"]
+    # Step 3: bad input is refused with the fix.
+    assert generate_main([*args, "block_length=6"]) == 2 and "multiple of block_length" in capsys.readouterr().err
+    assert generate_main([*args, f"filter={tmp_path / 'filter'}", "block_length=16", "steps_per_block=16"]) == 1 and "pass block_length=8" in capsys.readouterr().err
+    assert generate_main([f"diffusion={target}"]) == 2 and "prompt= are required" in capsys.readouterr().err
+    assert generate_main([*args, "eotp=maybe"]) == 2

@@ -300,6 +300,19 @@ def test_tune_tree_times_every_layout_with_the_lookup_branch_it_will_decode_with
     assert all(isinstance(g.proposer, LookupBranchProposer) for g in made)
 
 
+
+def test_tune_tree_times_every_layout_pruned_as_it_will_decode(lively, monkeypatch):
+    from specdec.runtime import autotune
+    from specdec.runtime.draft_length import DraftLength, find_draft_length
+
+    made, build = [], autotune.SpeculativeGenerator.from_draft
+    monkeypatch.setattr(autotune.SpeculativeGenerator, "from_draft", lambda *a, **kw: made.append(build(*a, **kw)) or made[-1])
+    length = DraftLength(threshold=0.5)
+    _, speeds = autotune.tune_tree(lively, _accurate_heads(), [torch.tensor([[5, 6, 7]])], sizes=(3, 6), max_new_tokens=6, draft_length=length)
+    assert set(speeds) == {3, 6} and len(made) == 2
+    pruners = [find_draft_length(g.proposer) for g in made]
+    assert all(p is not None and p.length is length for p in pruners) and all(p.verified_nodes > 0 for p in pruners)
+
 def test_generate_cli_streams_the_plain_greedy_answer(tmp_path, tiny_target_dir, tiny_tokenizer, capsys):
     from transformers import AutoModelForCausalLM
 
