@@ -38,7 +38,7 @@ ADAPT_THREADS = 1
 """Threads of the adaptation (1: it can share the two cores with another training job)."""
 ADAPT_KEYS = [f"diffusion_adapt.max_steps={ADAPT_STEPS}", "diffusion_adapt.val_every_n_steps=50", "diffusion_adapt.checkpoint_every_n_steps=25",
               f"diffusion_adapt.num_threads={ADAPT_THREADS}", "diffusion_adapt.enable_progress_bar=false", "optim.lr=1e-4"]
-ORACLE_PROMPTS = 48
+ORACLE_PROMPTS = 32
 SCHEDULE = ["gen_length=128", "block_length=32", "steps_per_block=32"]
 
 

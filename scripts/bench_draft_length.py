@@ -1,12 +1,12 @@
 """Learned draft length on the standard setting (../shared/BENCHMARK.md): EAGLE-3 and Medusa-1, with and without an acceptance head.
 
-    python scripts/bench_draft_length.py drafts [eagle3|medusa1]  # the standard drafts (Medusa-1 450 steps online, EAGLE-3 prepare + 800 steps offline)
+    python scripts/bench_draft_length.py drafts [eagle3|medusa1]  # the standard drafts (Medusa-1 MEDUSA_STEPS online, EAGLE-3 prepare + 800 steps offline)
     python scripts/bench_draft_length.py heads [eagle3|medusa1]   # record the draft's verified proposals on training prompts, fit its acceptance head
     python scripts/bench_draft_length.py evaluate [NAME]          # every point of POINTS not yet in bench/
     python scripts/bench_draft_length.py collect                  # bench/draft_length.json and the README table
 
-Every job runs under /usr/bin/time -v (its CPU minutes go into the JSON). The drafts use the
-budgets of the README's decoding benchmarks (55 CPU-min each). The acceptance heads are fitted on
+Every job runs under /usr/bin/time -v (its CPU minutes go into the JSON). EAGLE-3 uses the
+budget of the README's decoding benchmarks (55 CPU-min), Medusa-1 half of it (MEDUSA_STEPS). The acceptance heads are fitted on
 the drafts' own proposals for the standard set's held-out ShareGPT prompts (not MT-Bench). Decoding:
 greedy, 256 new tokens, the first two MT-Bench questions of each category (16), plain greedy in the
 same process; each draft with its large layout in full, pruned by the draft's own probability and
@@ -36,8 +36,10 @@ LAYOUTS = {
     "medusa1": ["tree=default", "tree_size=8"],
 }
 """Draft -> its large layout (the 8-node trees of the README's drafter benchmark)."""
-RECORD = ["max_prompts=48", "max_new_tokens=128", "threads=2", "progress=false"]
-"""The recording run: 48 of the standard set's 64 held-out ShareGPT prompts (the drafts never trained on them), 128 new tokens each."""
+RECORD = ["max_prompts=32", "max_new_tokens=128", "threads=2", "progress=false"]
+"""The recording run: 32 of the standard set's 64 held-out ShareGPT prompts (the drafts never trained on them), 128 new tokens each."""
+MEDUSA_STEPS = 225
+"""Medusa-1's budget: half the README's decoding benchmarks' 450 online steps (about 28 CPU-min), to fit one session with the evaluation."""
 EVAL = ["bench=mt-bench", "per_category=2", "max_new_tokens=256", "threads=2"]
 
 
@@ -68,7 +70,7 @@ def drafts(which: str | None = None) -> None:
         schedule = ["trainer.max_steps=800", "trainer.val_every_n_steps=200", "trainer.checkpoint_every_n_steps=200", "optim.lr=3e-3", "optim.warmup_steps=20"]
         timed(["specdec-train", "recipe=eagle3", "output_dir=runs/dl_eagle3", *COMMON, "data.features_dir=runs/dl_features", "data.features=offline", *schedule], RUNS / "dl_eagle3.log")
     if which in (None, "medusa1") and not draft_dir("medusa1").is_dir():
-        schedule = ["trainer.max_steps=450", "trainer.val_every_n_steps=150", "trainer.checkpoint_every_n_steps=150"]
+        schedule = [f"trainer.max_steps={MEDUSA_STEPS}", "trainer.val_every_n_steps=75", "trainer.checkpoint_every_n_steps=75"]
         timed(["specdec-train", "recipe=medusa1", "output_dir=runs/dl_medusa1", *COMMON, *schedule], RUNS / "dl_medusa1.log")
 
 
@@ -106,7 +108,7 @@ def collect() -> None:
         "layouts": LAYOUTS,
         "drafts": {
             "eagle3": {"steps": 800, "cpu_min": sum(filter(None, (cpu_minutes(RUNS / "dl_prepare.log"), cpu_minutes(RUNS / "dl_eagle3.log"))))},
-            "medusa1": {"steps": 450, "cpu_min": cpu_minutes(RUNS / "dl_medusa1.log")},
+            "medusa1": {"steps": MEDUSA_STEPS, "cpu_min": cpu_minutes(RUNS / "dl_medusa1.log")},
         },
         "heads": {
             name: {

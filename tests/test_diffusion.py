@@ -178,6 +178,7 @@ def test_the_recipe_adapts_a_tiny_target_resumes_and_refuses_bad_keys(tmp_path, 
     logged = {int(float(row["step"])) for row in csv.DictReader((out / "logs" / "metrics.csv").open()) if row.get("train/loss")}
     assert logged == {0, 1, 2, 3}, "the resumed run continued at step 2 and kept the first run's rows"
     assert "masked-diffusion LM written to" in capsys.readouterr().out
+    assert train_main([*args, "diffusion_adapt.max_steps=4"]) == 2 and "pass resume=last to continue" in capsys.readouterr().err
     assert train_main([*args, "diffusion_adapt.max_step=3"]) == 2 and "diffusion_adapt.max_steps" in capsys.readouterr().err
     assert train_main([*args, "diffusion_adapt.min_mask_ratio=1.5"]) == 2 and "within (0, 1)" in capsys.readouterr().err
     assert train_main(["recipe=medusa1", "diffusion_adapt.max_steps=3"]) == 2 and "belongs to method diffusion_adapt" in capsys.readouterr().err

@@ -129,6 +129,17 @@ def test_resume_from_a_missing_checkpoint_fails_before_work(tmp_path, tiny_targe
     assert "last.ckpt does not exist" in capsys.readouterr().err
 
 
+def test_a_fresh_run_never_replaces_an_earlier_runs_checkpoint(tmp_path, tiny_target_dir, prompts_file, capsys):
+    args = [f"{k}={v}" for k, v in tiny_overrides(tmp_path, tiny_target_dir, prompts_file).items()]
+    earlier = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    earlier.parent.mkdir(parents=True)
+    earlier.write_bytes(b"an earlier run")
+    assert main(["recipe=medusa1", *args]) == 1
+    err = capsys.readouterr().err
+    assert "earlier run's checkpoint" in err and "resume=last" in err and "another output_dir" in err
+    assert earlier.read_bytes() == b"an earlier run" and sorted(p.name for p in earlier.parent.iterdir()) == ["last.ckpt"]
+
+
 @pytest.mark.parametrize("lora_layers", [0, 1])
 def test_medusa2_trains_lora_jointly_and_exports_the_merged_target(tmp_path, tiny_target_dir, prompts_file, lora_layers):
     # The top-layer run also takes the KL over the original's top-8 support (of the tiny target's 64 tokens).

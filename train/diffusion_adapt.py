@@ -39,6 +39,7 @@ from specdec.models.diffusion import MASK_TOKEN, DiffusionConfig, DiffusionLM, D
 from specdec.models.target import load_target
 from specdec.train.callbacks import AtomicCheckpointIO, ResumableCSVLogger, StepBatchSampler
 from specdec.train.config import NON_NEGATIVE, POSITIVE, RecipeError, TargetConfig, check_rules
+from specdec.train.guards import earlier_run_message
 from specdec.train.losses import NonFiniteLossError
 from specdec.train.steps import SCHEDULES, optimizer_and_schedule
 
@@ -129,13 +130,16 @@ RECIPE = DiffusionAdaptConfig
 
 
 def check_recipe(config: DictConfig) -> None:
-    """Raise RecipeError for values out of range, or a resume checkpoint that does not exist."""
+    """Raise RecipeError for values out of range, a resume checkpoint that does not exist, or a fresh run over an earlier one's checkpoints."""
     sections = {"data": AdaptDataSection, "optim": AdaptOptimSection, SECTION: AdaptSection}
     choices = {f"{name}.{key}": rule for name, section in sections.items() for key, rule in getattr(section, "choices", {}).items()}
     ranges = {f"{name}.{key}": rule for name, section in sections.items() for key, rule in getattr(section, "ranges", {}).items()}
     check_rules(config, choices, ranges)
     if config.resume and not resume_checkpoint(config).is_file():
         raise RecipeError(f"resume checkpoint {resume_checkpoint(config)} does not exist (checkpoints are in <output_dir>/checkpoints/)")
+    earlier = None if config.resume else earlier_run_message(Path(config.output_dir) / "checkpoints")
+    if earlier:
+        raise RecipeError(earlier)
 
 
 def resume_checkpoint(config: DictConfig) -> Path:
@@ -244,7 +248,7 @@ def run_recipe(cfg: DictConfig, callbacks: list | tuple = ()) -> Path:
         accelerator="cpu" if not torch.cuda.is_available() else "auto", devices=1, max_steps=settings.max_steps, max_epochs=-1,
         val_check_interval=settings.val_every_n_steps, check_val_every_n_epoch=None, num_sanity_val_steps=0, log_every_n_steps=1,
         logger=ResumableCSVLogger(save_dir=str(out), name="logs", version=""), plugins=[AtomicCheckpointIO()], enable_model_summary=False,
-        callbacks=[ModelCheckpoint(dirpath=out / "checkpoints", every_n_train_steps=settings.checkpoint_every_n_steps, save_last=True, save_top_k=0),
+        callbacks=[ModelCheckpoint(dirpath=out / "checkpoints", every_n_train_steps=settings.checkpoint_every_n_steps, save_last=True, save_top_k=0, enable_version_counter=False),
                    *([TQDMProgressBar()] if settings.enable_progress_bar else []), *callbacks],
         enable_progress_bar=settings.enable_progress_bar, default_root_dir=str(out),
     )

@@ -89,6 +89,18 @@ def check_finite_weights(tensors: dict[str, torch.Tensor], step: int, consequenc
         )
 
 
+def earlier_run_message(checkpoint_dir: Path) -> str | None:
+    """Why a fresh run must not start in `checkpoint_dir` (it holds an earlier run's last.ckpt, which
+    its first checkpoint would replace), or None when it holds none."""
+    last = Path(checkpoint_dir) / "last.ckpt"
+    if not last.exists():
+        return None
+    return (
+        f"{last} is an earlier run's checkpoint, and a fresh run would replace it: pass resume=last to continue that run, "
+        "or choose another output_dir (or delete the old one) to start over"
+    )
+
+
 def checkpoint_advice(checkpoint_dir: Path) -> str:
     """Which checkpoint a stopped run can go on from: last.ckpt with its step, or none yet."""
     last = Path(checkpoint_dir) / "last.ckpt"

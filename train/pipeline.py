@@ -26,7 +26,7 @@ from specdec.models.base import lm_head_weight
 from specdec.train.callbacks import AtomicCheckpointIO, ResumableCSVLogger, StepBatchSampler
 from specdec.train.config import RecipeConfig, RecipeError, recipe_schema
 from specdec.train.export import HubUploadError, export_draft, publish, target_record
-from specdec.train.guards import CheckpointWriteError, TrainingGuard, TrainingStoppedError, check_finite_weights, checkpoint_advice
+from specdec.train.guards import CheckpointWriteError, TrainingGuard, TrainingStoppedError, check_finite_weights, checkpoint_advice, earlier_run_message
 from specdec.train.losses import NonFiniteLossError
 from specdec.train.methods import TrainingMethod, method_class
 from specdec.train.module import DraftModule
@@ -207,8 +207,12 @@ def load_checkpoint_file(path: Path) -> dict:
 
 
 def resume_path(cfg: DictConfig) -> str | None:
-    """The checkpoint to resume from, or None; a clear error, before any work, if it does not exist or is not a checkpoint."""
+    """The checkpoint to resume from, or None; a clear error, before any work, if it does not exist or is not a checkpoint,
+    or if a fresh run would overwrite an earlier run's checkpoint."""
     if not cfg.resume:
+        earlier = earlier_run_message(Path(cfg.output_dir) / "checkpoints")
+        if earlier:
+            raise RecipeError(earlier)
         return None
     path = Path(cfg.output_dir) / "checkpoints" / "last.ckpt" if cfg.resume == "last" else Path(cfg.resume)
     if not path.exists():  # a file, or a folder for sharded (FSDP, DeepSpeed) checkpoints
@@ -335,10 +339,10 @@ def build_trainer(cfg: DictConfig, extra_callbacks: list | None = None, target_m
     t = cfg.trainer
     check_devices(t, torch.cuda.is_available())
     out = Path(cfg.output_dir)
-    checkpoints = [ModelCheckpoint(dirpath=out / "checkpoints", every_n_train_steps=t.checkpoint_every_n_steps, save_last=True, save_top_k=0)]
+    checkpoints = [ModelCheckpoint(dirpath=out / "checkpoints", every_n_train_steps=t.checkpoint_every_n_steps, save_last=True, save_top_k=0, enable_version_counter=False)]
     if t.checkpoint_monitor:  # also keep the best validation pass's weights as checkpoints/best.ckpt
         mode = "min" if t.checkpoint_monitor.endswith("loss") else "max"
-        checkpoints.append(ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor=t.checkpoint_monitor, mode=mode, save_top_k=1, auto_insert_metric_name=False))
+        checkpoints.append(ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor=t.checkpoint_monitor, mode=mode, save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False))
     plugins = [] if is_sharded(t.strategy) else [AtomicCheckpointIO()]  # sharded strategies write checkpoint folders themselves
     return L.Trainer(
         accelerator=t.accelerator,
