@@ -96,11 +96,15 @@ def evaluate(which: str | None = None) -> None:
 
 
 def collect() -> None:
-    """bench/draft_length.json: per point tau, verified nodes per step, speedups; the drafts' and heads' costs and reports."""
+    """bench/draft_length.json: per point tau, verified nodes per step, speedups; the drafts' and heads' costs and reports (points not evaluated yet are left out and named)."""
     keys = ("mean_accepted_tokens", "verified_nodes_per_step", "drafted_nodes_per_step", "speedup_vs_plain", "speedup_vs_plain_mean", "speedup_vs_hf_generate", "speedup_vs_prompt_lookup", "lossless_match", "ideal_speedup", "tokens_per_s")
     points = {}
     for point, (name, extra) in POINTS.items():
-        result = json.loads((ROOT / "bench" / f"draft_length_{point}.json").read_text())
+        path = ROOT / "bench" / f"draft_length_{point}.json"
+        if not path.is_file():
+            print(f"{point}: not evaluated yet (python scripts/bench_draft_length.py evaluate {point})")
+            continue
+        result = json.loads(path.read_text())
         overall = result["overall"]
         points[point] = {"draft": name, "keys": extra, **{k: overall.get(k) for k in keys}, "cpu_min": cpu_minutes(RUNS / f"dl_eval_{point}.log")}
     summary = {
