@@ -211,8 +211,10 @@ def cut_at_eos(tokens: list[int], eos_token_ids: set[int]) -> list[int]:
 
 
 def end_of_text_ids(tokenizer) -> set[int]:
-    """The tokenizer's end-of-text tokens: its eos token and ChatML's <|im_end|> where it has one."""
-    return {t for t in (tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")) if isinstance(t, int) and t >= 0}
+    """The tokenizer's end-of-text tokens: its eos token and ChatML's <|im_end|> where its vocabulary has one
+    (never the unknown token a missing name converts to)."""
+    vocab = tokenizer.get_vocab()
+    return {t for t in (tokenizer.eos_token_id, vocab.get("<|im_end|>")) if isinstance(t, int) and t >= 0}
 
 
 def predict(logits: torch.Tensor, temperature: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

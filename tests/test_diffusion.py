@@ -274,3 +274,13 @@ def test_specdec_generate_streams_a_diffusion_answer_and_labels_what_may_change_
     assert generate_main([*args, f"filter={tmp_path / 'filter'}", "block_length=16", "steps_per_block=16"]) == 1 and "pass block_length=8" in capsys.readouterr().err
     assert generate_main([f"diffusion={target}"]) == 2 and "prompt= are required" in capsys.readouterr().err
     assert generate_main([*args, "eotp=maybe"]) == 2
+
+
+def test_end_of_text_ids_never_take_the_unknown_token():
+    from types import SimpleNamespace
+
+    from specdec.runtime.diffusion import end_of_text_ids
+
+    plain = SimpleNamespace(eos_token_id=2, get_vocab=lambda: {"</s>": 2, "<unk>": 0})
+    chat = SimpleNamespace(eos_token_id=2, get_vocab=lambda: {"</s>": 2, "<unk>": 0, "<|im_end|>": 7})
+    assert end_of_text_ids(plain) == {2} and end_of_text_ids(chat) == {2, 7}
