@@ -26,12 +26,13 @@ from specdec.models.cli_args import AT_LEAST_1, NON_NEGATIVE, Option, Rule, Usag
 from specdec.models.base import DraftMismatchError
 from specdec.models.diffusion import DiffusionTargetError, load_diffusion_target
 from specdec.models.learn2pd import load_filter
-from specdec.runtime.diffusion import BlockSchedule, LowConfidenceRemasking, agreement, block_decode, check_filter, end_of_text_ids
+from specdec.runtime.diffusion import BlockSchedule, LowConfidenceRemasking, agreement, block_decode, check_filter, end_of_text_ids, serving_threshold
+from specdec.runtime.diffusion_cli import with_schedule
 
 OPTIONS = {
     "diffusion": Option(str, None, doc="the masked-diffusion LM: the model/ folder `specdec-train recipe=diffusion_adapt` wrote, or a LLaDA / Dream checkpoint; required"),
     "filter": Option(str, None, doc="the filter/ folder `specdec-train recipe=learn2pd` wrote (unset: plain and eotp only)"),
-    "filter_threshold": Option(float, None, Rule("within (0, 1)", lambda v: 0 < v < 1), "unmask a position when the filter's probability is above this (unset: the filter's own, 0.96 by default)"),
+    "filter_threshold": Option(float, None, Rule("within (0, 1)", lambda v: 0 < v < 1), "unmask a position when the filter's probability is above this (unset: the threshold saved with the filter)"),
     "trust_remote_code": Option(bool, False, doc="allow a LLaDA / Dream checkpoint's own modelling code to run (needed to load one)"),
     "bench": Option(str, "mt-bench", doc="questions: mt-bench (bundled) or a .jsonl file of {question_id, category, turns}"),
     "max_questions": Option(int, None, AT_LEAST_1, "evaluate at most this many questions (unset: all)"),
@@ -64,16 +65,10 @@ def parse_args(argv: list[str]) -> dict:
     options = parse_options(argv, OPTIONS)
     if not options["diffusion"]:
         raise UsageError("diffusion=DIR is required (the masked-diffusion LM's folder)")
-    if options["filter_threshold"] is not None and not options["filter"]:
-        raise UsageError("filter_threshold= is read only with filter=DIR: add the filter or drop filter_threshold=")
-    try:
-        BlockSchedule(options["gen_length"], options["block_length"], options["steps_per_block"])
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    return options
+    return with_schedule(options)
 
 
-def evaluate_diffusion(lm, tokenizer, questions: list[dict], schedule: BlockSchedule, filter_model=None, threshold: float = 0.96, progress: bool = True) -> dict:
+def evaluate_diffusion(lm, tokenizer, questions: list[dict], schedule: BlockSchedule, filter_model=None, threshold: float | None = None, progress: bool = True) -> dict:
     """{setting, points: {name: overall}, questions: [per question per point]} (steps in the module docstring)."""
     eos = end_of_text_ids(tokenizer)
     check_filter(filter_model, schedule)
@@ -92,7 +87,7 @@ def evaluate_diffusion(lm, tokenizer, questions: list[dict], schedule: BlockSche
             for name, r in results.items()}})
     overall = {name: summarise([row[name] for row in rows]) for name in points}
     setting = {"gen_length": schedule.gen_length, "block_length": schedule.block_length, "steps_per_block": schedule.steps_per_block, "temperature": schedule.temperature,
-               "filter_threshold": threshold if filter_model is not None else None, "num_questions": len(rows), "torch_threads": torch.get_num_threads(),
+               "filter_threshold": serving_threshold(filter_model, threshold), "num_questions": len(rows), "torch_threads": torch.get_num_threads(),
                "lossy": "every point but plain may change the answer: see agreement / identical"}
     return {"setting": setting, "points": overall, "questions": rows}
 
@@ -129,10 +124,8 @@ def run(options: dict) -> int:
     questions = load_questions(options["bench"], options["max_questions"], options["per_category"], options["skip_questions"])
     lm, tokenizer = load_diffusion_target(options["diffusion"], trust_remote_code=options["trust_remote_code"])
     filter_model = load_filter(options["filter"]) if options["filter"] else None
-    threshold = options["filter_threshold"] or (filter_model.config.threshold if filter_model is not None else 0.96)
     # Step 2: the points, then the report.
-    schedule = BlockSchedule(options["gen_length"], options["block_length"], options["steps_per_block"])
-    result = evaluate_diffusion(lm, tokenizer, questions, schedule, filter_model, threshold, options["progress"])
+    result = evaluate_diffusion(lm, tokenizer, questions, options["schedule"], filter_model, options["filter_threshold"], options["progress"])
     result["setting"].update(diffusion=options["diffusion"], filter=options["filter"], bench=str(options["bench"]))
     out = write_json(result, Path(options["out"] or f"diffusion_{Path(str(options['bench'])).stem}.json"))
     print(format_table(result))

@@ -97,12 +97,21 @@ def transfer_counts(masked: int, steps: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(steps)]
 
 
-class LowConfidenceRemasking:
-    """The schedule's most confident masked positions, plus those a Learn2PD filter accepts."""
+def serving_threshold(filter_model, override: float | None = None) -> float | None:
+    """The filter probability above which a masked position is unmasked early: `override` when given,
+    else the threshold saved with the filter (Learn2PDConfig.threshold); None without a filter."""
+    if filter_model is None:
+        return None
+    return override if override is not None else filter_model.config.threshold
 
-    def __init__(self, schedule: BlockSchedule, filter_model=None, threshold: float = 0.96):
+
+class LowConfidenceRemasking:
+    """The schedule's most confident masked positions, plus those a Learn2PD filter accepts
+    (above `threshold`; unset: the filter's own, see serving_threshold)."""
+
+    def __init__(self, schedule: BlockSchedule, filter_model=None, threshold: float | None = None):
         self.counts = transfer_counts(schedule.block_length, schedule.steps_per_block)
-        self.filter_model, self.threshold = filter_model, threshold
+        self.filter_model, self.threshold = filter_model, serving_threshold(filter_model, threshold)
         self.filter_unmasked = 0
 
     def __call__(self, view: StepView) -> torch.Tensor:

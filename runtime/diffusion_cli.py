@@ -23,7 +23,7 @@ OPTIONS = {
     "diffusion": Option(str, None, doc="the masked-diffusion LM: the model/ folder `specdec-train recipe=diffusion_adapt` wrote, or a LLaDA / Dream checkpoint; required"),
     "prompt": Option(str, None, doc="the user message to answer (sent through the model's chat template); required"),
     "filter": Option(str, None, doc="the filter/ folder `specdec-train recipe=learn2pd` wrote: also unmask every position it calls final (may change the answer)"),
-    "filter_threshold": Option(float, None, Rule("within (0, 1)", lambda v: 0 < v < 1), "unmask a position when the filter's probability is above this (unset: the filter's own)"),
+    "filter_threshold": Option(float, None, Rule("within (0, 1)", lambda v: 0 < v < 1), "unmask a position when the filter's probability is above this (unset: the threshold saved with the filter)"),
     "eotp": Option(bool, False, doc="End-of-Text Prediction: after a decoded end-of-text, every later position is end-of-text (saves the padding's steps; may change the answer)"),
     "trust_remote_code": Option(bool, False, doc="allow a LLaDA / Dream checkpoint's own modelling code to run (needed to load one)"),
     "gen_length": Option(int, 128, AT_LEAST_1, "answer positions (a multiple of block_length)"),
@@ -50,18 +50,19 @@ def parse(argv: list[str]) -> dict:
     options = parse_options(argv, OPTIONS)
     if not options["diffusion"] or options["prompt"] is None:
         raise UsageError("diffusion= and prompt= are required (usage: specdec-generate diffusion=DIR prompt=TEXT [key=value ...]; specdec-generate diffusion= --help lists the keys)")
+    return with_schedule(options)
+
+
+def with_schedule(options: dict) -> dict:
+    """The options with their block schedule under "schedule" (shared with `specdec-eval diffusion=`):
+    an inconsistent schedule, or filter_threshold= without filter=, is a UsageError."""
     if options["filter_threshold"] is not None and not options["filter"]:
         raise UsageError("filter_threshold= is read only with filter=DIR: add the filter or drop filter_threshold=")
-    schedule(options)
-    return options
-
-
-def schedule(options: dict) -> BlockSchedule:
-    """The options' block schedule (an inconsistent one is a UsageError)."""
     try:
-        return BlockSchedule(options["gen_length"], options["block_length"], options["steps_per_block"], options["temperature"])
+        options["schedule"] = BlockSchedule(options["gen_length"], options["block_length"], options["steps_per_block"], options.get("temperature", 0.0))
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    return options
 
 
 def run(options: dict) -> int:
@@ -70,11 +71,10 @@ def run(options: dict) -> int:
         torch.set_num_threads(options["threads"])
     # Step 1: the model, its filter, the policy.
     lm, tokenizer = load_diffusion_target(options["diffusion"], trust_remote_code=options["trust_remote_code"])
-    plan = schedule(options)
+    plan = options["schedule"]
     filter_model = load_filter(options["filter"]) if options["filter"] else None
     check_filter(filter_model, plan)
-    threshold = options["filter_threshold"] or (filter_model.config.threshold if filter_model is not None else 0.96)
-    policy = LowConfidenceRemasking(plan, filter_model, threshold)
+    policy = LowConfidenceRemasking(plan, filter_model, options["filter_threshold"])
     # Step 2: decode, printing each block's new text as it lands.
     ids = tokenizer.apply_chat_template([{"role": "user", "content": options["prompt"]}], add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"][0]
     printer = StreamPrinter(tokenizer)

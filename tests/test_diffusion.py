@@ -12,7 +12,7 @@ import torch
 from specdec.models.base import DraftMismatchError
 from specdec.models.diffusion import DiffusionConfig, DiffusionLM, DiffusionTargetError, load_diffusion_target, save_diffusion_model
 from specdec.models.learn2pd import Learn2PDConfig, Learn2PDFilter, load_filter
-from specdec.runtime.diffusion import BlockSchedule, LowConfidenceRemasking, OracleReplay, agreement, block_decode, transfer_counts
+from specdec.runtime.diffusion import BlockSchedule, LowConfidenceRemasking, OracleReplay, agreement, block_decode, serving_threshold, transfer_counts
 from conftest import build_tiny_llama, enliven
 
 VOCAB, MASK, EOS = 64, 63, 2
@@ -77,9 +77,9 @@ def test_the_oracle_replay_reproduces_its_reference_and_labels_each_step(lm):
 def test_a_filter_finishes_blocks_early_and_a_silent_one_changes_nothing(lm):
     schedule = BlockSchedule(gen_length=16, block_length=8, steps_per_block=8)
     plain = block_decode(lm, PROMPT, schedule, LowConfidenceRemasking(schedule), {EOS})
-    silent = block_decode(lm, PROMPT, schedule, LowConfidenceRemasking(schedule, Constant(0.0)), {EOS})
+    silent = block_decode(lm, PROMPT, schedule, LowConfidenceRemasking(schedule, Constant(0.0), threshold=0.96), {EOS})
     assert silent.positions == plain.positions and silent.forwards == plain.forwards == 16 and silent.filter_unmasked == 0
-    eager = block_decode(lm, PROMPT, schedule, LowConfidenceRemasking(schedule, Constant(1.0)), {EOS})
+    eager = block_decode(lm, PROMPT, schedule, LowConfidenceRemasking(schedule, Constant(1.0), threshold=0.96), {EOS})
     assert eager.forwards == 2 and eager.filter_unmasked == 14, "the filter takes every masked position at each block's first step"
     assert 0 <= agreement(eager.tokens, plain.tokens) <= 1 and agreement(plain.tokens, plain.tokens) == 1.0
 
@@ -130,6 +130,8 @@ def test_filter_folder_round_trips(tmp_path):
     loaded = load_filter(tmp_path / "filter")
     x = torch.rand(3, 8)
     assert torch.allclose(loaded.p_final(x), head.p_final(x)) and loaded.config.threshold == 0.9
+    assert serving_threshold(loaded) == 0.9 and serving_threshold(loaded, 0.5) == 0.5 and serving_threshold(None, 0.5) is None
+    assert LowConfidenceRemasking(BlockSchedule(16, 8, 4), loaded).threshold == 0.9, "the policy serves at the filter's saved threshold"
     assert sum(p.numel() for p in Learn2PDFilter(Learn2PDConfig()).parameters()) < 10_000, "a few thousand parameters"
     with pytest.raises(FileNotFoundError, match="filter=DIR"):
         load_filter(tmp_path / "none")
