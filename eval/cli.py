@@ -114,7 +114,7 @@ def run(options: dict) -> int:
     source = options["target"] or target_source(draft_dir, config)
     target = load_target(source)
     # Step 2: the benchmark itself (a sweep of lossy rules, or one verifier against the baselines).
-    layout, tree_speeds = _pick_tree(options, target, draft, questions, length)
+    layout, length, tree_speeds = _pick_tree(options, target, draft, questions, length)
     if options["sweep"] or options["training_free"]:
         return _sweep(options, target, draft, questions, layout)
     result = evaluate(
@@ -136,6 +136,8 @@ def run(options: dict) -> int:
     result["setting"].update(draft=str(draft_dir), bench=str(options["bench"]), target=source, tree_kind=options["tree"])
     if tree_speeds:
         result["setting"]["tree_tokens_per_s_by_size"] = tree_speeds
+        if options["draft_length"] is not None or options["acceptance_head"]:
+            result["setting"]["draft_length_kept"] = length is not None
     # Step 3: reports (always written, lossless failure or not).
     bench_name = Path(str(options["bench"])).stem
     out = Path(options["out"] or f"eval_{bench_name}.json")
@@ -185,15 +187,17 @@ def _check_held_out(options: dict, questions: list[dict]) -> None:
 
 
 def _pick_tree(options: dict, target, draft, questions: list[dict], length=None):
-    """The layout to evaluate (the draft proposer's options); `tuned` measures tokens/s per candidate on the first two questions
-    (pruned by `length`, the DraftLength it will decode with, when there is one)."""
+    """(layout, DraftLength, tokens/s by candidate) to evaluate: the draft proposer's options and `length`; `tuned` measures
+    tokens/s per candidate on the first two questions, each also pruned by `length` when there is one, and keeps the
+    pruning only if a pruned candidate is the fastest."""
     if options["tree"] != "tuned":
-        return draft_layout(draft, options["tree"], options), None
+        return draft_layout(draft, options["tree"], options), length, None
     calibration = [prompt_ids(target.tokenizer, q) for q in questions[:2]]
-    layout, speeds = tune_tree(target.model, draft, calibration, depth=options["depth"], top_k=options["tree_top_k"], lookup_branch=options["lookup_branch"], lookup_ngram=options["lookup_ngram"], draft_length=length)
+    layout, kept, speeds = tune_tree(target.model, draft, calibration, depth=options["depth"], top_k=options["tree_top_k"], lookup_branch=options["lookup_branch"], lookup_ngram=options["lookup_ngram"], draft_length=length)
     best = max(speeds, key=speeds.get)
-    print("tree -> tokens/s: " + ", ".join(f"{label}: {speed:.1f}" for label, speed in speeds.items()) + f" (picked {best})")
-    return layout, speeds
+    dropped = " (pruning was slower here: every node is verified)" if length is not None and kept is None else ""
+    print("tree -> tokens/s: " + ", ".join(f"{label}: {speed:.1f}" for label, speed in speeds.items()) + f" (picked {best}){dropped}")
+    return layout, kept, speeds
 
 
 NO_FIGURE = ("false", "off", "no", "none", "0")

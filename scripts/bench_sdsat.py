@@ -118,7 +118,7 @@ def evaluate() -> None:
     original, tuned = load_target("smollm2-135m"), load_target(str(draft_dir / "target"))
     questions = load_questions("mt-bench", per_category=2)
     calibration = [prompt_ids(tuned.tokenizer, q) for q in questions[:2]]
-    _, speeds = tune_tree(tuned.model, draft, calibration)
+    _, _, speeds = tune_tree(tuned.model, draft, calibration)
     best = {variant: max((label for label in speeds if label.startswith("two-step") == (variant == "two_step")), key=speeds.get) for variant in ("fused", "two_step")}
     candidates = SdsatProposer.tuning_candidates(draft)
     k = draft.config.num_sa_tokens

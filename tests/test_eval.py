@@ -198,7 +198,7 @@ def test_eval_help_lists_every_option(capsys):
     assert all(f"{key}=" in usage for key in OPTIONS)
 
 
-@pytest.mark.parametrize("tree", ["chain", "default", "tuned"])
+@pytest.mark.parametrize("tree", ["chain", "default", "tuned", "tuned draft_length=0.3"])
 def test_cli_evaluates_an_eagle3_draft_losslessly(tmp_path, tiny_target_dir, tiny_llama, bench_file, capsys, tree):
     from specdec.models.decoder import LayerShape
     from specdec.models.eagle3 import Eagle3Config, Eagle3Drafter
@@ -208,13 +208,19 @@ def test_cli_evaluates_an_eagle3_draft_losslessly(tmp_path, tiny_target_dir, tin
     folder = draft.save_pretrained(tmp_path / "eagle3", extra={"method": "eagle3", "target": {"name_or_path": str(tiny_target_dir)}})
     out = tmp_path / "eagle.json"
     argv = [f"draft={folder}", f"bench={bench_file}", f"max_new_tokens={MAX_NEW}", f"out={out}", f"tree={tree}", "depth=3", "tree_top_k=2", "baselines=false"]
-    assert cli.main(argv) == 0
+    assert cli.main(" ".join(argv).split()) == 0
     result = json.loads(out.read_text())
     assert result["overall"]["lossless_match"] == 1.0
     eagle = result["setting"]["eagle"]
     assert eagle["depth"] <= 3 and (tree != "chain" or eagle["top_k"] == 1)
+    layouts = {"chain-1", "chain-2", "chain-3", "tree-4", "tree-8", "tree-16", "tree-32"}
     if tree == "tuned":
-        assert set(result["setting"]["tree_tokens_per_s_by_size"]) == {"chain-1", "chain-2", "chain-3", "tree-4", "tree-8", "tree-16", "tree-32"}
+        assert set(result["setting"]["tree_tokens_per_s_by_size"]) == layouts and "draft_length_kept" not in result["setting"]
+    elif tree.startswith("tuned"):
+        speeds = result["setting"]["tree_tokens_per_s_by_size"]
+        assert set(speeds) == layouts | {f"{label} pruned" for label in layouts}, "every layout is timed full and pruned"
+        pruned_won = max(speeds, key=speeds.get).endswith("pruned")
+        assert result["setting"]["draft_length_kept"] == pruned_won == ("verified_nodes_per_step" in result["overall"])
     else:
         assert result["setting"]["tree_size"] == (3 if tree == "chain" else 8)
 

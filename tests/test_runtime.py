@@ -283,7 +283,8 @@ def test_tune_tree_measures_each_size_and_returns_the_fastest(lively):
     from specdec.runtime.autotune import tune_tree
 
     draft = _accurate_heads()
-    tree, speeds = tune_tree(lively, draft, [torch.tensor([[5, 6, 7]])], sizes=(1, 3, 6), max_new_tokens=6)
+    tree, length, speeds = tune_tree(lively, draft, [torch.tensor([[5, 6, 7]])], sizes=(1, 3, 6), max_new_tokens=6)
+    assert length is None
     assert set(speeds) == {1, 3, 6} and all(s > 0 for s in speeds.values()) and isinstance(tree, DraftTree)
     assert tree.size == max(speeds, key=speeds.get)
     assert tree == DraftTree.from_accuracies(draft.config.head_rank_accuracy, tree.size)
@@ -295,23 +296,26 @@ def test_tune_tree_times_every_layout_with_the_lookup_branch_it_will_decode_with
 
     made, build = [], autotune.SpeculativeGenerator.from_draft
     monkeypatch.setattr(autotune.SpeculativeGenerator, "from_draft", lambda *a, **kw: made.append(build(*a, **kw)) or made[-1])
-    _, speeds = autotune.tune_tree(lively, _accurate_heads(), [torch.tensor([[5, 6, 7, 5, 6]])], sizes=(1, 3), max_new_tokens=6, lookup_branch=4)
+    _, _, speeds = autotune.tune_tree(lively, _accurate_heads(), [torch.tensor([[5, 6, 7, 5, 6]])], sizes=(1, 3), max_new_tokens=6, lookup_branch=4)
     assert set(speeds) == {1, 3} and len(made) == 2
     assert all(isinstance(g.proposer, LookupBranchProposer) for g in made)
 
 
 
-def test_tune_tree_times_every_layout_pruned_as_it_will_decode(lively, monkeypatch):
+def test_tune_tree_times_every_layout_full_and_pruned_and_keeps_the_faster(lively, monkeypatch):
     from specdec.runtime import autotune
     from specdec.runtime.draft_length import DraftLength, find_draft_length
 
     made, build = [], autotune.SpeculativeGenerator.from_draft
     monkeypatch.setattr(autotune.SpeculativeGenerator, "from_draft", lambda *a, **kw: made.append(build(*a, **kw)) or made[-1])
     length = DraftLength(threshold=0.5)
-    _, speeds = autotune.tune_tree(lively, _accurate_heads(), [torch.tensor([[5, 6, 7]])], sizes=(3, 6), max_new_tokens=6, draft_length=length)
-    assert set(speeds) == {3, 6} and len(made) == 2
+    tree, kept, speeds = autotune.tune_tree(lively, _accurate_heads(), [torch.tensor([[5, 6, 7]])], sizes=(3, 6), max_new_tokens=6, draft_length=length)
+    assert set(speeds) == {3, 6, "3 pruned", "6 pruned"} and len(made) == 4
     pruners = [find_draft_length(g.proposer) for g in made]
-    assert all(p is not None and p.length is length for p in pruners) and all(p.verified_nodes > 0 for p in pruners)
+    assert pruners[:2] == [None, None], "the unpruned candidates verify every node"
+    assert all(p is not None and p.length is length and p.verified_nodes > 0 for p in pruners[2:])
+    best = max(speeds, key=speeds.get)
+    assert (kept is length) == isinstance(best, str) and tree.size == int(str(best).split()[0]), "the fastest candidate, pruned only if its pruned run won"
 
 def test_generate_cli_streams_the_plain_greedy_answer(tmp_path, tiny_target_dir, tiny_tokenizer, capsys):
     from transformers import AutoModelForCausalLM

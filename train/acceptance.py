@@ -55,7 +55,7 @@ class AcceptanceSettings:
     hidden: int = 32
     """Width of the head's two hidden layers."""
     threshold: float = 0.1
-    """Serving default written into the head's config (the draft_length threshold on a node's path acceptance); 0.1 suits a CPU, where verifying a node costs about a tenth of a one-token step."""
+    """Serving default written into the head's config (the draft_length threshold on a node's path acceptance); 0.1 is a starting point (whether it pays depends on the verify cost: `specdec-eval tree=tuned` times it against verifying every node)."""
     steps: int = 400
     """Full-batch AdamW steps."""
     lr: float = 3e-3
