@@ -24,7 +24,8 @@ from specdec.runtime.draft_length import DraftLength
 from specdec.runtime.generator import SpeculativeGenerator, choose_layout
 
 ROOT = Path(__file__).resolve().parents[1]
-THRESHOLD = 0.1
+sys.path.insert(0, str(ROOT / "scripts"))
+from bench_draft_length import THRESHOLD  # noqa: E402  (the benchmark's pruning threshold, one place)
 
 
 def profile(generator: SpeculativeGenerator, ids: torch.Tensor, max_new_tokens: int = 64) -> dict:
