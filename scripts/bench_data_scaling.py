@@ -114,8 +114,13 @@ def held_out(name: str) -> dict:
 
 
 def collect() -> None:
-    """One JSON with every trained run, and the curve."""
+    """One JSON with every trained run, and the curve. Runs trained in an earlier session whose
+    folders are gone keep their entries from the JSON already there (the scales take hours each)."""
+    out = ROOT / "bench" / "data_scaling.json"
     report = {"setting": {"unit": UNIT, "epochs": EPOCHS, "batch_size": BATCH, "depth": DEPTH, "eval_tokens": EVAL_TOKENS, "data": str(LARGE_SET.relative_to(ROOT)), "held_out": HELD_OUT}, "runs": {}}
+    earlier = json.loads(out.read_text()) if out.exists() else {}
+    if earlier.get("setting") == report["setting"]:
+        report["runs"] = earlier["runs"]
     for name, (recipe, conversations) in runs().items():
         if not (RUNS_DIR / name / "draft" / "config.json").exists():
             continue
@@ -125,7 +130,7 @@ def collect() -> None:
             if result.exists():
                 entry[f"tau_{label}"] = round(json.loads(result.read_text())["overall"]["mean_accepted_tokens"], 3)
         report["runs"][name] = entry
-    out = ROOT / "bench" / "data_scaling.json"
+    report["runs"] = dict(sorted(report["runs"].items(), key=lambda item: (item[1]["recipe"], item[1]["conversations"])))
     out.write_text(json.dumps(report, indent=2) + "\n")
     plot(report["runs"], out.with_suffix(".png"))
     print(json.dumps(report, indent=2))
