@@ -121,6 +121,8 @@ def collect() -> None:
     earlier = json.loads(out.read_text()) if out.exists() else {}
     if earlier.get("setting") == report["setting"]:
         report["runs"] = earlier["runs"]
+    elif earlier:
+        print(f"{out}: its runs used another setting and are not kept; retrain them with `train`")
     for name, (recipe, conversations) in runs().items():
         if not (RUNS_DIR / name / "draft" / "config.json").exists():
             continue
@@ -130,7 +132,7 @@ def collect() -> None:
             if result.exists():
                 entry[f"tau_{label}"] = round(json.loads(result.read_text())["overall"]["mean_accepted_tokens"], 3)
         report["runs"][name] = entry
-    report["runs"] = dict(sorted(report["runs"].items(), key=lambda item: (item[1]["recipe"], item[1]["conversations"])))
+    report["runs"] = {name: report["runs"][name] for name in runs() if name in report["runs"]}
     out.write_text(json.dumps(report, indent=2) + "\n")
     plot(report["runs"], out.with_suffix(".png"))
     print(json.dumps(report, indent=2))
